@@ -1,0 +1,32 @@
+"""gpucompress: GPU-accelerated weight clustering (Deep Compression) for TensorFlow models.
+
+Public API (importing it never imports TensorFlow):
+
+- `compress_file(input, output=None, options)`: cluster a model file, write the result.
+- `compress_graphdef(graph_def, options)`: a clustered copy of a GraphDef message.
+- `cluster_arrays(arrays, n_clusters, ...)`: the engine on plain arrays
+  (codebook and labels per array, bit-identical on CPU and GPU).
+- `CompressOptions`: every knob, validated; `gpu_available()`.
+"""
+from .api import CompressionSummary, compress_file, compress_graphdef
+from .device import gpu_available
+from .engine import ClusterResult, cluster_arrays
+from .errors import DeviceError, FormatError, GpucompressError, InputError, OptionsError
+from .options import CompressOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterResult",
+    "CompressOptions",
+    "CompressionSummary",
+    "DeviceError",
+    "FormatError",
+    "GpucompressError",
+    "InputError",
+    "OptionsError",
+    "cluster_arrays",
+    "compress_file",
+    "compress_graphdef",
+    "gpu_available",
+]

@@ -1,0 +1,109 @@
+"""The Python API: compress a GraphDef message or a model file."""
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import device as devices
+from .clustering import ClusteringRun, cluster_weights
+from .errors import InputError
+from .files import check_output_path
+from .models import GraphDefModel, default_output, read_model, write_model
+from .options import CompressOptions
+
+
+@dataclass
+class CompressionSummary:
+    """What `compress_file` did: paths, sizes (bytes), the per-tensor run and phase times (s).
+
+    seconds has "parse", "select", "cluster", "write" and "total". zip_bytes
+    holds {"input": n, "output": n} when zip sizes were asked for.
+    """
+
+    input_path: Path
+    output_path: Path
+    device: str
+    run: ClusteringRun
+    input_bytes: int
+    output_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    zip_bytes: dict[str, int] = field(default_factory=dict)
+
+
+def compress_graphdef(graph_def, options: CompressOptions | None = None):
+    """Return a clustered copy of a GraphDef message (tensorboard or TensorFlow GraphDef).
+
+    The caller's message is not modified. options: a CompressOptions (defaults
+    if None). Returns a new GraphDef of the same class as the tensorboard proto.
+    """
+    options = options or CompressOptions()
+    model = GraphDefModel.from_proto(graph_def)
+    run = cluster_weights(model.weights(), options)
+    model.replace_values({t.name: t.values() for t in run.clustered()})
+    if type(graph_def) is not type(model.graph_def):
+        # A TensorFlow GraphDef in, a TensorFlow GraphDef out.
+        converted = type(graph_def)()
+        converted.ParseFromString(model.to_bytes())
+        return converted
+    return model.graph_def
+
+
+def zip_size(data: bytes, name: str) -> int:
+    """Return the size in bytes of a zip archive (deflate) holding `data` as one file."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, data)
+    return buffer.tell()
+
+
+def compress_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    options: CompressOptions | None = None,
+    *,
+    overwrite: bool = False,
+    zip_sizes: bool = False,
+    on_batch=None,
+) -> CompressionSummary:
+    """Cluster the weights of a model file and write the result.
+
+    input_path: a frozen GraphDef (.pb). output_path: defaults to INPUT.min.
+    overwrite: replace an existing output (never the input). zip_sizes: also
+    measure zip sizes of input and output. on_batch: progress callback (tensors
+    finished per engine batch). Returns a CompressionSummary. Raises InputError,
+    FormatError, OptionsError or DeviceError; no output file exists after an error.
+    """
+    options = options or CompressOptions()
+    started = time.perf_counter()
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise InputError(f"{input_path}: no such file or directory")
+    output_path = Path(output_path) if output_path is not None else default_output(input_path)
+    check_output_path(output_path, [input_path], overwrite=overwrite)
+    device = devices.resolve_device(options.device)
+    options_on_device = CompressOptions(**{**options.__dict__, "device": device})
+    model = read_model(input_path)
+    parsed = time.perf_counter()
+    run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch)
+    model.replace_values({t.name: t.values() for t in run.clustered()})
+    output_bytes = write_model(model, output_path)
+    written = time.perf_counter()
+    summary = CompressionSummary(
+        input_path=input_path, output_path=output_path, device=device, run=run,
+        input_bytes=input_path.stat().st_size, output_bytes=output_bytes,
+        seconds={"parse": parsed - started, "select": run.seconds["select"],
+                 "cluster": run.seconds["cluster"],
+                 # replacing values in the model counts as writing
+                 "write": written - parsed - run.seconds["select"] - run.seconds["cluster"],
+                 "total": written - started},
+    )
+    if zip_sizes:
+        summary.zip_bytes = {
+            "input": zip_size(input_path.read_bytes(), input_path.name),
+            "output": zip_size(output_path.read_bytes(), output_path.name),
+        }
+    return summary

@@ -1,0 +1,59 @@
+"""The command line: parse arguments into CompressOptions, call the API, print, map errors to exit codes."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .errors import GpucompressError
+from .commands import COMMANDS, EXIT_ERROR, EXIT_INTERRUPTED
+
+log = logging.getLogger("gpucompress")
+
+
+def create_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the `gpucompress` command."""
+    parser = argparse.ArgumentParser(
+        prog="gpucompress",
+        description="GPU-accelerated weight clustering (Deep Compression) for TensorFlow models.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpucompress {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for command in COMMANDS:
+        command.add_subparser(subparsers)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with argv (default sys.argv[1:]); returns the exit code."""
+    parser = create_parser()
+    arguments = parser.parse_args(argv)
+    _configure_logging(arguments.verbose, arguments.quiet)
+    try:
+        return arguments.handler(arguments)
+    except GpucompressError as error:
+        print(f"gpucompress: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("gpucompress: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("gpucompress: error: out of memory", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:  # a bug: one line, the traceback only with -vv
+        if arguments.verbose >= 2:
+            raise
+        print(f"gpucompress: internal error: {type(error).__name__}: {error} (rerun with -vv for details)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

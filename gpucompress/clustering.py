@@ -1,0 +1,160 @@
+"""Cluster a model's weights: selection, one engine call, and the new tensors.
+
+Decides first, then writes new arrays: a weight is never edited before we know
+it will be clustered, and the caller's arrays are never modified.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy
+
+from . import engine
+from .models.weights import Weight
+from .options import CompressOptions
+from .select import CLUSTER, Decision, decide_with_values, decide_without_values
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorOutcome:
+    """What clustering did to one weight.
+
+    clustered: whether its values changed; reason says why not (or "clustered").
+    codebook: the centroids in the tensor's dtype (k,), labels: (size,) indices
+    into it in C order (0 at non-finite positions), nonfinite_index /
+    nonfinite_values: where the NaN/Inf values sit and what they are (kept
+    exactly). sse: sum of squared errors of the finite values, in float64.
+    codebook_id: which codebook (0..) this tensor uses; tensors of a global
+    run share codebook 0.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    clustered: bool
+    reason: str
+    codebook: numpy.ndarray | None = None
+    labels: numpy.ndarray | None = None
+    nonfinite_index: numpy.ndarray | None = None
+    nonfinite_values: numpy.ndarray | None = None
+    iterations: int = 0
+    converged: bool = True
+    sse: float = 0.0
+    codebook_id: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Return the number of values of the tensor."""
+        return int(numpy.prod(self.shape, dtype=numpy.int64))
+
+    def values(self) -> numpy.ndarray:
+        """Return the clustered tensor (its shape and dtype): codebook[labels], non-finite values kept."""
+        flat = self.codebook[self.labels]
+        if self.nonfinite_index is not None and self.nonfinite_index.size:
+            flat[self.nonfinite_index] = self.nonfinite_values
+        return flat.reshape(self.shape)
+
+
+@dataclass
+class ClusteringRun:
+    """The outcome of clustering a model: one TensorOutcome per weight, and phase times (s)."""
+
+    tensors: list[TensorOutcome]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def clustered(self) -> list[TensorOutcome]:
+        """Return the outcomes of the tensors whose values changed."""
+        return [t for t in self.tensors if t.clustered]
+
+
+@dataclass
+class _Pending:
+    weight: Weight
+    values: numpy.ndarray
+    finite_mask: numpy.ndarray | None  # None when all values are finite
+    finite: numpy.ndarray  # float64
+
+
+def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pending | None]:
+    decision = decide_without_values(weight, options)
+    if decision is not None:
+        return decision, None
+    values = weight.load()
+    decision = decide_with_values(values, options)
+    if not decision.cluster:
+        return decision, None
+    flat = values.reshape(-1).astype(numpy.float64)
+    mask = numpy.isfinite(flat)
+    all_finite = bool(mask.all())
+    return decision, _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask])
+
+
+def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) -> TensorOutcome:
+    weight, mask = pending.weight, pending.finite_mask
+    codebook = codebook64.astype(pending.values.dtype)
+    errors = pending.finite - codebook[labels_finite].astype(numpy.float64)
+    if mask is None:
+        labels, nonfinite_index, nonfinite_values = labels_finite, None, None
+    else:
+        labels = numpy.zeros(weight.size, dtype=labels_finite.dtype)
+        labels[mask] = labels_finite
+        nonfinite_index = numpy.flatnonzero(~mask)
+        nonfinite_values = pending.values.reshape(-1)[nonfinite_index].copy()
+    return TensorOutcome(
+        name=weight.name, dtype=weight.dtype, shape=weight.shape, clustered=True, reason=CLUSTER,
+        codebook=codebook, labels=labels, nonfinite_index=nonfinite_index,
+        nonfinite_values=nonfinite_values, iterations=result.iterations,
+        converged=result.converged, sse=float(numpy.dot(errors, errors)), codebook_id=codebook_id,
+    )
+
+
+def cluster_weights(
+    weights: list[Weight],
+    options: CompressOptions,
+    on_batch: Callable[[int], None] | None = None,
+) -> ClusteringRun:
+    """Select and cluster a model's weights.
+
+    weights: from a model reader; options: a CompressOptions. on_batch: called
+    with the number of tensors finished after each engine batch. Returns a
+    ClusteringRun with one TensorOutcome per weight, in order, and the seconds
+    spent selecting ("select") and clustering ("cluster").
+    """
+    started = time.perf_counter()
+    decisions, pending = [], []
+    for weight in weights:
+        decision, prepared = _prepare(weight, options)
+        decisions.append(decision)
+        if prepared is not None:
+            pending.append(prepared)
+    selected = time.perf_counter()
+    kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
+                  device=options.device, seed=options.seed, batch_values=options.batch_values)
+    outcomes: dict[str, TensorOutcome] = {}
+    if pending and options.global_clusters:
+        together = numpy.concatenate([p.finite for p in pending])
+        (result,) = engine.cluster_arrays([together], options.n_clusters, **kwargs)
+        start = 0
+        for p in pending:
+            stop = start + p.finite.size
+            outcomes[p.weight.name] = _outcome(p, result.codebook, result.labels[start:stop], result, 0)
+            start = stop
+        if on_batch:
+            on_batch(len(pending))
+    elif pending:
+        results = engine.cluster_arrays([p.finite for p in pending], options.n_clusters,
+                                        on_batch=on_batch, **kwargs)
+        for index, (p, result) in enumerate(zip(pending, results)):
+            outcomes[p.weight.name] = _outcome(p, result.codebook, result.labels, result, index)
+    clustered = time.perf_counter()
+    tensors = [
+        outcomes.get(w.name) or TensorOutcome(name=w.name, dtype=w.dtype, shape=w.shape,
+                                              clustered=False, reason=d.reason)
+        for w, d in zip(weights, decisions)
+    ]
+    return ClusteringRun(tensors, {"select": selected - started, "cluster": clustered - selected})

@@ -1,0 +1,164 @@
+"""The clustering engine: batches many 1-D arrays into segments and runs the kernels.
+
+Only this module knows about devices and memory. It groups the arrays into
+batches of at most `batch_values` values (a single larger array travels alone),
+moves each batch to the device once, runs the initializer and the method there,
+and brings back codebooks and labels. Because every segment's result depends on
+that segment alone (see kernels/fixedpoint.py), batching changes speed and
+memory, never the output.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy
+
+from . import device as devices
+from .errors import OptionsError
+from .kernels import fixedpoint
+from .kernels.initializers import INITIALIZERS, kmeans_plus_plus_draws
+from .kernels.lloyd import assign_labels, lloyd
+from .kernels.segments import build_batch
+
+log = logging.getLogger(__name__)
+
+# Values per batch by device: about 60 bytes of working memory per value.
+DEFAULT_BATCH_VALUES = {"cpu": 1 << 22, "gpu": 1 << 26}
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """The clustering of one array.
+
+    codebook: float64 (k,), sorted centroids (may repeat when the array has
+    fewer distinct values than k). labels: (n,) unsigned ints, the index into the
+    codebook of each value, in input order. iterations: Lloyd steps that moved
+    the centroids. converged: False when max_iter stopped it first.
+    """
+
+    codebook: numpy.ndarray
+    labels: numpy.ndarray
+    iterations: int
+    converged: bool
+
+
+def label_dtype(k: int) -> numpy.dtype:
+    """Return the smallest unsigned dtype that holds labels in [0, k)."""
+    return numpy.dtype(numpy.uint8 if k <= 256 else numpy.uint16 if k <= 65536 else numpy.uint32)
+
+
+def _lloyd_method(batch, centroids, max_iter):
+    return lloyd(batch, centroids, max_iter)
+
+
+# name -> function(batch, initial centroids, max_iter) -> (centroids, iterations)
+METHODS: dict[str, Callable] = {"lloyd": _lloyd_method}
+
+
+def plan_batches(sizes: Sequence[int], batch_values: int) -> list[range]:
+    """Split array indices, in order, into consecutive batches of at most batch_values values.
+
+    An array larger than batch_values forms a batch of its own. Returns ranges of indices.
+    """
+    batches, start, total = [], 0, 0
+    limit = fixedpoint.MAX_SEGMENTS
+    for index, size in enumerate(sizes):
+        if index > start and (total + size > batch_values or index - start >= limit):
+            batches.append(range(start, index))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        batches.append(range(start, len(sizes)))
+    return batches
+
+
+def _check_arrays(arrays) -> list[numpy.ndarray]:
+    checked = []
+    for index, array in enumerate(arrays):
+        array = numpy.asarray(array)
+        if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
+            raise OptionsError(f"arrays[{index}].dtype={array.dtype} should be a floating dtype.")
+        values = array.reshape(-1).astype(numpy.float64)
+        if values.size == 0:
+            raise OptionsError(f"arrays[{index}].size=0 should be >= 1.")
+        if not numpy.isfinite(values).all():
+            raise OptionsError(f"arrays[{index}] holds NaN or Inf; pass finite values only.")
+        checked.append(values)
+    return checked
+
+
+def cluster_arrays(
+    arrays: Sequence[numpy.ndarray],
+    n_clusters: int = 256,
+    *,
+    init: str = "linear",
+    method: str = "lloyd",
+    max_iter: int = 300,
+    device: str = "auto",
+    seed: int = 0,
+    batch_values: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[ClusterResult]:
+    """Cluster the values of each array with 1-D k-means, many arrays per device batch.
+
+    arrays: NumPy arrays of any floating dtype and shape, finite values, >= 1
+    value each (flattened). n_clusters: k >= 2. init: a name in INITIALIZERS.
+    method: a name in METHODS. device: "auto", "cpu" or "gpu". seed: for random
+    initializers. batch_values: values per device batch (default by device).
+    on_batch: called with the number of arrays finished after each batch.
+
+    Returns one ClusterResult per array, in order; bit-identical for the same
+    inputs and options on every device and batch size. Raises OptionsError on
+    bad arguments, DeviceError when device="gpu" is not usable.
+    """
+    if not isinstance(n_clusters, int) or n_clusters < 2:
+        raise OptionsError(f"n_clusters={n_clusters!r} should be an integer >= 2.")
+    if init not in INITIALIZERS:
+        raise OptionsError(f"init={init!r} should be one of {sorted(INITIALIZERS)}.")
+    if method not in METHODS:
+        raise OptionsError(f"method={method!r} should be one of {sorted(METHODS)}.")
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise OptionsError(f"max_iter={max_iter!r} should be an integer >= 0.")
+    resolved = devices.resolve_device(device)
+    xp = devices.array_module(resolved)
+    batch_values = batch_values or DEFAULT_BATCH_VALUES[resolved]
+    values = _check_arrays(arrays)
+    sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
+    max_abs = numpy.array([numpy.abs(v).max() for v in values], dtype=numpy.float64)
+    exponents = fixedpoint.segment_exponents(max_abs, sizes)
+    results: list[ClusterResult] = []
+    dtype = label_dtype(n_clusters)
+    for batch_range in plan_batches(sizes.tolist(), batch_values):
+        started = time.perf_counter()
+        ids = list(batch_range)
+        batch = build_batch(
+            xp.asarray(numpy.concatenate([values[i] for i in ids])),
+            xp.asarray(sizes[ids]),
+            xp.asarray(exponents[ids]),
+        )
+        draws = kmeans_plus_plus_draws(seed, ids, n_clusters) if init == "kmeans++" else None
+        initial = INITIALIZERS[init](batch, n_clusters, draws)
+        centroids, iterations = METHODS[method](batch, initial, max_iter)
+        labels = devices.to_numpy(assign_labels(batch, centroids).astype(dtype))
+        codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
+        iterations = devices.to_numpy(iterations)
+        offsets = numpy.concatenate([[0], numpy.cumsum(sizes[ids])])
+        for row in range(len(ids)):
+            results.append(
+                ClusterResult(
+                    codebook=codebooks[row].copy(),
+                    labels=labels[offsets[row] : offsets[row + 1]].copy(),
+                    iterations=int(iterations[row]),
+                    converged=bool(iterations[row] < max_iter),
+                )
+            )
+        log.debug(
+            "batch of %d arrays, %d values on %s: %.3f s",
+            len(ids), int(offsets[-1]), resolved, time.perf_counter() - started,
+        )
+        if on_batch is not None:
+            on_batch(len(ids))
+    return results

@@ -1,0 +1,24 @@
+"""The exceptions gpucompress raises. Library code raises; only the CLI prints and exits."""
+
+
+class GpucompressError(Exception):
+    """Base class of every error gpucompress raises on purpose.
+
+    The message is one line meant for the user; the CLI prints it as is.
+    """
+
+
+class InputError(GpucompressError):
+    """A path or file given by the user cannot be used (missing, a directory, unreadable)."""
+
+
+class FormatError(GpucompressError):
+    """A file's bytes are not what its format requires (not a GraphDef, a corrupt archive)."""
+
+
+class OptionsError(GpucompressError, ValueError):
+    """An option has a value outside its rule (names the option, the value and the rule)."""
+
+
+class DeviceError(GpucompressError):
+    """The device asked for is not usable here (no CuPy, no CUDA device)."""

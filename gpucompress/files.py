@@ -1,0 +1,67 @@
+"""Reading inputs safely and writing outputs atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import InputError
+
+
+def check_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> Path:
+    """Return `path` as a Path after checking it is an existing, readable regular file.
+
+    Raises InputError with one line naming the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: not readable")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise InputError(f"{path}: {path.stat().st_size} bytes exceeds the limit of {max_bytes}")
+    return path
+
+
+def check_output_path(output: str | os.PathLike, inputs: list[Path], *, overwrite: bool) -> Path:
+    """Return `output` as a Path after checking it may be written.
+
+    Never the same file as an input; an existing file only with overwrite=True;
+    its folder must exist. Raises InputError otherwise.
+    """
+    output = Path(output)
+    for source in inputs:
+        if output.exists() and source.exists() and os.path.samefile(output, source):
+            raise InputError(f"{output}: refusing to overwrite the input")
+        if output.resolve() == source.resolve():
+            raise InputError(f"{output}: refusing to overwrite the input")
+    if output.is_dir():
+        raise InputError(f"{output}: is a directory, expected a file name")
+    if output.exists() and not overwrite:
+        raise InputError(f"{output}: already exists (pass --overwrite to replace it)")
+    if not output.parent.exists():
+        raise InputError(f"{output.parent}: output folder does not exist")
+    return output
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to `path` atomically: a temporary file in the same folder, then rename.
+
+    A crash or error leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,33 @@
+"""The record every model format hands to the engine: one named weight tensor."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One weight tensor of a model, read lazily.
+
+    name: unique within the model (a node name, or `function::node` for a node
+    inside the graph's function library). dtype: NumPy-style name ("float32",
+    "bfloat16", "int32", "string", ...). shape: the tensor's shape. floating:
+    whether it is a floating dtype (the only kind ever clustered).
+    max_distinct: an upper bound on its distinct values known without decoding
+    (the number of values it stores). load: returns the values as a new NumPy
+    array of that shape and dtype (floating tensors only).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    floating: bool
+    max_distinct: int
+    load: Callable[[], numpy.ndarray]
+
+    @property
+    def size(self) -> int:
+        """Return the number of values (the product of the shape)."""
+        return int(numpy.prod(self.shape, dtype=numpy.int64))

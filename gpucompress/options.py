@@ -1,0 +1,82 @@
+"""One options object shared by the CLI and the Python API, validated in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import OptionsError
+
+DEVICES = ("auto", "cpu", "gpu")
+MAX_CLUSTERS = 65536
+
+
+def _methods():
+    from .engine import METHODS
+
+    return METHODS
+
+
+def _initializers():
+    from .kernels.initializers import INITIALIZERS
+
+    return INITIALIZERS
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """How to cluster a model's weights.
+
+    n_clusters: codebook size k per tensor (or for the whole model with
+        global_clusters), 2..65536; 256 = 8-bit indices, 16 = 4-bit.
+    global_clusters: one codebook shared by all clustered tensors (the seed's
+        --global_clusters).
+    min_n_weights: in global mode, tensors with fewer values stay as they are
+        (the seed applies it to global mode only).
+    whitelisted: names of weights never clustered (exact names).
+    device: "auto" (GPU when CuPy sees one, else CPU), "cpu" or "gpu".
+    method: clustering algorithm, a name in engine.METHODS ("lloyd").
+    init: initial centroids: "linear" (Deep Compression's choice), "density"
+        (quantiles) or "kmeans++" (seeded, deterministic).
+    max_iter: most Lloyd iterations per tensor.
+    seed: seed of the random initializers.
+    batch_values: values per device batch; None picks a default per device.
+    """
+
+    n_clusters: int = 256
+    global_clusters: bool = False
+    min_n_weights: int = 256
+    whitelisted: tuple[str, ...] = field(default_factory=tuple)
+    device: str = "auto"
+    method: str = "lloyd"
+    init: str = "linear"
+    max_iter: int = 300
+    seed: int = 0
+    batch_values: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.whitelisted, (list, set, frozenset)):
+            object.__setattr__(self, "whitelisted", tuple(sorted(self.whitelisted)))
+        if isinstance(self.whitelisted, str):
+            raise OptionsError("whitelisted should be a tuple of names, not a string.")
+        _check_int("n_clusters", self.n_clusters, 2, MAX_CLUSTERS)
+        _check_int("min_n_weights", self.min_n_weights, 1, None)
+        _check_int("max_iter", self.max_iter, 0, None)
+        _check_int("seed", self.seed, 0, None)
+        if self.batch_values is not None:
+            _check_int("batch_values", self.batch_values, 1, None)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("method", self.method, tuple(sorted(_methods())))
+        _check_choice("init", self.init, tuple(sorted(_initializers())))
+
+
+def _check_int(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionsError(f"{name}={value!r} should be an integer.")
+    if value < low:
+        raise OptionsError(f"{name}={value} should be >= {low}.")
+    if high is not None and value > high:
+        raise OptionsError(f"{name}={value} should be <= {high}.")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise OptionsError(f"{name}={value!r} should be one of {', '.join(allowed)}.")

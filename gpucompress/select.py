@@ -1,0 +1,72 @@
+"""Which weights get clustered, and why not: the selection rules in one place.
+
+A rule is a (reason, test) pair checked in order; the first that matches says
+why a weight is left exactly as it is. Rules that need the values come last, so
+most decisions never decode a tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy
+
+from .models.weights import Weight
+from .options import CompressOptions
+
+CLUSTER = "clustered"
+
+# Rules that need only the weight's metadata: (reason, test(weight, options)).
+METADATA_RULES = (
+    ("whitelisted", lambda w, o: w.name in o.whitelisted),
+    ("not floating", lambda w, o: not w.floating),
+    ("empty", lambda w, o: w.size == 0),
+    ("fewer than min_n_weights values (global mode)",
+     lambda w, o: o.global_clusters and w.size < o.min_n_weights),
+    ("no more distinct values than the codebook", lambda w, o: w.max_distinct <= o.n_clusters),
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a weight is clustered, and the reason (CLUSTER when it is)."""
+
+    cluster: bool
+    reason: str
+
+
+def decide_without_values(weight: Weight, options: CompressOptions) -> Decision | None:
+    """Return the Decision that metadata alone settles, or None when the values are needed."""
+    for reason, test in METADATA_RULES:
+        if test(weight, options):
+            return Decision(False, reason)
+    return None
+
+
+def decide_with_values(values: numpy.ndarray, options: CompressOptions) -> Decision:
+    """Return the Decision for a decoded floating tensor (any shape, its own dtype)."""
+    finite = finite_values(values)
+    if finite.size == 0:
+        return Decision(False, "no finite values")
+    if not has_more_distinct_than(finite, options.n_clusters):
+        return Decision(False, "no more distinct values than the codebook")
+    return Decision(True, CLUSTER)
+
+
+def finite_values(values: numpy.ndarray) -> numpy.ndarray:
+    """Return the finite values of a tensor, flattened, as float64."""
+    flat = values.reshape(-1).astype(numpy.float64)
+    return flat[numpy.isfinite(flat)]
+
+
+def has_more_distinct_than(values: numpy.ndarray, k: int) -> bool:
+    """Return whether a 1-D float64 array has more than k distinct values.
+
+    Looks at a prefix first: nearly every weight tensor shows more than k
+    distinct values early, which spares a full sort.
+    """
+    prefix = values[: 16 * k]
+    if numpy.unique(prefix).size > k:
+        return True
+    if prefix.size == values.size:
+        return False
+    return numpy.unique(values).size > k

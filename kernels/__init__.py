@@ -1,0 +1,24 @@
+"""Compute kernels of gpucompress: pure array math that runs on NumPy or CuPy.
+
+Every function here takes arrays and derives the array module from them
+(`array_namespace`), so the CPU and GPU paths are one implementation. All the
+arithmetic that decides a result is integer (fixed point), which is exact and
+associative: NumPy and CuPy give bit-identical codebooks and labels whatever
+order their reductions run in.
+
+Installed as `gpucompress.kernels` (see setup.py); the sources stay at the
+repository's `kernels/` folder.
+"""
+from .fixedpoint import KEY_BIAS, KEY_SHIFT, array_namespace, segment_exponents, value_bits
+from .initializers import INITIALIZERS
+from .lloyd import lloyd
+
+__all__ = [
+    "INITIALIZERS",
+    "KEY_BIAS",
+    "KEY_SHIFT",
+    "array_namespace",
+    "lloyd",
+    "segment_exponents",
+    "value_bits",
+]

@@ -1,0 +1,117 @@
+"""Exact fixed-point representation of weight segments, shared by every method.
+
+Why integers: the k-means updates need sums of many values. Floating-point sums
+depend on the order of the additions, and NumPy and CuPy reduce in different
+orders, so float sums break CPU/GPU parity. Each segment's values are scaled by
+a power of two and rounded to 64-bit integers once (`q = rint(x * 2**e)`, an
+exact and order-free operation); after that every sum, mean and midpoint is
+integer arithmetic, identical on any device.
+
+A batch of segments lives in flat arrays:
+- `keys`: int64, one per value, `(segment << KEY_SHIFT) | (q + KEY_BIAS)`, so one
+  global sort orders segments one after the other and each segment by value,
+  and one `searchsorted` answers queries for every segment at once;
+- `prefix`: uint64 prefix sums of q in sorted order, with a leading 0; sums over
+  a range are differences of two entries. The running total may wrap around
+  2**64, but every range we take lies in one segment, whose true sum fits in
+  int64, so modular arithmetic returns it exactly.
+"""
+from __future__ import annotations
+
+import numpy
+
+# q lies in (-2**MAX_VALUE_BITS, 2**MAX_VALUE_BITS); biased by KEY_BIAS it fits in
+# KEY_SHIFT bits, leaving 63 - KEY_SHIFT = 22 bits for the segment index.
+MAX_VALUE_BITS = 40
+KEY_BIAS = 1 << MAX_VALUE_BITS
+KEY_SHIFT = MAX_VALUE_BITS + 1
+MAX_SEGMENTS = 1 << (63 - KEY_SHIFT)
+KEY_VALUE_MASK = (1 << KEY_SHIFT) - 1
+
+
+def array_namespace(*arrays):
+    """Return the array module (numpy or cupy) that owns the given arrays."""
+    for array in arrays:
+        if type(array).__module__.startswith("cupy"):
+            import cupy
+
+            return cupy
+    return numpy
+
+
+def value_bits(n: int) -> int:
+    """Return the fixed-point precision (bits) for a segment of n values.
+
+    Chosen so that any sum of up to n values, doubled, fits in int64:
+    n * 2**bits <= 2**61. It depends on n alone, never on the batch a segment
+    travels in, so results do not depend on batching.
+    """
+    if n < 1:
+        raise ValueError(f"n={n} should be >= 1.")
+    return min(MAX_VALUE_BITS, 61 - int(n).bit_length())
+
+
+def segment_exponents(max_abs: numpy.ndarray, sizes: numpy.ndarray) -> numpy.ndarray:
+    """Return, per segment, the power-of-two exponent e with max|x| * 2**e < 2**value_bits(n).
+
+    Takes host arrays: max_abs (float64, finite, >= 0) and sizes (int, >= 1), one
+    entry per segment. Returns int64 exponents. A segment of zeros gets exponent 0.
+    """
+    max_abs = numpy.asarray(max_abs, dtype=numpy.float64)
+    sizes = numpy.asarray(sizes, dtype=numpy.int64)
+    bits = numpy.array([value_bits(int(n)) for n in sizes], dtype=numpy.int64)
+    _, exponent = numpy.frexp(max_abs)  # max_abs = m * 2**exponent, 0.5 <= m < 1
+    result = bits - exponent.astype(numpy.int64)
+    return numpy.where(max_abs > 0, result, 0).astype(numpy.int64)
+
+
+def quantize(values, exponents):
+    """Return int64 q = rint(values * 2**exponents), exact and device independent.
+
+    values: float64 array; exponents: int64 array broadcastable to it.
+    """
+    xp = array_namespace(values)
+    return xp.rint(xp.ldexp(values, exponents.astype(xp.int32))).astype(xp.int64)
+
+
+def dequantize(q, exponents):
+    """Return float64 q * 2**-exponents (exact while |q| < 2**53)."""
+    xp = array_namespace(q)
+    return xp.ldexp(q.astype(xp.float64), (-exponents).astype(xp.int32))
+
+
+def make_keys(q, segment_index):
+    """Return the int64 search keys of q (int64) for the given per-value segment indices."""
+    return (segment_index.astype(q.dtype) << KEY_SHIFT) + (q + KEY_BIAS)
+
+
+def key_values(keys):
+    """Return q (int64) from keys made by make_keys."""
+    return (keys & KEY_VALUE_MASK) - KEY_BIAS
+
+
+def prefix_sums(q_sorted):
+    """Return uint64 prefix sums of q_sorted (int64) with a leading zero (length n + 1).
+
+    Wrap-around is intended: see the module docstring.
+    """
+    xp = array_namespace(q_sorted)
+    prefix = xp.zeros(q_sorted.shape[0] + 1, dtype=xp.uint64)
+    xp.cumsum(q_sorted.view(xp.uint64), out=prefix[1:])
+    return prefix
+
+
+def range_sums(prefix, starts, ends):
+    """Return int64 sums of q over [starts, ends) from prefix sums (exact, see module docstring)."""
+    xp = array_namespace(prefix)
+    return (prefix[ends] - prefix[starts]).view(xp.int64)
+
+
+def rounded_mean(sums, counts):
+    """Return round-half-up(sums / counts) in int64 for counts > 0 (0 where counts == 0).
+
+    Pure integer arithmetic: floor((2*s + c) / (2*c)).
+    """
+    xp = array_namespace(sums)
+    safe = xp.maximum(counts, 1)
+    return (2 * sums + safe) // (2 * safe)
