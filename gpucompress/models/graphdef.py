@@ -110,6 +110,10 @@ class GraphDefModel:
                 raise ValueError(f"values[{name!r}].shape={array.shape} should be {shape}.")
             tensor_proto.store_numpy(tensor, array)
 
+    def save(self, path: str | os.PathLike) -> int:
+        """Write the model to `path` atomically; returns the number of bytes written."""
+        return write_graphdef(self, path)
+
     def to_bytes(self) -> bytes:
         """Return the GraphDef serialized deterministically (same model, same bytes)."""
         return self.graph_def.SerializeToString(deterministic=True)
