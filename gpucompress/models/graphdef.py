@@ -60,7 +60,10 @@ class GraphDefModel:
     def from_proto(cls, graph_def) -> "GraphDefModel":
         """Return a model over a copy of a GraphDef message (the caller's stays untouched)."""
         copy = _graph_pb2().GraphDef()
-        copy.CopyFrom(graph_def)
+        if type(graph_def) is type(copy):
+            copy.CopyFrom(graph_def)
+        else:  # a TensorFlow GraphDef: same schema, another generated class
+            copy.ParseFromString(graph_def.SerializeToString())
         return cls(copy)
 
     @classmethod
@@ -84,14 +87,18 @@ class GraphDefModel:
             tensor = node.attr["value"].tensor
             dtype = tensor_proto.float_numpy_dtype(tensor.dtype)
             floating = dtype is not None
-            shape = tensor_proto.tensor_shape(tensor)
+            try:
+                shape = tensor_proto.tensor_shape(tensor)
+                max_distinct = tensor_proto.stored_value_count(tensor) if floating else 0
+            except FormatError as error:
+                raise FormatError(f"Const {name!r}: {error}") from None
             result.append(
                 Weight(
                     name=name,
                     dtype=_DTYPE_NAMES.get(tensor.dtype, f"dtype{tensor.dtype}") if not floating else dtype.name,
                     shape=shape,
                     floating=floating,
-                    max_distinct=tensor_proto.stored_value_count(tensor) if floating else 0,
+                    max_distinct=max_distinct,
                     load=(lambda t=tensor: tensor_proto.to_numpy(t)),
                 )
             )

@@ -50,11 +50,23 @@ def tensor_shape(tensor) -> tuple[int, ...]:
 
 
 def stored_value_count(tensor) -> int:
-    """Return how many values a floating TensorProto stores explicitly (an upper bound on its distinct values)."""
+    """Return how many values a floating TensorProto stores explicitly (an upper bound on its distinct values).
+
+    Checks the stored size against the shape without decoding; raises FormatError on a mismatch.
+    """
+    shape = tensor_shape(tensor)
+    size = int(numpy.prod(shape, dtype=numpy.int64))
     if tensor.tensor_content:
         itemsize = 2 if tensor.dtype in (DT_HALF, DT_BFLOAT16) else 8 if tensor.dtype == DT_DOUBLE else 4
-        return len(tensor.tensor_content) // itemsize
-    return len(getattr(tensor, _value_field(tensor.dtype)))
+        if len(tensor.tensor_content) != size * itemsize:
+            raise FormatError(
+                f"tensor_content holds {len(tensor.tensor_content)} bytes, shape {list(shape)} needs {size * itemsize}"
+            )
+        return size
+    count = len(getattr(tensor, _value_field(tensor.dtype)))
+    if count > size:
+        raise FormatError(f"constant stores {count} values for shape {list(shape)}")
+    return count
 
 
 def to_numpy(tensor) -> numpy.ndarray:

@@ -1,0 +1,123 @@
+"""The command line: seed-compatible flags, summary, exit codes and bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy
+import pytest
+
+from gpucompress.cli import main
+from gpucompress.models import read_model
+
+from .conftest import const_node, graphdef_of
+
+
+@pytest.fixture()
+def small_pb(tmp_path):
+    rng = numpy.random.default_rng(0)
+    graph_def = graphdef_of(const_node("w1", rng.normal(size=(40, 40)).astype("f4")),
+                            const_node("w2", rng.laplace(size=(300,)).astype("f4")),
+                            const_node("shape", numpy.array([1, 40], dtype=numpy.int32)))
+    path = tmp_path / "model.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    return path
+
+
+def distinct_counts(path):
+    return {w.name: numpy.unique(w.load()).size for w in read_model(path).weights() if w.floating}
+
+
+def test_default_output_is_pb_min_with_seed_flags(small_pb, capsys):
+    assert main(["compress", str(small_pb), "--n_clusters=16", "--device", "cpu"]) == 0
+    output = small_pb.with_name("model.pb.min")
+    counts = distinct_counts(output)
+    assert set(counts) == {"w1", "w2"} and 8 < counts["w1"] <= 16 and 8 < counts["w2"] <= 16
+    printed = capsys.readouterr().out
+    assert "clustered 2 of 3 constant tensors" in printed and "parse" in printed
+
+
+def test_kebab_case_flags_and_whitelist(small_pb, tmp_path):
+    output = tmp_path / "out.pb"
+    assert main(["compress", str(small_pb), "-o", str(output), "--n-clusters", "8",
+                 "--whitelisted", "w1", "--device=cpu", "-q"]) == 0
+    counts = distinct_counts(output)
+    assert counts["w1"] == 1600 and counts["w2"] <= 8
+
+
+def test_global_clusters_and_min_n_weights(small_pb, tmp_path):
+    output = tmp_path / "out.pb"
+    assert main(["compress", str(small_pb), "-o", str(output), "--global_clusters",
+                 "--min_n_weights=1000", "--n_clusters=4", "--device", "cpu", "-q"]) == 0
+    counts = distinct_counts(output)
+    assert counts["w1"] <= 4 and counts["w2"] == 300
+
+
+def test_python_dash_m_runs_the_cli(small_pb, tmp_path):
+    output = tmp_path / "out.pb"
+    done = subprocess.run([sys.executable, "-m", "gpucompress", "compress", str(small_pb), "-o", str(output),
+                           "--zip-sizes"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "zipped" in done.stdout and output.exists()
+
+
+def test_same_bytes_every_run(small_pb, tmp_path):
+    outputs = [tmp_path / f"{i}.pb" for i in range(2)]
+    for output in outputs:
+        assert main(["compress", str(small_pb), "-o", str(output), "--init", "kmeans++", "-q"]) == 0
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "gpucompress", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text", "empty", "truncated"])
+def test_bad_input_is_one_line_and_no_output(tmp_path, small_pb, kind):
+    path = {"missing": tmp_path / "nope.pb", "directory": tmp_path}.get(kind, tmp_path / "bad.pb")
+    if kind == "text":
+        path.write_text("this is not a graph\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(small_pb.read_bytes()[:-7])
+    output = tmp_path / "out.pb"
+    done = run_cli("compress", str(path), "-o", str(output))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpucompress: error:"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not output.exists()
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_refuses_to_overwrite_the_input_or_an_existing_output(small_pb):
+    before = small_pb.read_bytes()
+    done = run_cli("compress", str(small_pb), "-o", str(small_pb), "--overwrite")
+    assert done.returncode == 1 and "refusing to overwrite the input" in done.stderr
+    assert small_pb.read_bytes() == before
+    existing = small_pb.with_name("model.pb.min")
+    existing.write_bytes(b"keep me")
+    done = run_cli("compress", str(small_pb))
+    assert done.returncode == 1 and "already exists" in done.stderr
+    assert existing.read_bytes() == b"keep me"
+    assert run_cli("compress", str(small_pb), "--overwrite").returncode == 0
+    assert existing.read_bytes() != b"keep me"
+
+
+@pytest.mark.parametrize("flags, message", [(["--n_clusters=1"], "n_clusters=1 should be >= 2"),
+                                            (["--init", "magic"], "init='magic' should be one of"),
+                                            (["--max-iter", "-3"], "max_iter=-3 should be >= 0")])
+def test_bad_options_name_the_rule(small_pb, flags, message):
+    done = run_cli("compress", str(small_pb), *flags)
+    assert done.returncode == 1 and message in done.stderr
+
+
+def test_unknown_flag_is_a_usage_error(small_pb):
+    assert run_cli("compress", str(small_pb), "--bogus").returncode == 2
+
+
+def test_package_imports_without_tensorflow():
+    code = "import sys, gpucompress, gpucompress.cli, gpucompress.models; assert 'tensorflow' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,196 @@
+"""Compressing frozen GraphDefs: a real Keras model end to end, and every selection edge case."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy
+import pytest
+
+from gpucompress import CompressOptions, FormatError, compress_file, compress_graphdef
+from gpucompress.models import GraphDefModel
+from gpucompress.models.tensor_proto import to_numpy
+
+from .conftest import const_node, graphdef_of, run_graphdef
+
+RNG = numpy.random.default_rng(7)
+
+
+def values_of(graph_def) -> dict[str, numpy.ndarray]:
+    return {w.name: w.load() for w in GraphDefModel(graph_def).weights() if w.floating}
+
+
+def compress(graph_def, **options):
+    return compress_graphdef(graph_def, CompressOptions(device="cpu", **options))
+
+
+@pytest.mark.parametrize("k", [256, 16])
+def test_real_keras_model_runs_and_stays_close(keras_frozen, tmp_path, k):
+    path, sample = keras_frozen
+    output = tmp_path / "cnn.pb.min"
+    summary = compress_file(path, output, CompressOptions(n_clusters=k, device="cpu"))
+    before = run_graphdef(path.read_bytes(), sample)
+    after = run_graphdef(output.read_bytes(), sample)
+    relative = numpy.linalg.norm(after - before) / numpy.linalg.norm(before)
+    # Untrained uniform (Glorot) weights are the hard case for 16 levels.
+    assert relative < (0.03 if k == 256 else 0.25), relative
+    assert len(summary.run.clustered()) >= 4  # the conv and dense kernels at least
+    for outcome in summary.run.clustered():
+        assert numpy.unique(outcome.values()).size <= k
+
+
+def test_structure_is_identical_but_for_clustered_values(keras_frozen):
+    from tensorboard.compat.proto import graph_pb2
+
+    path, _ = keras_frozen
+    original = graph_pb2.GraphDef.FromString(path.read_bytes())
+    result = compress(original)
+    assert [(n.name, n.op, list(n.input), n.device) for n in original.node] == [
+        (n.name, n.op, list(n.input), n.device) for n in result.node
+    ]
+    changed = 0
+    for before, after in zip(original.node, result.node):
+        assert set(before.attr) == set(after.attr)
+        for key in before.attr:
+            if key == "value" and before.op == "Const":
+                a, b = before.attr[key].tensor, after.attr[key].tensor
+                assert (a.dtype, a.tensor_shape) == (b.dtype, b.tensor_shape)
+                changed += a.SerializeToString() != b.SerializeToString()
+            else:
+                assert before.attr[key] == after.attr[key]
+    assert changed >= 4
+
+
+def test_caller_graph_def_is_not_modified(keras_frozen):
+    from tensorboard.compat.proto import graph_pb2
+
+    original = graph_pb2.GraphDef.FromString(keras_frozen[0].read_bytes())
+    snapshot = original.SerializeToString(deterministic=True)
+    compress(original)
+    assert original.SerializeToString(deterministic=True) == snapshot
+
+
+def test_tensorflow_graph_def_in_tensorflow_graph_def_out(keras_frozen):
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef.FromString(keras_frozen[0].read_bytes())
+    assert isinstance(compress(graph_def), tf.compat.v1.GraphDef)
+
+
+def test_integer_bool_and_small_tensors_are_untouched():
+    integers = RNG.integers(-1000, 1000, size=(50, 50)).astype(numpy.int32)
+    flags = RNG.random(600) > 0.5
+    few = RNG.choice(numpy.float32([0.5, -1.25, 3.0]), size=(40, 40))
+    graph_def = graphdef_of(const_node("ints", integers), const_node("flags", flags),
+                            const_node("few", few), const_node("dense", RNG.normal(size=(30, 30)).astype("f4")))
+    result = compress(graph_def, n_clusters=4)
+    for before, after in zip(graph_def.node[:3], result.node[:3]):
+        assert before.SerializeToString() == after.SerializeToString(), before.name
+    assert numpy.unique(values_of(result)["dense"]).size == 4
+
+
+def test_no_more_distinct_values_than_k_keeps_exact_bytes():
+    values = RNG.normal(size=256).astype(numpy.float32)  # exactly k distinct values
+    graph_def = graphdef_of(const_node("exact", numpy.tile(values, 4)))
+    assert compress(graph_def).SerializeToString() == graph_def.SerializeToString()
+
+
+def test_non_finite_values_stay_in_place():
+    values = RNG.normal(size=1000).astype(numpy.float32)
+    values[[3, 500, 999]] = [numpy.nan, numpy.inf, -numpy.inf]
+    result = values_of(compress(graphdef_of(const_node("w", values)), n_clusters=8))["w"]
+    assert numpy.isnan(result[3]) and result[500] == numpy.inf and result[999] == -numpy.inf
+    finite = numpy.isfinite(values)
+    assert numpy.isfinite(result[finite]).all()
+    assert numpy.unique(result[finite]).size <= 8
+
+
+def test_all_non_finite_tensor_is_untouched():
+    values = numpy.full(500, numpy.nan, dtype=numpy.float32)
+    graph_def = graphdef_of(const_node("nan", values))
+    assert compress(graph_def).SerializeToString() == graph_def.SerializeToString()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("as_values", [False, True])
+def test_dtypes_and_storage_forms_keep_their_dtype(dtype, as_values):
+    numpy_dtype = numpy.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else numpy.dtype(dtype)
+    values = RNG.normal(size=(20, 30)).astype(numpy_dtype)
+    graph_def = graphdef_of(const_node("w", values, as_values=as_values))
+    result = compress(graph_def, n_clusters=16)
+    tensor = result.node[0].attr["value"].tensor
+    assert bool(tensor.tensor_content) != as_values, "storage form is kept"
+    clustered = to_numpy(tensor)
+    assert clustered.dtype == numpy_dtype and clustered.shape == values.shape
+    assert numpy.unique(clustered.astype(numpy.float64)).size <= 16
+    error = numpy.abs(clustered.astype(numpy.float64) - values.astype(numpy.float64)).max()
+    assert error < 0.5
+
+
+def test_repeated_value_fields_keep_their_length():
+    from tensorboard.compat.proto import node_def_pb2
+
+    node = node_def_pb2.NodeDef(name="filled", op="Const")
+    node.attr["dtype"].type = 1
+    tensor = node.attr["value"].tensor
+    tensor.dtype = 1
+    tensor.tensor_shape.dim.add().size = 1000
+    tensor.float_val.extend(RNG.normal(size=300).astype("f4").tolist())  # TF repeats the last one
+    result = compress(graphdef_of(node), n_clusters=4).node[0].attr["value"].tensor
+    assert len(result.float_val) == 300
+    full = to_numpy(result)
+    assert full.shape == (1000,) and numpy.all(full[300:] == full[299])
+
+
+def test_function_library_consts_are_clustered():
+    inside = const_node("kernel", RNG.normal(size=(16, 16)).astype("f4"))
+    graph_def = graphdef_of(const_node("top", RNG.normal(size=400).astype("f4")),
+                            functions=[("body", [inside])])
+    result = compress(graph_def, n_clusters=4)
+    clustered = values_of(result)
+    assert set(clustered) == {"top", "body::kernel"}
+    assert all(numpy.unique(v).size <= 4 for v in clustered.values())
+
+
+def test_whitelisted_names_are_untouched():
+    graph_def = graphdef_of(const_node("keep", RNG.normal(size=500).astype("f4")),
+                            const_node("go", RNG.normal(size=500).astype("f4")))
+    result = compress(graph_def, n_clusters=4, whitelisted=("keep",))
+    assert result.node[0] == graph_def.node[0]
+    assert result.node[1] != graph_def.node[1]
+
+
+def test_global_mode_shares_one_codebook_and_skips_small_tensors():
+    graph_def = graphdef_of(const_node("a", RNG.normal(size=600).astype("f4")),
+                            const_node("b", (RNG.normal(size=(30, 30)) * 3).astype("f4")),
+                            const_node("small", RNG.normal(size=100).astype("f4")))
+    result = compress(graph_def, n_clusters=8, global_clusters=True, min_n_weights=256)
+    values = values_of(result)
+    shared = numpy.union1d(numpy.unique(values["a"]), numpy.unique(values["b"]))
+    assert shared.size <= 8
+    assert result.node[2] == graph_def.node[2], "fewer than min_n_weights values: untouched"
+
+
+def test_same_input_same_bytes(keras_frozen):
+    from tensorboard.compat.proto import graph_pb2
+
+    graph_def = graph_pb2.GraphDef.FromString(keras_frozen[0].read_bytes())
+    for init in ("linear", "density", "kmeans++"):
+        first = compress(graph_def, n_clusters=16, init=init).SerializeToString(deterministic=True)
+        assert first == compress(graph_def, n_clusters=16, init=init).SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("data, message", [(b"", "empty file"), (b"\xff\xff\xff\xff", "not a TensorFlow GraphDef"),
+                                           (b"hello world, not a graph", "not a TensorFlow GraphDef")])
+def test_bytes_that_are_not_a_graphdef(tmp_path, data, message):
+    from gpucompress.models import read_model
+
+    path = tmp_path / "bad.pb"
+    path.write_bytes(data)
+    with pytest.raises(FormatError, match=message):
+        read_model(path)
+
+
+def test_tensor_content_of_the_wrong_size_is_a_format_error():
+    node = const_node("w", RNG.normal(size=100).astype("f4"))
+    node.attr["value"].tensor.tensor_content = b"\x00" * 12
+    with pytest.raises(FormatError, match="tensor_content holds 12 bytes"):
+        compress(graphdef_of(node))
