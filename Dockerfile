@@ -6,7 +6,7 @@
 #   CUDA_VERSION, UBUNTU_VERSION  the base image nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION}
 #   GPUCOMPRESS_EXTRAS            the setup.py extras installed with gpucompress
 #
-# Workstations and current cloud GPUs (the default; CUDA 12, driver >= 525):
+# Workstations and current cloud GPUs (the default; CUDA 12, driver branch 535 or later):
 #   CUDA_VERSION=12.9.1 UBUNTU_VERSION=24.04 GPUCOMPRESS_EXTRAS=gpu,faiss-gpu-cuda12
 #   CuPy for CUDA 12 (cupy-cuda12x) and faiss GPU for CUDA 12 (faiss-gpu-cu12,
 #   whose wheels run on compute capability 7.0-8.9 only).
