@@ -19,7 +19,7 @@ from .api import zip_size
 from .clustering import ClusteringRun, TensorOutcome, cluster_weights
 from .codec import archive as archives
 from .codec import entropy
-from .errors import FormatError, GpucompressError, InputError
+from .errors import FormatError, GpucompressError, InputError, OptionsError
 from .files import check_input_file, check_output_path, write_atomic
 from .models import model_class, read_model
 from .options import CompressOptions
@@ -95,10 +95,12 @@ def _worth_coding(tensor: archives.CodedTensor, stored_bytes: int, codebook_shar
     return estimate < stored_bytes
 
 
-def encode_model(model, run: ClusteringRun, info: dict | None = None) -> tuple[bytes, dict]:
+def encode_model(model, run: ClusteringRun, info: dict | None = None,
+                 speed_tolerance: float = entropy.SPEED_TOLERANCE) -> tuple[bytes, dict]:
     """Return (archive bytes, report) for a model whose clustered values are already in place.
 
-    run: the ClusteringRun that produced them. The report holds "coders"
+    run: the ClusteringRun that produced them. speed_tolerance: see
+    entropy.encode_indices (0 = smallest streams, slower unpack). The report holds "coders"
     (a Counter), "coded" (tensors indexed), "bound" and "rest" (bytes, see PackSummary).
     """
     weights = {w.name: w for w in model.weights()}
@@ -115,7 +117,7 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None) -> tuple[b
              if _worth_coding(t, weights[t.name].max_distinct * t.codebook.dtype.itemsize,
                               t.codebook.nbytes / users[(t.dtype, t.codebook.tobytes())])]
     archive = archives.Archive(model.format_name, model.to_skeleton([t.name for t in coded]), coded, info or {})
-    data = archives.write_archive(archive)
+    data = archives.write_archive(archive, speed_tolerance)
     rest_skeleton = (archive.skeleton if len(coded) == len(candidates)
                      else model.to_skeleton([t.name for t in candidates]))
     bound = sum(entropy.entropy_bytes(t.indices, t.codebook.size) for t in candidates)
@@ -170,16 +172,21 @@ def pack_file(
     *,
     overwrite: bool = False,
     zip_sizes: bool = True,
+    speed_tolerance: float = entropy.SPEED_TOLERANCE,
     on_batch=None,
 ) -> PackSummary:
     """Cluster a model file as `compress_file` does and write it as one archive.
 
     output_path: defaults to INPUT.gpcz. overwrite: replace an existing output
     (never the input). zip_sizes: also measure zip(original) and zip(.min).
+    speed_tolerance: a faster-decoding index coder is picked when its stream is
+    at most this fraction larger than the smallest (0: always the smallest).
     Returns a PackSummary. Raises InputError, FormatError, OptionsError or
     DeviceError; no output file exists after an error.
     """
     options = options or CompressOptions()
+    if not (isinstance(speed_tolerance, (int, float)) and 0.0 <= speed_tolerance <= 1.0):
+        raise OptionsError(f"speed_tolerance={speed_tolerance!r} should be a fraction in [0, 1].")
     started = time.perf_counter()
     input_path = Path(input_path)
     if not input_path.exists():
@@ -195,7 +202,7 @@ def pack_file(
     clustered = time.perf_counter()
     info = {"producer": "gpucompress", "n_clusters": options.n_clusters,
             "global_clusters": options.global_clusters, "init": options.init, "method": options.method}
-    data, report = encode_model(model, run, info)
+    data, report = encode_model(model, run, info, speed_tolerance)
     encoded = time.perf_counter()
     expected = model.to_bytes()
     if decode_archive(data, source=str(output_path)).to_bytes() != expected:

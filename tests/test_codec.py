@@ -85,7 +85,10 @@ def test_every_coder_round_trips(case, coder):
 @given(_streams())
 def test_chosen_coder_is_smallest_and_near_the_entropy(case):
     values, k = case
-    coder, stream = entropy.encode_indices(values, k)
+    fast_coder, fast_stream = entropy.encode_indices(values, k)
+    coder, stream = entropy.encode_indices(values, k, speed_tolerance=0.0)
+    assert len(stream) <= len(fast_stream) <= len(stream) * (1 + entropy.SPEED_TOLERANCE)
+    assert entropy.CODERS.index(fast_coder) <= entropy.CODERS.index(coder)
     numpy.testing.assert_array_equal(entropy.decode_indices(coder, stream, values.size, k), values)
     assert len(stream) <= bitpack.packed_size(values.size, bitpack.bits_for(k))
     if coder == "ans":  # words of 4 bytes, a count table, at most 0.1 % of modelling loss

@@ -89,9 +89,11 @@ class Archive:
     coders: dict[str, str] = field(default_factory=dict)
 
 
-def write_archive(archive: Archive) -> bytes:
+def write_archive(archive: Archive, speed_tolerance: float = entropy.SPEED_TOLERANCE) -> bytes:
     """Return the bytes of an archive; fills archive.coders with the coder picked per tensor.
 
+    speed_tolerance: how much larger (a fraction) a faster-decoding index
+    stream may be than the smallest and still be picked (entropy.encode_indices).
     Raises ValueError for contents outside the format's limits.
     """
     if not _FORMAT_NAME.fullmatch(archive.format_name):
@@ -113,7 +115,7 @@ def write_archive(archive: Archive) -> bytes:
         if key not in codebook_ids:  # identical codebooks (global mode) are stored once
             codebook_ids[key] = len(codebooks)
             codebooks.append({"dtype": tensor.dtype, "size": int(codebook.size), "section": add(key[1])})
-        coder, stream = entropy.encode_indices(tensor.indices.reshape(-1), codebook.size)
+        coder, stream = entropy.encode_indices(tensor.indices.reshape(-1), codebook.size, speed_tolerance)
         archive.coders[tensor.name] = coder
         entry = {"name": tensor.name, "dtype": tensor.dtype, "shape": [int(d) for d in tensor.shape],
                  "codebook": codebook_ids[key], "coder": coder, "section": add(stream),

@@ -1,6 +1,7 @@
 """`gpucompress pack`: cluster a model as `compress` does and write it as one compact archive."""
 from __future__ import annotations
 
+from ..codec.entropy import SPEED_TOLERANCE
 from . import EXIT_OK, new_parser
 from .compress import add_clustering_arguments, options_from_arguments
 
@@ -9,6 +10,7 @@ examples:
   gpucompress pack model.pb                     # writes model.pb.gpcz, 256 clusters per tensor
   gpucompress pack model.pb --n_clusters=16 -o model16.gpcz
   gpucompress pack model.pb.min                 # an already clustered model: indexed, not re-clustered
+  gpucompress pack model.pb --speed-tolerance 0  # smallest archive (ans everywhere), slower unpack
   gpucompress unpack model.pb.gpcz              # writes model.pb.min, identical to `compress` output
 """
 
@@ -27,6 +29,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-zip-sizes", dest="zip_sizes", action="store_false",
                         help="skip measuring the zip sizes of the model and the .min (faster)")
+    parser.add_argument("--speed-tolerance", type=float, default=SPEED_TOLERANCE, metavar="FRACTION",
+                        help="pick a faster-decoding index coder (zstd over ans) when its stream is at most "
+                        "this fraction larger than the smallest; 0 = always the smallest (default %(default)s)")
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_pack)
 
@@ -40,7 +45,8 @@ def run_pack(arguments) -> int:
 
     options = options_from_arguments(arguments)
     summary = pack_file(arguments.model, arguments.output, options,
-                        overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes)
+                        overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes,
+                        speed_tolerance=arguments.speed_tolerance)
     if arguments.quiet:
         return EXIT_OK
     sizes, seconds = summary.sizes, summary.seconds
