@@ -179,3 +179,23 @@ def test_read_archive_errors():
         read_archive("/nonexistent/model.gpcz")
     with pytest.raises(FormatError, match="bad magic"):
         read_archive(b"\x08\x01\x12\x03abc" * 20)
+
+
+def test_speed_tolerance_trades_size_for_speed(model_path, tmp_path):
+    options = CompressOptions(n_clusters=256, device="cpu")
+    fast = pack_file(model_path, tmp_path / "fast.gpcz", options, zip_sizes=False)
+    small = pack_file(model_path, tmp_path / "small.gpcz", options, zip_sizes=False, speed_tolerance=0.0)
+    assert small.sizes["archive"] <= fast.sizes["archive"] <= 1.015 * small.sizes["archive"] + 64
+    assert read_archive(tmp_path / "fast.gpcz").to_bytes() == read_archive(tmp_path / "small.gpcz").to_bytes()
+
+
+def test_benchmark_quick_smoke(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pack.py"
+    spec = importlib.util.spec_from_file_location("pack_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.main(["--quick", "--results", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("pack_quick_*.md"))) == 1
