@@ -8,11 +8,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["gpucompress", "gpucompress.commands", "gpucompress.models", "gpucompress.kernels"],
+    packages=["gpucompress", "gpucompress.codec", "gpucompress.commands", "gpucompress.models",
+              "gpucompress.kernels"],
     # The kernels live at the repository root (the card's layout) and install
     # inside the package, so they import as gpucompress.kernels everywhere.
     package_dir={"gpucompress.kernels": "kernels"},
-    package_data={"gpucompress.kernels": ["*.cu", "*.cuh"]},
+    package_data={"gpucompress.kernels": ["*.cu", "*.cuh"], "gpucompress.codec": ["FORMAT.md"]},
     install_requires=[
         "numpy>=1.24",
         "protobuf>=3.20",
@@ -20,6 +21,10 @@ setup(
         # they parse and write frozen graphs without importing TensorFlow.
         "tensorboard>=2.12",
         "ml_dtypes>=0.3",
+        # .gpcz archives: zstd for the skeleton and index streams, constriction's
+        # ANS coder (perfect=False categorical models need >= 0.4).
+        "zstandard>=0.21",
+        "constriction>=0.4",
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13.0"],

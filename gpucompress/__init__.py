@@ -7,12 +7,16 @@ Public API (importing it never imports TensorFlow):
 - `cluster_arrays(arrays, n_clusters, ...)`: the engine on plain arrays
   (codebook and labels per array, bit-identical on CPU and GPU).
 - `CompressOptions`: every knob, validated; `gpu_available()`.
+- `pack_file(input, output=None, options)`, `unpack_file(archive, output=None)`,
+  `read_archive(path_or_bytes)`: compact `.gpcz` archives (codebooks and
+  entropy-coded indices); read_archive returns the model without writing.
 """
 from .api import CompressionSummary, compress_file, compress_graphdef
 from .device import gpu_available
 from .engine import ClusterResult, cluster_arrays
 from .errors import DeviceError, FormatError, GpucompressError, InputError, OptionsError
 from .options import CompressOptions
+from .packing import PackSummary, pack_file, read_archive, unpack_file
 
 __version__ = "0.1.0"
 
@@ -25,8 +29,12 @@ __all__ = [
     "GpucompressError",
     "InputError",
     "OptionsError",
+    "PackSummary",
     "cluster_arrays",
     "compress_file",
     "compress_graphdef",
     "gpu_available",
+    "pack_file",
+    "read_archive",
+    "unpack_file",
 ]

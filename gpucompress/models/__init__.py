@@ -11,6 +11,22 @@ Each format module exposes a model class with the same verbs:
 
 and a module-level reader. `read_model` picks the format from the path.
 Adding a format touches this registry, never the engine.
+
+Archives (gpucompress.codec) need two more verbs, and only these:
+
+- `to_skeleton(names) -> bytes`: the model serialized deterministically with
+  the values of the named floating weights removed; it must remember whatever
+  the format needs to store those values back in their original form (for a
+  GraphDef: tensor_content or the number of *_val entries);
+- classmethod `from_skeleton(data) -> model`: the model back from those bytes,
+  validated as untrusted input (FormatError). The removed weights then get
+  their values through `replace_values`; only after that may `to_bytes()` /
+  `save()` be called, and `to_bytes()` must then equal what the original model
+  gives after `replace_values` with the same arrays, byte for byte;
+- `to_bytes() -> bytes`: the model as `save` would write it (a single-file format).
+
+The archive stores `format_name` in its header and finds the class again
+through FORMATS; a new format registers there and the codec does not change.
 """
 from __future__ import annotations
 
@@ -21,7 +37,19 @@ from ..errors import InputError
 from .graphdef import GraphDefModel, read_graphdef
 from .weights import Weight
 
-__all__ = ["GraphDefModel", "Weight", "default_output", "read_model", "write_model"]
+__all__ = ["FORMATS", "GraphDefModel", "Weight", "default_output", "model_class", "read_model", "write_model"]
+
+# format_name -> model class with from_skeleton (used by archives).
+FORMATS = {GraphDefModel.format_name: GraphDefModel}
+
+
+def model_class(format_name: str):
+    """Return the model class of a format name; raises FormatError for an unknown one."""
+    from ..errors import FormatError
+
+    if format_name not in FORMATS:
+        raise FormatError(f"unknown model format {format_name!r} (known: {', '.join(sorted(FORMATS))})")
+    return FORMATS[format_name]
 
 
 def read_model(path: str | os.PathLike):

@@ -7,7 +7,9 @@ ever changes.
 """
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 
 import numpy
@@ -26,6 +28,11 @@ _DTYPE_NAMES = {1: "float32", 2: "float64", 14: "bfloat16", 19: "float16", 3: "i
                 22: "uint32", 23: "uint64", 8: "complex64", 18: "complex128"}
 
 FUNCTION_SEPARATOR = "::"
+
+# A skeleton: magic, u32 length of a JSON list of the removed tensors and their
+# storage forms, that JSON, then the GraphDef with those tensors' values cleared.
+SKELETON_MAGIC = b"GDSK"
+MAX_SKELETON_HEADER_BYTES = 1 << 26
 
 
 def _graph_pb2():
@@ -46,6 +53,8 @@ class GraphDefModel:
     def __init__(self, graph_def):
         self.graph_def = graph_def
         self._nodes = {}
+        # Skeleton tensors waiting for their values: name -> ("content",) or ("values", count).
+        self._missing: dict[str, tuple] = {}
         for node in graph_def.node:
             self._add_const(node.name, node)
         for function in graph_def.library.function:
@@ -115,14 +124,91 @@ class GraphDefModel:
             shape = tensor_proto.tensor_shape(tensor)
             if tuple(array.shape) != shape:
                 raise ValueError(f"values[{name!r}].shape={array.shape} should be {shape}.")
+            form = self._missing.pop(name, None)
+            # A skeleton tensor gets back the storage form it had: store_numpy
+            # keeps the form (and the count of *_val entries) it finds.
+            if form is not None and form[0] == "content":
+                tensor.tensor_content = b"\0"
+            elif form is not None:
+                getattr(tensor, tensor_proto._value_field(tensor.dtype)).extend([0] * form[1])
             tensor_proto.store_numpy(tensor, array)
+
+    def to_skeleton(self, names) -> bytes:
+        """Return the model serialized deterministically without the values of the named weights.
+
+        names: floating weights (as listed by weights()). The skeleton records
+        each removed tensor's storage form (tensor_content, or the number of
+        *_val entries), so that `from_skeleton` then `replace_values` with the
+        same values gives back `to_bytes()` exactly. Raises KeyError for an
+        unknown name, ValueError for a weight that is not floating.
+        """
+        copy = GraphDefModel.from_proto(self.graph_def)
+        removed = []
+        for name in dict.fromkeys(names):
+            tensor = copy._nodes[name].attr["value"].tensor
+            if tensor_proto.float_numpy_dtype(tensor.dtype) is None:
+                raise ValueError(f"weight {name!r} is not floating; only floating values can be removed.")
+            if tensor.tensor_content:
+                removed.append([name, "content", 0])
+                tensor.tensor_content = b""
+            else:
+                field = getattr(tensor, tensor_proto._value_field(tensor.dtype))
+                removed.append([name, "values", len(field)])
+                del field[:]
+        header = json.dumps(removed, separators=(",", ":")).encode("utf-8")
+        return SKELETON_MAGIC + struct.pack("<I", len(header)) + header + copy.to_bytes()
+
+    @classmethod
+    def from_skeleton(cls, data: bytes, *, source: str = "skeleton") -> "GraphDefModel":
+        """Rebuild a model from `to_skeleton` bytes; every removed weight must then get
+        its values through replace_values before to_bytes or save.
+
+        Raises FormatError when the bytes are not a valid skeleton.
+        """
+        if len(data) < 8 or data[:4] != SKELETON_MAGIC:
+            raise FormatError(f"{source}: not a GraphDef skeleton")
+        (length,) = struct.unpack_from("<I", data, 4)
+        if length > min(len(data) - 8, MAX_SKELETON_HEADER_BYTES):
+            raise FormatError(f"{source}: skeleton header of {length} bytes exceeds the data")
+        try:
+            removed = json.loads(data[8 : 8 + length].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise FormatError(f"{source}: skeleton header is not JSON ({error})") from None
+        model = cls.from_bytes(data[8 + length :], source=source)
+        if not isinstance(removed, list):
+            raise FormatError(f"{source}: skeleton header should be a list")
+        for entry in removed:
+            model._check_removed(entry, source)
+        return model
+
+    def _check_removed(self, entry, source) -> None:
+        if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
+                or entry[1] not in ("content", "values") or type(entry[2]) is not int):
+            raise FormatError(f"{source}: malformed skeleton entry {str(entry)[:80]}")
+        name, form, count = entry
+        node = self._nodes.get(name)
+        if node is None or name in self._missing:
+            raise FormatError(f"{source}: skeleton names an unknown or repeated tensor {name!r}")
+        tensor = node.attr["value"].tensor
+        if tensor_proto.float_numpy_dtype(tensor.dtype) is None or tensor_proto.stored_value_count(tensor):
+            raise FormatError(f"{source}: skeleton tensor {name!r} is not an emptied floating tensor")
+        size = int(numpy.prod(tensor_proto.tensor_shape(tensor), dtype=numpy.int64))
+        if not 0 <= count <= size or (form == "content" and count):
+            raise FormatError(f"{source}: skeleton tensor {name!r} has a bad value count {count}")
+        self._missing[name] = (form, count)
 
     def save(self, path: str | os.PathLike) -> int:
         """Write the model to `path` atomically; returns the number of bytes written."""
         return write_graphdef(self, path)
 
     def to_bytes(self) -> bytes:
-        """Return the GraphDef serialized deterministically (same model, same bytes)."""
+        """Return the GraphDef serialized deterministically (same model, same bytes).
+
+        Raises FormatError for a skeleton whose removed weights have no values yet.
+        """
+        if self._missing:
+            raise FormatError(f"{len(self._missing)} skeleton tensors have no values "
+                              f"(first: {next(iter(self._missing))!r})")
         return self.graph_def.SerializeToString(deterministic=True)
 
 

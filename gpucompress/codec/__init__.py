@@ -1,0 +1,14 @@
+"""The `.gpcz` archive: Deep Compression's storage stage (codebooks, packed and entropy-coded indices).
+
+- bitpack.py: indices at b bits, vectorized;
+- entropy.py: index coders ("packed", "zstd", "ans"), picked per tensor by size;
+- archive.py: the container (FORMAT.md specifies the bytes), reader hardened
+  against untrusted input.
+
+The codec never clusters and knows no model format: it stores a skeleton
+(bytes from the model's `to_skeleton`) and CodedTensors, and the format name
+that finds the model class again.
+"""
+from .archive import Archive, CodedTensor, read_archive, write_archive
+
+__all__ = ["Archive", "CodedTensor", "read_archive", "write_archive"]

@@ -1,0 +1,73 @@
+"""`gpucompress pack`: cluster a model as `compress` does and write it as one compact archive."""
+from __future__ import annotations
+
+from ..codec.entropy import SPEED_TOLERANCE
+from . import EXIT_OK, new_parser
+from .compress import add_clustering_arguments, options_from_arguments
+
+PACK_EXAMPLES = """\
+examples:
+  gpucompress pack model.pb                     # writes model.pb.gpcz, 256 clusters per tensor
+  gpucompress pack model.pb --n_clusters=16 -o model16.gpcz
+  gpucompress pack model.pb.min                 # an already clustered model: indexed, not re-clustered
+  gpucompress pack model.pb --speed-tolerance 0  # smallest archive (ans everywhere), slower unpack
+  gpucompress unpack model.pb.gpcz              # writes model.pb.min, identical to `compress` output
+"""
+
+
+def add_subparser(subparsers) -> None:
+    """Add the `pack` subcommand."""
+    parser = new_parser(
+        subparsers, "pack", help="cluster a model and write a compact archive (.gpcz)",
+        description="Cluster a model's weights exactly as `compress` does, then store each clustered "
+        "tensor as a codebook and entropy-coded indices, and the rest of the model with zstd. "
+        "`gpucompress unpack` restores the model that `compress` writes, byte for byte.",
+        epilog=PACK_EXAMPLES,
+    )
+    parser.add_argument("model", help="frozen GraphDef (.pb), or an already clustered one (.min)")
+    parser.add_argument("-o", "--output", help="archive path (default MODEL.gpcz, e.g. model.pb.gpcz)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--no-zip-sizes", dest="zip_sizes", action="store_false",
+                        help="skip measuring the zip sizes of the model and the .min (faster)")
+    parser.add_argument("--speed-tolerance", type=float, default=SPEED_TOLERANCE, metavar="FRACTION",
+                        help="pick a faster-decoding index coder (zstd over ans) when its stream is at most "
+                        "this fraction larger than the smallest; 0 = always the smallest (default %(default)s)")
+    add_clustering_arguments(parser)
+    parser.set_defaults(handler=run_pack)
+
+
+def _row(label: str, size: int, reference: int) -> str:
+    return f"  {label:<34} {size:>14,} bytes  {reference / max(size, 1):7.2f}x"
+
+
+def run_pack(arguments) -> int:
+    from ..packing import pack_file
+
+    options = options_from_arguments(arguments)
+    summary = pack_file(arguments.model, arguments.output, options,
+                        overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes,
+                        speed_tolerance=arguments.speed_tolerance)
+    if arguments.quiet:
+        return EXIT_OK
+    sizes, seconds = summary.sizes, summary.seconds
+    clustered = summary.run.clustered()
+    coders = ", ".join(f"{name} {count}" for name, count in sorted(summary.coders.items()) if count)
+    print(f"wrote {summary.output_path}")
+    print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, k={options.n_clusters}"
+          f"{' (global codebook)' if options.global_clusters else ''}, on {summary.device}; "
+          f"{summary.coded} tensors indexed ({coders})")
+    print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}, cluster {seconds['cluster']:.2f}, "
+          f"encode {seconds['encode']:.2f}, verify+write {seconds['verify']:.2f}, zip {seconds['zip']:.2f})")
+    original = sizes["original"]
+    print(f"sizes (x = smaller than the original):")
+    print(_row("original", original, original))
+    if "original_zip" in sizes:
+        print(_row("zip of original", sizes["original_zip"], original))
+    print(_row(".min (clustered model)", sizes["min"], original))
+    if "min_zip" in sizes:
+        print(_row("zip of .min", sizes["min_zip"], original))
+    print(_row("archive", sizes["archive"], original))
+    bound = sizes["bound"] + sizes["rest"]
+    print(_row("entropy bound + compressed rest", bound, original)
+          + f"  (bound {sizes['bound']:,} + rest {sizes['rest']:,}; archive {sizes['archive'] / max(bound, 1):.4f}x)")
+    return EXIT_OK

@@ -1,0 +1,240 @@
+"""Pack a model into a `.gpcz` archive (cluster, index, entropy-code) and unpack it again.
+
+`pack_file` clusters exactly as `compress_file` does; `unpack_file` and
+`read_archive` give back the model that `compress` would have written with the
+same options, byte for byte (pack checks this before it writes anything).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy
+
+from . import device as devices
+from .api import zip_size
+from .clustering import ClusteringRun, TensorOutcome, cluster_weights
+from .codec import archive as archives
+from .codec import entropy
+from .errors import FormatError, GpucompressError, InputError, OptionsError
+from .files import check_input_file, check_output_path, write_atomic
+from .models import model_class, read_model
+from .options import CompressOptions
+from .select import CLUSTER
+
+ARCHIVE_SUFFIX = ".gpcz"
+# Tensors that clustering left alone because they already have few values are
+# indexed exactly: their distinct values (bit patterns) become the codebook.
+ALREADY_FEW = "no more distinct values than the codebook"
+MAX_ARCHIVE_BYTES = 1 << 32
+
+
+@dataclass
+class PackSummary:
+    """What `pack_file` did. sizes (bytes): "original", "original_zip", "min", "min_zip", "archive",
+    "bound" (entropy bound of the indexed tensors plus their codebooks), "rest" (zstd of the
+    model without them). coders: how many tensors each coder took (and "kept": left in the
+    skeleton because coding them would not pay). seconds: "parse", "cluster", "encode",
+    "verify", "zip", "total"."""
+
+    input_path: Path
+    output_path: Path
+    device: str
+    run: ClusteringRun
+    coded: int
+    coders: Counter
+    sizes: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def default_archive_output(path: str | os.PathLike) -> Path:
+    """Return the default archive path: `model.pb` -> `model.pb.gpcz`."""
+    path = Path(path)
+    return path.with_name(path.name + ARCHIVE_SUFFIX)
+
+
+def default_unpack_output(path: str | os.PathLike) -> Path:
+    """Return the default unpack path, compress's name: `model.pb.gpcz` -> `model.pb.min`."""
+    path = Path(path)
+    stem = path.name[: -len(ARCHIVE_SUFFIX)] if path.name.endswith(ARCHIVE_SUFFIX) else path.name
+    return path.with_name(stem + ".min")
+
+
+def index_exactly(name: str, dtype: str, values: numpy.ndarray) -> archives.CodedTensor | None:
+    """Return a tensor as its exact distinct values (by bit pattern, so -0.0 and NaN payloads
+    survive) and indices; non-finite values go to the exceptions. None when it has no finite
+    value or more than 65536 distinct ones."""
+    flat = values.reshape(-1)
+    unsigned = flat.view(f"<u{flat.dtype.itemsize}")
+    finite = numpy.isfinite(flat.astype(numpy.float64))
+    codebook_bits, inverse = numpy.unique(unsigned[finite], return_inverse=True)
+    if not 1 <= codebook_bits.size <= archives.MAX_CODEBOOK:
+        return None
+    indices = numpy.zeros(flat.size, dtype=numpy.uint8 if codebook_bits.size <= 256 else numpy.uint16)
+    indices[finite] = inverse.reshape(-1)
+    nonfinite_index = numpy.flatnonzero(~finite)
+    return archives.CodedTensor(name, dtype, tuple(values.shape), codebook_bits.view(flat.dtype), indices,
+                                nonfinite_index, flat[nonfinite_index].copy())
+
+
+def _from_outcome(outcome: TensorOutcome) -> archives.CodedTensor:
+    nonfinite_index = outcome.nonfinite_index if outcome.nonfinite_index is not None else numpy.zeros(0, numpy.int64)
+    return archives.CodedTensor(outcome.name, outcome.dtype, outcome.shape, outcome.codebook, outcome.labels,
+                                nonfinite_index, outcome.nonfinite_values)
+
+
+def _worth_coding(tensor: archives.CodedTensor, stored_bytes: int, codebook_share: float) -> bool:
+    # Coded cost estimate: entropy of the indices, the ans count table, the codebook
+    # (shared ones split between their users), the exceptions and the manifest entry.
+    itemsize = tensor.codebook.dtype.itemsize
+    estimate = (entropy.entropy_bytes(tensor.indices, tensor.codebook.size) + 2 * tensor.codebook.size
+                + codebook_share + tensor.nonfinite_index.size * (8 + itemsize) + 96)
+    return estimate < stored_bytes
+
+
+def encode_model(model, run: ClusteringRun, info: dict | None = None,
+                 speed_tolerance: float = entropy.SPEED_TOLERANCE) -> tuple[bytes, dict]:
+    """Return (archive bytes, report) for a model whose clustered values are already in place.
+
+    run: the ClusteringRun that produced them. speed_tolerance: see
+    entropy.encode_indices (0 = smallest streams, slower unpack). The report holds "coders"
+    (a Counter), "coded" (tensors indexed), "bound" and "rest" (bytes, see PackSummary).
+    """
+    weights = {w.name: w for w in model.weights()}
+    candidates = []
+    for outcome in run.tensors:
+        if outcome.reason == CLUSTER:
+            candidates.append(_from_outcome(outcome))
+        elif outcome.reason == ALREADY_FEW and weights[outcome.name].floating:
+            tensor = index_exactly(outcome.name, outcome.dtype, weights[outcome.name].load())
+            if tensor is not None:
+                candidates.append(tensor)
+    users = Counter((t.dtype, t.codebook.tobytes()) for t in candidates)
+    coded = [t for t in candidates
+             if _worth_coding(t, weights[t.name].max_distinct * t.codebook.dtype.itemsize,
+                              t.codebook.nbytes / users[(t.dtype, t.codebook.tobytes())])]
+    archive = archives.Archive(model.format_name, model.to_skeleton([t.name for t in coded]), coded, info or {})
+    data = archives.write_archive(archive, speed_tolerance)
+    rest_skeleton = (archive.skeleton if len(coded) == len(candidates)
+                     else model.to_skeleton([t.name for t in candidates]))
+    bound = sum(entropy.entropy_bytes(t.indices, t.codebook.size) for t in candidates)
+    bound += sum(len(key[1]) for key in users)
+    coders = Counter(archive.coders.values())
+    coders["kept"] = len(candidates) - len(coded)
+    return data, {"coders": coders, "coded": len(coded), "bound": int(round(bound)),
+                  "rest": len(entropy.zstd_compress(rest_skeleton, archives.SKELETON_ZSTD_LEVEL))}
+
+
+def decode_archive(data: bytes, *, source: str = "archive"):
+    """Return the model stored in archive bytes (for a GraphDef: a GraphDefModel, `.graph_def`).
+
+    Raises FormatError for anything that is not a valid archive.
+    """
+    archive = archives.read_archive(data, source=source)
+    try:
+        model = model_class(archive.format_name).from_skeleton(archive.skeleton)
+    except FormatError as error:
+        raise FormatError(f"{source}: {error}") from None
+    weights = {w.name: w for w in model.weights()}
+    for tensor in archive.tensors:
+        weight = weights.get(tensor.name)
+        if weight is None or weight.dtype != tensor.dtype or tuple(weight.shape) != tensor.shape:
+            raise FormatError(f"{source}: tensor {tensor.name!r} does not match the model's weight")
+    try:
+        model.replace_values({t.name: t.values() for t in archive.tensors})
+    except (KeyError, ValueError) as error:
+        raise FormatError(f"{source}: archive tensors do not fit the model ({error})") from None
+    return model
+
+
+def read_archive(source: str | os.PathLike | bytes | bytearray | memoryview):
+    """Return the model stored in an archive, given its path or its bytes; nothing is written.
+
+    Raises InputError (path) or FormatError (contents).
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_archive(bytes(source))
+    path = check_input_file(source, max_bytes=MAX_ARCHIVE_BYTES)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    return decode_archive(data, source=str(path))
+
+
+def pack_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    options: CompressOptions | None = None,
+    *,
+    overwrite: bool = False,
+    zip_sizes: bool = True,
+    speed_tolerance: float = entropy.SPEED_TOLERANCE,
+    on_batch=None,
+) -> PackSummary:
+    """Cluster a model file as `compress_file` does and write it as one archive.
+
+    output_path: defaults to INPUT.gpcz. overwrite: replace an existing output
+    (never the input). zip_sizes: also measure zip(original) and zip(.min).
+    speed_tolerance: a faster-decoding index coder is picked when its stream is
+    at most this fraction larger than the smallest (0: always the smallest).
+    Returns a PackSummary. Raises InputError, FormatError, OptionsError or
+    DeviceError; no output file exists after an error.
+    """
+    options = options or CompressOptions()
+    if not (isinstance(speed_tolerance, (int, float)) and 0.0 <= speed_tolerance <= 1.0):
+        raise OptionsError(f"speed_tolerance={speed_tolerance!r} should be a fraction in [0, 1].")
+    started = time.perf_counter()
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise InputError(f"{input_path}: no such file or directory")
+    output_path = Path(output_path) if output_path is not None else default_archive_output(input_path)
+    check_output_path(output_path, [input_path], overwrite=overwrite)
+    device = devices.resolve_device(options.device)
+    options = CompressOptions(**{**options.__dict__, "device": device})
+    model = read_model(input_path)
+    parsed = time.perf_counter()
+    run = cluster_weights(model.weights(), options, on_batch=on_batch)
+    model.replace_values({t.name: t.values() for t in run.clustered()})
+    clustered = time.perf_counter()
+    info = {"producer": "gpucompress", "n_clusters": options.n_clusters,
+            "global_clusters": options.global_clusters, "init": options.init, "method": options.method}
+    data, report = encode_model(model, run, info, speed_tolerance)
+    encoded = time.perf_counter()
+    expected = model.to_bytes()
+    if decode_archive(data, source=str(output_path)).to_bytes() != expected:
+        raise GpucompressError(f"{output_path}: the archive does not decode to the compressed model (a bug)")
+    write_atomic(output_path, data)
+    verified = time.perf_counter()
+    sizes = {"original": input_path.stat().st_size, "min": len(expected), "archive": len(data),
+             "bound": report["bound"], "rest": report["rest"]}
+    if zip_sizes:
+        sizes["original_zip"] = zip_size(input_path.read_bytes(), input_path.name)
+        sizes["min_zip"] = zip_size(expected, input_path.name + ".min")
+    done = time.perf_counter()
+    return PackSummary(input_path, output_path, device, run, report["coded"], report["coders"], sizes,
+                       {"parse": parsed - started, "cluster": clustered - parsed, "encode": encoded - clustered,
+                        "verify": verified - encoded, "zip": done - verified, "total": done - started})
+
+
+def unpack_file(
+    archive_path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+) -> tuple[Path, int]:
+    """Restore the model of an archive to a file (default ARCHIVE without .gpcz, plus .min).
+
+    Returns (output path, bytes written). Raises InputError or FormatError; no
+    output file exists after an error.
+    """
+    archive_path = Path(archive_path)
+    if not archive_path.exists():
+        raise InputError(f"{archive_path}: no such file or directory")
+    output_path = Path(output_path) if output_path is not None else default_unpack_output(archive_path)
+    check_output_path(output_path, [archive_path], overwrite=overwrite)
+    model = read_archive(archive_path)
+    return output_path, model.save(output_path)

@@ -1,0 +1,265 @@
+"""The archive codec: bit-packing, index coders, the container and its defences against corrupt input."""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gpucompress import CompressOptions, FormatError
+from gpucompress.clustering import cluster_weights
+from gpucompress.codec import archive as archives
+from gpucompress.codec import bitpack, entropy
+from gpucompress.models import GraphDefModel
+from gpucompress.packing import decode_archive, encode_model, index_exactly
+
+
+# --- bit-packing --------------------------------------------------------------------------------
+
+def test_pack_indices_hand_computed():
+    # 2-bit indices 1, 2, 3 fill bits 0-1, 2-3, 4-5 of one byte: 0b00_11_10_01.
+    assert bitpack.pack_indices(numpy.array([1, 2, 3]), 2) == bytes([0b00111001])
+    # 3-bit indices 5, 6 across a byte: bits 101 then 110 -> 0b110101 in the first byte.
+    assert bitpack.pack_indices(numpy.array([5, 6]), 3) == bytes([0b110101])
+    assert bitpack.bits_for(1) == 0 and bitpack.bits_for(2) == 1 and bitpack.bits_for(256) == 8
+    assert bitpack.bits_for(257) == 9 and bitpack.bits_for(65536) == 16
+
+
+@st.composite
+def _indices(draw):
+    bits = draw(st.integers(0, 16))
+    values = draw(hnp.arrays(numpy.int64, st.integers(0, 300), elements=st.integers(0, (1 << bits) - 1)))
+    return values, bits
+
+
+@settings(max_examples=200, deadline=None)
+@given(_indices())
+def test_bitpack_round_trip(case):
+    values, bits = case
+    data = bitpack.pack_indices(values, bits)
+    assert len(data) == bitpack.packed_size(values.size, bits)
+    numpy.testing.assert_array_equal(bitpack.unpack_indices(data, values.size, bits), values)
+
+
+def test_unpack_rejects_wrong_length_and_padding():
+    with pytest.raises(FormatError, match="need"):
+        bitpack.unpack_indices(b"\x00", 3, 3)
+    with pytest.raises(FormatError, match="padding"):
+        bitpack.unpack_indices(bytes([0b11000000]), 2, 3)
+    with pytest.raises(FormatError, match="padding"):
+        bitpack.unpack_indices(bytes([0xF0]), 1, 4)
+    with pytest.raises(ValueError):
+        bitpack.pack_indices(numpy.array([4]), 2)
+
+
+# --- index coders ---------------------------------------------------------------------------------
+
+@st.composite
+def _streams(draw):
+    k = draw(st.sampled_from([1, 2, 3, 16, 255, 256, 257, 4096]))
+    n = draw(st.integers(0, 2000))
+    skew = draw(st.floats(0.01, 1.0))
+    seed = draw(st.integers(0, 2**32 - 1))
+    values = numpy.minimum(numpy.random.default_rng(seed).geometric(skew, n) - 1, k - 1)
+    return values, k
+
+
+@settings(max_examples=60, deadline=None)
+@given(_streams(), st.sampled_from(entropy.CODERS))
+def test_every_coder_round_trips(case, coder):
+    values, k = case
+    packed = bitpack.pack_indices(values, bitpack.bits_for(k))
+    stream = {"packed": lambda: packed, "zstd": lambda: entropy.zstd_compress(packed),
+              "ans": lambda: entropy.ans_encode(values, k)}[coder]()
+    decoded = entropy.decode_indices(coder, stream, values.size, k)
+    numpy.testing.assert_array_equal(decoded, values)
+    assert decoded.dtype == (numpy.uint8 if k <= 256 else numpy.uint16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_streams())
+def test_chosen_coder_is_smallest_and_near_the_entropy(case):
+    values, k = case
+    fast_coder, fast_stream = entropy.encode_indices(values, k)
+    coder, stream = entropy.encode_indices(values, k, speed_tolerance=0.0)
+    assert len(stream) <= len(fast_stream) <= len(stream) * (1 + entropy.SPEED_TOLERANCE)
+    assert entropy.CODERS.index(fast_coder) <= entropy.CODERS.index(coder)
+    numpy.testing.assert_array_equal(entropy.decode_indices(coder, stream, values.size, k), values)
+    assert len(stream) <= bitpack.packed_size(values.size, bitpack.bits_for(k))
+    if coder == "ans":  # words of 4 bytes, a count table, at most 0.1 % of modelling loss
+        table = len(entropy.encode_varints(numpy.bincount(values, minlength=k)))
+        assert len(stream) <= 1.001 * entropy.entropy_bytes(values, k) + table + 12
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(numpy.uint64, st.integers(0, 50), elements=st.integers(0, 2**35 - 1)))
+def test_varints_round_trip(values):
+    data = entropy.encode_varints(values)
+    decoded, used = entropy.decode_varints(data + b"\x7f", values.size)
+    numpy.testing.assert_array_equal(decoded, values)
+    assert used == len(data)
+
+
+def test_ans_stream_is_pinned():
+    # Regression: archives must stay readable; a change in constriction's
+    # quantization of the categorical model would change these bytes.
+    values = numpy.array([0, 1, 1, 2, 2, 2, 2, 3] * 8 + [0, 0, 3], dtype=numpy.int64)
+    stream = entropy.ans_encode(values, 4)
+    assert stream.hex() == PINNED_ANS_STREAM
+    numpy.testing.assert_array_equal(entropy.ans_decode(stream, values.size, 4), values)
+
+
+# u32 table length 4, counts 10 16 32 9 (varints), then the coded 32-bit words.
+PINNED_ANS_STREAM = "040000000a102009692ba15a837d580fc99f05998ccd2535dc290000"
+
+
+def test_ans_rejects_inconsistent_counts():
+    stream = entropy.ans_encode(numpy.array([0, 1, 1, 0, 1]), 2)
+    with pytest.raises(FormatError, match="sum"):
+        entropy.ans_decode(stream, 6, 2)
+    with pytest.raises(FormatError):
+        entropy.ans_decode(stream[:3], 5, 2)
+
+
+def test_zstd_frame_size_is_checked_before_decompressing():
+    frame = entropy.zstd_compress(b"\0" * 1000)
+    with pytest.raises(FormatError, match="declares 1000 bytes, expected 10"):
+        entropy.zstd_decompress(frame, 10)
+
+
+# --- the container --------------------------------------------------------------------------------
+
+def _const(node, name, dtype_enum, shape, content=b"", **values):
+    node.name, node.op = name, "Const"
+    tensor = node.attr["value"].tensor
+    tensor.dtype = dtype_enum
+    for size in shape:
+        tensor.tensor_shape.dim.add().size = size
+    if content:
+        tensor.tensor_content = content
+    for field, entries in values.items():
+        getattr(tensor, field).extend(entries)
+    node.attr["dtype"].type = dtype_enum
+
+
+def small_graph(rng) -> bytes:
+    """A GraphDef of a few Consts (float32 with NaN, float16, float64 *_val, int32) and an Identity."""
+    from tensorboard.compat.proto import graph_pb2
+
+    graph = graph_pb2.GraphDef()
+    weights = rng.laplace(0, 0.1, 600).astype("<f4")
+    weights[[3, 77]] = [numpy.nan, numpy.inf]
+    _const(graph.node.add(), "w", 1, [20, 30], weights.tobytes())
+    _const(graph.node.add(), "h", 19, [300], rng.normal(0, 1, 300).astype("<f2").tobytes())
+    _const(graph.node.add(), "d", 2, [4, 100], double_val=rng.normal(0, 1, 320).tolist())
+    _const(graph.node.add(), "i", 3, [3], int_val=[1, 2, 3])
+    identity = graph.node.add()
+    identity.name, identity.op = "out", "Identity"
+    identity.input.append("w")
+    return graph.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def small_archive():
+    """(archive bytes, the clustered model's bytes) of a few-KB archive, k = 16."""
+    model = GraphDefModel.from_bytes(small_graph(numpy.random.default_rng(1)))
+    run = cluster_weights(model.weights(), CompressOptions(n_clusters=16, device="cpu"))
+    model.replace_values({t.name: t.values() for t in run.clustered()})
+    data, report = encode_model(model, run)
+    assert report["coded"] == 3 and len(data) < 4000
+    return data, model.to_bytes()
+
+
+def test_small_archive_round_trips(small_archive):
+    data, expected = small_archive
+    assert decode_archive(data).to_bytes() == expected
+
+
+def test_every_byte_flip_is_detected_or_harmless(small_archive):
+    data, expected = small_archive
+    buffer = bytearray(data)
+    outcomes = {"detected": 0, "identical": 0}
+    for position in range(len(data)):
+        for mask in (0x01, 0xFF):
+            buffer[position] ^= mask
+            try:
+                model = decode_archive(bytes(buffer))
+            except FormatError as error:
+                assert "\n" not in str(error)
+                outcomes["detected"] += 1
+            else:
+                assert model.to_bytes() == expected, f"flip at {position} decoded to another model"
+                outcomes["identical"] += 1
+            buffer[position] ^= mask
+    assert outcomes["detected"] == 2 * len(data)  # every byte is under a CRC-32
+
+
+def test_every_truncation_and_the_empty_file_are_detected(small_archive):
+    data, _ = small_archive
+    for length in range(len(data)):
+        with pytest.raises(FormatError):
+            decode_archive(data[:length])
+    with pytest.raises(FormatError, match="empty"):
+        decode_archive(b"")
+    with pytest.raises(FormatError, match="extended|truncated"):
+        decode_archive(data + b"\0")
+
+
+def _rewrite_manifest(data: bytes, edit) -> bytes:
+    """Return archive bytes whose manifest went through `edit`, with every checksum made valid again."""
+    fields = list(archives.HEADER.unpack_from(data))
+    stored = data[archives.HEADER.size : archives.HEADER.size + fields[4]]
+    manifest = json.loads(entropy.zstd_decompress(stored, fields[5]))
+    raw = edit(manifest)
+    new_stored = entropy.zstd_compress(raw)
+    fields[4:7] = [len(new_stored), len(raw), zlib.crc32(new_stored)]
+    header = archives.HEADER.pack(*fields[:-1], 0)[:-4]
+    header += struct.pack("<I", zlib.crc32(header))
+    return header + new_stored + data[archives.HEADER.size + len(stored) :]
+
+
+def _edited(change):
+    def edit(manifest):
+        change(manifest)
+        return json.dumps(manifest).encode()
+    return edit
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["tensors"][0].update(shape=[1 << 20, 1 << 20]), "more than"),
+    (lambda m: m["tensors"][0].update(shape=[65536] * 3), "more than"),
+    (lambda m: m["tensors"][0].update(coder="pickle"), "coder"),
+    (lambda m: m["tensors"][0].update(codebook=7), "codebook"),
+    (lambda m: m["codebooks"][0].update(size=1 << 17), "codebook size"),
+    (lambda m: m["skeleton"].update(bytes=1 << 40), "skeleton"),
+    (lambda m: m["tensors"][1].update(section=m["tensors"][0]["section"]), "exactly once"),
+    (lambda m: m["tensors"].append(dict(m["tensors"][0])), "unique"),
+    (lambda m: m["tensors"][0].update(nonfinite=True), "non-finite"),
+    (lambda m: m.update(extra=1), "keys"),
+])
+def test_crafted_manifests_are_rejected_before_allocating(small_archive, change, message):
+    data, _ = small_archive
+    with pytest.raises(FormatError, match=message):
+        decode_archive(_rewrite_manifest(data, _edited(change)))
+
+
+def test_strict_json(small_archive):
+    data, _ = small_archive
+    duplicate = _rewrite_manifest(data, lambda m: json.dumps(m)[:-1].encode() + b',"info":{}}')
+    with pytest.raises(FormatError, match="duplicate"):
+        decode_archive(duplicate)
+    with pytest.raises(FormatError, match="NaN"):
+        decode_archive(_rewrite_manifest(data, lambda m: json.dumps(m).replace('"info": {', '"info": {"x": NaN,', 1).encode()))
+
+
+def test_index_exactly_keeps_bit_patterns():
+    values = numpy.array([0.0, -0.0, numpy.nan, 1.5, -numpy.inf, 1.5, 0.0], dtype=numpy.float32)
+    values[2] = numpy.frombuffer(struct.pack("<I", 0x7FC00123), dtype="<f4")[0]  # a NaN payload
+    tensor = index_exactly("t", "float32", values)
+    assert tensor.codebook.size == 3 and tensor.nonfinite_index.tolist() == [2, 4]
+    assert tensor.values().tobytes() == values.tobytes()
