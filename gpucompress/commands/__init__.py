@@ -26,5 +26,6 @@ def new_parser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
 
 
 from . import compress  # noqa: E402  (modules import the names above)
+from . import inspect, verify  # noqa: E402
 
-COMMANDS = (compress,)
+COMMANDS = (compress, inspect, verify)

@@ -110,6 +110,10 @@ class GraphDefModel:
                 raise ValueError(f"values[{name!r}].shape={array.shape} should be {shape}.")
             tensor_proto.store_numpy(tensor, array)
 
+    def stored_bytes(self) -> dict[str, int]:
+        """Return, per weight name, the bytes its TensorProto takes in the serialized GraphDef."""
+        return {name: node.attr["value"].tensor.ByteSize() for name, node in self._nodes.items()}
+
     def save(self, path: str | os.PathLike) -> int:
         """Write the model to `path` atomically; returns the number of bytes written."""
         return write_graphdef(self, path)
