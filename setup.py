@@ -12,7 +12,7 @@ setup(
     # The kernels live at the repository root (the card's layout) and install
     # inside the package, so they import as gpucompress.kernels everywhere.
     package_dir={"gpucompress.kernels": "kernels"},
-    package_data={"gpucompress.kernels": ["*.cu", "*.cuh"]},
+    package_data={"gpucompress.kernels": ["*.cu", "*.cuh"], "gpucompress": ["report.schema.json"]},
     install_requires=[
         "numpy>=1.24",
         "protobuf>=3.20",
@@ -20,16 +20,22 @@ setup(
         # they parse and write frozen graphs without importing TensorFlow.
         "tensorboard>=2.12",
         "ml_dtypes>=0.3",
+        # Progress bars of the CLI (drawn only on a terminal).
+        "tqdm>=4.60",
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13.0"],
         "faiss": ["faiss-cpu>=1.8"],
         "tf": ["tensorflow>=2.15"],
+        # `inspect --plot` (imported only when a plot is asked for).
+        "plot": ["matplotlib>=3.6"],
         "dev": [
             "pytest>=7.4",
             "hypothesis>=6.90",
             "tensorflow-cpu>=2.15",
             "scikit-learn>=1.3",
+            "matplotlib>=3.6",
+            "jsonschema>=4.0",
         ],
     },
     entry_points={"console_scripts": ["gpucompress=gpucompress.cli:main"]},

@@ -73,14 +73,33 @@ def _draw(ax, counts, edges, centroids, title: str) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
+def _draw_centroids(ax, values: numpy.ndarray, centroids: numpy.ndarray, title: str) -> None:
+    """Draw a clustered tensor exactly: one stem per centroid, as tall as the values it holds."""
+    positions, counts = numpy.unique(values, return_counts=True)
+    ax.vlines(positions, 0.7, counts, color=CENTROID_COLOR, linewidth=0.6 if centroids.size > 64 else 1.0,
+              alpha=0.75)
+    ax.plot(positions, counts, linestyle="none", marker="o", markersize=3 if centroids.size > 64 else 4.5,
+            color=CENTROID_COLOR)
+    ax.set_yscale("log")
+    ax.set_ylim(0.7, max(float(counts.max()), 1.0) * 3)
+    margin = 0.02 * max(float(positions[-1] - positions[0]), 1e-12)
+    ax.set_xlim(positions[0] - margin, positions[-1] + margin)
+    ax.set_title(title, fontsize=10.5, loc="left")
+    ax.set_xlabel("weight value (centroid)", fontsize=9.5)
+    ax.set_ylabel("values per centroid (log scale)", fontsize=9.5)
+    ax.tick_params(labelsize=8.5)
+    ax.grid(axis="y", which="major", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
 def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.PathLike | None = None, *,
                            largest: int = 4, bins: int = 120):
     """Draw the histogram of all floating weights and of the `largest` largest tensors.
 
     model: the model `inspection` was made from (its weights are decoded again).
-    Centroids (a tensor's distinct values) are marked under a tensor that looks
-    clustered, and under the overall histogram when all clustered tensors share
-    one codebook. path: where to write the PNG (atomically); None draws only.
+    A tensor that looks clustered is drawn exactly, one stem per centroid (its
+    distinct values) as tall as the values it holds; the overall histogram marks
+    the centroids with a rug when all clustered tensors share one codebook. path: where to write the PNG (atomically); None draws only.
     Returns the matplotlib Figure: one axes for all weights plus one per tensor
     shown. Raises GpucompressError without matplotlib or floating weights.
     """
@@ -114,17 +133,22 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
                     f"{inspection.file_bytes / 1e6:.3g} MB, {state})", fontsize=13, fontweight="bold")
     _draw(figure.add_subplot(grid[0, :]), total, edges, shared,
           f"All floating weights: {n_values:,} values in {len(weights)} tensors, {bins} bins"
-          + (f", {shared.size} shared centroids (red)" if shared is not None else
+          + (f", {shared.size} shared centroids (red ticks)" if shared is not None else
              ", each tensor's centroids in its panel" if clustered else ""))
     for index, weight in enumerate(shown):
         t = stats[weight.name]
+        ax = figure.add_subplot(grid[1 + index // columns, index % columns])
+        shape = "\u00d7".join(map(str, t.shape)) or "scalar"
+        if t.looks_clustered:
+            _draw_centroids(ax, _finite(weight), t.centroids,
+                            f"{_short(t.name)}\n{shape}, {_si(t.values)} values, std {t.std:.3g}, "
+                            f"{t.distinct} centroids")
+            continue
         tensor_bins = min(bins, t.distinct, max(10, int(2 * numpy.sqrt(t.values))))
         tensor_edges = _edges(t.minimum, t.maximum, max(tensor_bins, 1))
         counts = numpy.histogram(_finite(weight), tensor_edges)[0]
-        shape = "\u00d7".join(map(str, t.shape)) or "scalar"
-        _draw(figure.add_subplot(grid[1 + index // columns, index % columns]), counts, tensor_edges,
-              t.centroids, f"{_short(t.name)}\n{shape}, {_si(t.values)} values, std {t.std:.3g}, "
-              + (f"{t.distinct} centroids (red)" if t.looks_clustered else f"{_si(t.distinct)} distinct"))
+        _draw(ax, counts, tensor_edges, None, f"{_short(t.name)}\n{shape}, {_si(t.values)} values, "
+              f"std {t.std:.3g}, {_si(t.distinct)} distinct, {len(counts)} bins")
     if path is not None:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
