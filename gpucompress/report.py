@@ -159,7 +159,8 @@ def dumps_report(report: dict) -> str:
     """Return a report as strict JSON text (no NaN or Infinity): indented, one line per tensor."""
     head = json.dumps({**report, "tensors": []}, indent=1, allow_nan=False)
     rows = ",\n".join("  " + json.dumps(t, allow_nan=False) for t in report["tensors"])
-    return head.replace('"tensors": []', '"tensors": [\n' + rows + "\n ]" if rows else '"tensors": []')
+    before, after = head.rsplit('"tensors": []', 1)  # the last key: never inside a name
+    return before + ('"tensors": [\n' + rows + "\n ]" if rows else '"tensors": []') + after
 
 
 def load_schema() -> dict:
