@@ -117,8 +117,8 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
         total += numpy.histogram(_finite(weight), edges)[0]
     clustered: list[TensorStats] = [stats[w.name] for w in weights if stats[w.name].looks_clustered]
     shared = numpy.unique(numpy.concatenate([t.centroids for t in clustered])) if clustered else None
-    if shared is not None and shared.size > inspection.max_centroids:
-        shared = None  # one codebook per tensor: they are marked in the tensors' panels
+    if shared is not None and shared.size > max(t.distinct for t in clustered):
+        shared = None  # one codebook per tensor: each is drawn in its tensor's panel
 
     columns = 2
     rows = (len(shown) + columns - 1) // columns
@@ -128,7 +128,7 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
     clustered_share = sum(t.values for t in clustered) / n_values
     state = ("not clustered" if not clustered else
              f"{math.floor(1000 * clustered_share) / 10:g}% of values clustered, "
-             + ("one shared codebook" if shared is not None else f"{len(clustered)} codebooks"))
+             + ("one shared codebook" if shared is not None else f"{len(clustered)} clustered tensors"))
     figure.suptitle(f"Weights of {inspection.path.name} ({inspection.format_name}, "
                     f"{inspection.file_bytes / 1e6:.3g} MB, {state})", fontsize=13, fontweight="bold")
     _draw(figure.add_subplot(grid[0, :]), total, edges, shared,
