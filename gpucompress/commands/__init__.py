@@ -26,6 +26,6 @@ def new_parser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
 
 
 from . import compress  # noqa: E402  (modules import the names above)
-from . import pack, unpack  # noqa: E402
+from . import inspect, pack, unpack, verify  # noqa: E402
 
-COMMANDS = (compress, pack, unpack)
+COMMANDS = (compress, pack, unpack, inspect, verify)

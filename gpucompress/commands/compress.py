@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
 from ..options import DEVICES, CompressOptions
 from . import EXIT_OK, new_parser
+
+log = logging.getLogger(__name__)
 
 COMPRESS_EXAMPLES = """\
 examples:
@@ -13,6 +17,7 @@ examples:
   gpucompress compress model.pb --global_clusters --min_n_weights=1024
   gpucompress compress model.pb --whitelisted logits/weights,logits/biases -o small.pb
   gpucompress compress model.pb --device cpu --init density
+  gpucompress compress model.pb --report report.json   # every tensor's error, k, SNR, time as JSON
 """
 
 
@@ -75,19 +80,42 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--zip-sizes", action="store_true",
                         help="also print the zipped sizes of input and output")
+    add_report_arguments(parser)
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_compress)
 
 
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --report and --top (the report and summary table of any command that clusters)."""
+    parser.add_argument("--report", metavar="JSON",
+                        help="write what happened to every tensor (k, error, SNR, time) to this JSON file")
+    parser.add_argument("--top", type=int, default=8, metavar="N",
+                        help="clustered tensors in the printed summary, largest first (default %(default)s)")
+
+
 def run_compress(arguments) -> int:
     from ..api import compress_file
+    from ..files import check_output_path
+    from ..models import default_output
+    from ..progress import progress_bar, progress_wanted
+    from ..report import BatchTimer, format_summary, report_from_summary, write_report
 
     options = options_from_arguments(arguments)
-    summary = compress_file(arguments.model, arguments.output, options,
-                            overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes)
+    if arguments.report:
+        output = arguments.output or default_output(arguments.model)
+        check_output_path(arguments.report, [Path(arguments.model), Path(output)], overwrite=arguments.overwrite)
+    with progress_bar(progress_wanted(arguments.quiet), "clustering") as advance:
+        timer = BatchTimer(then=advance)
+        summary = compress_file(arguments.model, arguments.output, options,
+                                overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer)
+    log.info("%d engine batches", len(timer.batches))
     clustered = summary.run.clustered()
     weights = sum(t.size for t in clustered)
     seconds = summary.seconds
+    report = report_from_summary(summary, options, timer)
+    if arguments.report:
+        write_report(report, arguments.report)
+        log.info("wrote report %s", arguments.report)
     if arguments.quiet:
         return EXIT_OK
     print(f"wrote {summary.output_path}")
@@ -100,4 +128,9 @@ def run_compress(arguments) -> int:
     if summary.zip_bytes:
         print(f"zipped {summary.zip_bytes['input']:,} -> {summary.zip_bytes['output']:,} bytes "
               f"({summary.zip_bytes['input'] / max(summary.zip_bytes['output'], 1):.2f}x smaller)")
+    if clustered and arguments.top > 0:
+        print()
+        print(format_summary(report, top=arguments.top))
+    if arguments.report:
+        print(f"wrote report {arguments.report}")
     return EXIT_OK

@@ -197,6 +197,10 @@ class GraphDefModel:
             raise FormatError(f"{source}: skeleton tensor {name!r} has a bad value count {count}")
         self._missing[name] = (form, count)
 
+    def stored_bytes(self) -> dict[str, int]:
+        """Return, per weight name, the bytes its TensorProto takes in the serialized GraphDef."""
+        return {name: node.attr["value"].tensor.ByteSize() for name, node in self._nodes.items()}
+
     def save(self, path: str | os.PathLike) -> int:
         """Write the model to `path` atomically; returns the number of bytes written."""
         return write_graphdef(self, path)
