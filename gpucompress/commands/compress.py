@@ -33,6 +33,9 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        "(default %(default)s)")
     group.add_argument("--whitelisted", type=_comma_list, action="append", default=[],
                        metavar="A,B", help="comma-separated weight names never clustered (repeatable)")
+    group.add_argument("--all-variables", "--all_variables", action="store_true",
+                       help="SavedModel/Keras: cluster every float variable, not only weight "
+                       "matrices (rank >= 2); optimizer state is always kept")
     group.add_argument("--device", choices=DEVICES, default=defaults.device,
                        help="auto: GPU when CuPy sees one, else CPU; results are identical "
                        "(default %(default)s)")
@@ -59,6 +62,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         init=arguments.init,
         max_iter=arguments.max_iter,
         seed=arguments.seed,
+        all_variables=arguments.all_variables,
     )
 
 
