@@ -13,6 +13,8 @@ examples:
   gpucompress compress model.pb --global_clusters --min_n_weights=1024
   gpucompress compress model.pb --whitelisted logits/weights,logits/biases -o small.pb
   gpucompress compress model.pb --device cpu --init density
+  gpucompress compress model.keras                   # writes model.min.keras (also .h5)
+  gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
 """
 
 
@@ -74,8 +76,9 @@ def add_subparser(subparsers) -> None:
         "and write a GraphDef used exactly like the input.",
         epilog=COMPRESS_EXAMPLES,
     )
-    parser.add_argument("model", help="frozen GraphDef (.pb)")
-    parser.add_argument("-o", "--output", help="output path (default MODEL.min, e.g. model.pb.min)")
+    parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras or .h5 file")
+    parser.add_argument("-o", "--output", help="output path (default: model.pb.min, model.min.keras, "
+                        "model.min.h5, SAVED_MODEL_DIR.min)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--zip-sizes", action="store_true",
                         help="also print the zipped sizes of input and output")

@@ -27,7 +27,7 @@ from ..errors import InputError
 from .graphdef import GraphDefModel, read_graphdef
 from .weights import Weight
 
-__all__ = ["GraphDefModel", "Weight", "default_output", "read_model", "write_model"]
+__all__ = ["GraphDefModel", "Weight", "default_output", "model_format", "read_model", "write_model"]
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
