@@ -23,9 +23,10 @@ h5py = pytest.importorskip("h5py")
 
 VOCABULARY, LENGTH = 40, 6
 K = 16
-# Predictions after 16-cluster quantization of the weight matrices, relative to
-# the original's norm (measured ~0.01-0.03 on these models).
-RELATIVE_TOLERANCE = 0.1
+# Prediction error after 16-cluster quantization of the weight matrices, as
+# ||new - original|| / ||original||: measured 0.047 (functional) and 0.080
+# (subclassed) on these untrained models.
+RELATIVE_TOLERANCE = 0.2
 
 
 @keras.saving.register_keras_serializable(package="gpucompress_tests")
