@@ -47,11 +47,11 @@ class Subclassed(keras.Model):
 
 def functional_model():
     inputs = keras.Input((LENGTH,), dtype="int32")
-    x = keras.layers.Embedding(VOCABULARY, 24)(inputs)
+    x = keras.layers.Embedding(VOCABULARY, 24, name="embedding")(inputs)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(48, activation="relu")(x)
-    x = keras.layers.BatchNormalization()(x)
-    outputs = keras.layers.Dense(5)(x)
+    x = keras.layers.Dense(48, activation="relu", name="hidden")(x)
+    x = keras.layers.BatchNormalization(name="norm")(x)
+    outputs = keras.layers.Dense(5, name="head")(x)
     return keras.Model(inputs, outputs)
 
 
@@ -152,7 +152,7 @@ def test_all_variables_clusters_vectors_but_never_optimizer_state(saved, tmp_pat
     output = tmp_path / "all.h5"
     summary = compress_file(source, output, CompressOptions(n_clusters=4, all_variables=True, device="cpu"))
     clustered = {t.name for t in summary.run.clustered()}
-    assert "model_weights/batch_normalization/batch_normalization/gamma" in clustered
+    assert "model_weights/norm/norm/gamma" in clustered
     before, after = _datasets(source), _datasets(output)
     for name in before:
         if name.startswith("optimizer_weights/"):
@@ -165,11 +165,11 @@ def test_whitelisted_matches_dataset_paths_and_legacy_variable_names(saved):
     from gpucompress.clustering import cluster_weights
 
     options = CompressOptions(n_clusters=K, device="cpu",
-                              whitelisted=("dense/kernel", "model_weights/embedding/embedding/embeddings"))
+                              whitelisted=("hidden/kernel", "model_weights/embedding/embedding/embeddings"))
     reasons = {t.name: t.reason for t in cluster_weights(model.weights(), options).tensors}
-    assert reasons["model_weights/dense/dense/kernel"] == "whitelisted"
+    assert reasons["model_weights/hidden/hidden/kernel"] == "whitelisted"
     assert reasons["model_weights/embedding/embedding/embeddings"] == "whitelisted"
-    assert reasons["model_weights/dense_1/dense_1/kernel"] == "clustered"
+    assert reasons["model_weights/head/head/kernel"] == "clustered"
 
 
 @pytest.mark.parametrize("kind", ["functional.keras", "functional.h5"])

@@ -49,11 +49,11 @@ class Subclassed(keras.Model):
 
 def _functional():
     inputs = keras.Input((LENGTH,), dtype="int32")
-    x = keras.layers.Embedding(VOCABULARY, 24)(inputs)
+    x = keras.layers.Embedding(VOCABULARY, 24, name="embedding")(inputs)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(48, activation="relu")(x)
-    x = keras.layers.BatchNormalization()(x)
-    return keras.Model(inputs, keras.layers.Dense(5)(x))
+    x = keras.layers.Dense(48, activation="relu", name="hidden")(x)
+    x = keras.layers.BatchNormalization(name="norm")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="head")(x))
 
 
 def _randomize_batch_norm(model, rng):
@@ -156,11 +156,11 @@ def test_optimizer_state_and_structure_are_kept(saved, tmp_path):
 
 def test_whitelisted_matches_variable_names(saved):
     model = read_model(saved["paths"]["functional"])
-    options = CompressOptions(n_clusters=K, device="cpu", whitelisted=("dense/kernel",))
+    options = CompressOptions(n_clusters=K, device="cpu", whitelisted=("hidden/kernel",))
     outcomes = cluster_weights(model.weights(), options).tensors
     aliases = {w.name: w.aliases for w in model.weights()}
     whitelisted = [t.name for t in outcomes if t.reason == "whitelisted"]
-    assert whitelisted and all(aliases[name] == ("dense/kernel",) for name in whitelisted)
+    assert whitelisted and all(aliases[name] == ("hidden/kernel",) for name in whitelisted)
     assert any(t.clustered and aliases[t.name] == ("embedding/embeddings",) for t in outcomes)
 
 
