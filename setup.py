@@ -24,11 +24,13 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda12x>=13.0"],
         "faiss": ["faiss-cpu>=1.8"],
-        "tf": ["tensorflow>=2.15"],
+        # SavedModel folders need TensorFlow; .keras and .h5 files need h5py only.
+        "tf": ["tensorflow>=2.15", "h5py>=3.8"],
         "dev": [
             "pytest>=7.4",
             "hypothesis>=6.90",
             "tensorflow-cpu>=2.15",
+            "h5py>=3.8",
             "scikit-learn>=1.3",
         ],
     },
