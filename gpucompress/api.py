@@ -12,7 +12,7 @@ from . import device as devices
 from .clustering import ClusteringRun, cluster_weights
 from .errors import InputError
 from .files import check_output_path
-from .models import GraphDefModel, default_output, read_model, write_model
+from .models import GraphDefModel, default_output, model_format, read_model, write_model
 from .options import CompressOptions
 
 
@@ -60,6 +60,25 @@ def zip_size(data: bytes, name: str) -> int:
     return buffer.tell()
 
 
+def path_bytes(path: Path) -> int:
+    """Return the size in bytes of a file, or of all files under a folder (a SavedModel)."""
+    if path.is_dir():
+        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+    return path.stat().st_size
+
+
+def path_zip_size(path: Path) -> int:
+    """Return the size in bytes of a zip archive (deflate) of a file or of a folder's files."""
+    if not path.is_dir():
+        return zip_size(path.read_bytes(), path.name)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for item in sorted(path.rglob("*")):
+            if item.is_file():
+                archive.writestr(item.relative_to(path).as_posix(), item.read_bytes())
+    return buffer.tell()
+
+
 def compress_file(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike | None = None,
@@ -71,7 +90,9 @@ def compress_file(
 ) -> CompressionSummary:
     """Cluster the weights of a model file and write the result.
 
-    input_path: a frozen GraphDef (.pb). output_path: defaults to INPUT.min.
+    input_path: a frozen GraphDef (.pb), a SavedModel folder, a `.keras` or
+    `.h5` file (models.model_format). output_path: defaults to
+    models.default_output(input_path) (model.pb.min, model.min.keras, saved.min).
     overwrite: replace an existing output (never the input). zip_sizes: also
     measure zip sizes of input and output. on_batch: progress callback (tensors
     finished per engine batch). Returns a CompressionSummary. Raises InputError,
@@ -83,7 +104,8 @@ def compress_file(
     if not input_path.exists():
         raise InputError(f"{input_path}: no such file or directory")
     output_path = Path(output_path) if output_path is not None else default_output(input_path)
-    check_output_path(output_path, [input_path], overwrite=overwrite)
+    check_output_path(output_path, [input_path], overwrite=overwrite,
+                      directory=model_format(input_path) == "savedmodel")
     device = devices.resolve_device(options.device)
     options_on_device = CompressOptions(**{**options.__dict__, "device": device})
     model = read_model(input_path)
@@ -94,7 +116,7 @@ def compress_file(
     written = time.perf_counter()
     summary = CompressionSummary(
         input_path=input_path, output_path=output_path, device=device, run=run,
-        input_bytes=input_path.stat().st_size, output_bytes=output_bytes,
+        input_bytes=path_bytes(input_path), output_bytes=output_bytes,
         seconds={"parse": parsed - started, "select": run.seconds["select"],
                  "cluster": run.seconds["cluster"],
                  # replacing values in the model counts as writing
@@ -103,7 +125,7 @@ def compress_file(
     )
     if zip_sizes:
         summary.zip_bytes = {
-            "input": zip_size(input_path.read_bytes(), input_path.name),
-            "output": zip_size(output_path.read_bytes(), output_path.name),
+            "input": path_zip_size(input_path),
+            "output": path_zip_size(output_path),
         }
     return summary

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from .errors import InputError
 
+# The files that make a folder a SavedModel (an output folder we may replace).
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
 
 def check_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> Path:
     """Return `path` as a Path after checking it is an existing, readable regular file.
@@ -25,11 +28,15 @@ def check_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
     return path
 
 
-def check_output_path(output: str | os.PathLike, inputs: list[Path], *, overwrite: bool) -> Path:
+def check_output_path(output: str | os.PathLike, inputs: list[Path], *, overwrite: bool,
+                      directory: bool = False) -> Path:
     """Return `output` as a Path after checking it may be written.
 
     Never the same file as an input; an existing file only with overwrite=True;
-    its folder must exist. Raises InputError otherwise.
+    its folder must exist. directory=True: the output is a folder (a
+    SavedModel); an existing one is replaced only with overwrite=True and only
+    when it is a SavedModel itself, and it may not lie inside an input folder
+    or hold one. Raises InputError otherwise.
     """
     output = Path(output)
     for source in inputs:
@@ -37,7 +44,17 @@ def check_output_path(output: str | os.PathLike, inputs: list[Path], *, overwrit
             raise InputError(f"{output}: refusing to overwrite the input")
         if output.resolve() == source.resolve():
             raise InputError(f"{output}: refusing to overwrite the input")
-    if output.is_dir():
+        if directory or source.is_dir():
+            if source.resolve() in output.resolve().parents or output.resolve() in source.resolve().parents:
+                raise InputError(f"{output}: refusing to write inside the input or around it")
+    if directory:
+        if output.exists() and not output.is_dir():
+            raise InputError(f"{output}: is a file, expected a folder name for the SavedModel")
+        if output.is_dir() and not overwrite:
+            raise InputError(f"{output}: already exists (pass --overwrite to replace it)")
+        if output.is_dir() and not any((output / name).is_file() for name in SAVED_MODEL_FILES):
+            raise InputError(f"{output}: is a folder that is not a SavedModel, refusing to replace it")
+    if output.is_dir() and not directory:
         raise InputError(f"{output}: is a directory, expected a file name")
     if output.exists() and not overwrite:
         raise InputError(f"{output}: already exists (pass --overwrite to replace it)")

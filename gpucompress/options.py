@@ -31,7 +31,12 @@ class CompressOptions:
         --global_clusters).
     min_n_weights: in global mode, tensors with fewer values stay as they are
         (the seed applies it to global mode only).
-    whitelisted: names of weights never clustered (exact names).
+    whitelisted: names of weights never clustered (exact names; for a
+        SavedModel also the variable's own name, e.g. "dense/kernel").
+    all_variables: for SavedModel and Keras models, cluster every float
+        variable (biases, BatchNormalization statistics ...), not only the
+        weights proper (rank >= 2: kernels, embeddings). Optimizer state is
+        never clustered. No effect on frozen graphs (every floating Const).
     device: "auto" (GPU when CuPy sees one, else CPU), "cpu" or "gpu".
     method: clustering algorithm, a name in engine.METHODS ("lloyd").
     init: initial centroids: "linear" (Deep Compression's choice), "density"
@@ -51,6 +56,7 @@ class CompressOptions:
     max_iter: int = 300
     seed: int = 0
     batch_values: int | None = None
+    all_variables: bool = False
 
     def __post_init__(self):
         if isinstance(self.whitelisted, (list, set, frozenset)):

@@ -10,16 +10,21 @@ from dataclasses import dataclass
 
 import numpy
 
-from .models.weights import Weight
+from .models.weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight
 from .options import CompressOptions
 
 CLUSTER = "clustered"
 
 # Rules that need only the weight's metadata: (reason, test(weight, options)).
 METADATA_RULES = (
-    ("whitelisted", lambda w, o: w.name in o.whitelisted),
+    ("whitelisted", lambda w, o: w.name in o.whitelisted or any(a in o.whitelisted for a in w.aliases)),
+    ("optimizer state", lambda w, o: w.role == ROLE_OPTIMIZER),
     ("not floating", lambda w, o: not w.floating),
     ("empty", lambda w, o: w.size == 0),
+    # SavedModel and Keras variables: only weights proper (kernels, embeddings)
+    # unless all_variables; a frozen graph's Consts are all candidates.
+    ("not a weight matrix (rank < 2; all_variables includes it)",
+     lambda w, o: w.role == ROLE_VARIABLE and len(w.shape) < 2 and not o.all_variables),
     ("fewer than min_n_weights values (global mode)",
      lambda w, o: o.global_clusters and w.size < o.min_n_weights),
     ("no more distinct values than the codebook", lambda w, o: w.max_distinct <= o.n_clusters),

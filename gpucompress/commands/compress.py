@@ -18,6 +18,9 @@ examples:
   gpucompress compress model.pb --whitelisted logits/weights,logits/biases -o small.pb
   gpucompress compress model.pb --device cpu --init density
   gpucompress compress model.pb --report report.json   # every tensor's error, k, SNR, time as JSON
+
+  gpucompress compress model.keras                   # writes model.min.keras (also .h5)
+  gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
 """
 
 
@@ -38,6 +41,9 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        "(default %(default)s)")
     group.add_argument("--whitelisted", type=_comma_list, action="append", default=[],
                        metavar="A,B", help="comma-separated weight names never clustered (repeatable)")
+    group.add_argument("--all-variables", "--all_variables", action="store_true",
+                       help="SavedModel/Keras: cluster every float variable, not only weight "
+                       "matrices (rank >= 2); optimizer state is always kept")
     group.add_argument("--device", choices=DEVICES, default=defaults.device,
                        help="auto: GPU when CuPy sees one, else CPU; results are identical "
                        "(default %(default)s)")
@@ -64,6 +70,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         init=arguments.init,
         max_iter=arguments.max_iter,
         seed=arguments.seed,
+        all_variables=arguments.all_variables,
     )
 
 
@@ -75,8 +82,9 @@ def add_subparser(subparsers) -> None:
         "and write a GraphDef used exactly like the input.",
         epilog=COMPRESS_EXAMPLES,
     )
-    parser.add_argument("model", help="frozen GraphDef (.pb)")
-    parser.add_argument("-o", "--output", help="output path (default MODEL.min, e.g. model.pb.min)")
+    parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras or .h5 file")
+    parser.add_argument("-o", "--output", help="output path (default: model.pb.min, model.min.keras, "
+                        "model.min.h5, SAVED_MODEL_DIR.min)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--zip-sizes", action="store_true",
                         help="also print the zipped sizes of input and output")

@@ -27,6 +27,14 @@ Archives (gpucompress.codec) need two more verbs, and only these:
 
 The archive stores `format_name` in its header and finds the class again
 through FORMATS; a new format registers there and the codec does not change.
+
+Adding a format touches this registry, never the engine. Formats that an
+archive can hold also have `to_skeleton(names) -> bytes` (the saved model,
+deterministic, the named weights zeroed) and `from_skeleton(data)`.
+
+Formats, by path: a folder with saved_model.pb(txt) is a SavedModel; `.keras`
+a Keras zip; `.h5` / `.hdf5` a Keras HDF5 file; anything else a frozen GraphDef.
+The Keras and SavedModel modules import h5py and TensorFlow only when used.
 """
 from __future__ import annotations
 
@@ -37,26 +45,70 @@ from ..errors import InputError
 from .graphdef import GraphDefModel, read_graphdef
 from .weights import Weight
 
-__all__ = ["FORMATS", "GraphDefModel", "Weight", "default_output", "model_class", "read_model", "write_model"]
+__all__ = ["FORMATS", "GraphDefModel", "Weight", "default_output", "model_class", "model_format",
+           "read_model", "write_model"]
 
-# format_name -> model class with from_skeleton (used by archives).
-FORMATS = {GraphDefModel.format_name: GraphDefModel}
+# format_name -> "module:class" of the model class with from_skeleton (used by
+# archives); imported on demand so h5py and TensorFlow load only when needed.
+FORMATS = {
+    "graphdef": "graphdef:GraphDefModel",
+    "keras": "keras:KerasModel",
+    "h5": "keras:HDF5Model",
+    "savedmodel": "savedmodel:SavedModel",
+}
 
 
 def model_class(format_name: str):
     """Return the model class of a format name; raises FormatError for an unknown one."""
+    import importlib
+
     from ..errors import FormatError
 
     if format_name not in FORMATS:
         raise FormatError(f"unknown model format {format_name!r} (known: {', '.join(sorted(FORMATS))})")
-    return FORMATS[format_name]
+    module, name = FORMATS[format_name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def model_format(path: str | os.PathLike) -> str:
+    """Return the format name a path holds: "savedmodel", "keras", "h5" or "graphdef".
+
+    Raises InputError for a directory that is not a SavedModel.
+    """
+    from .savedmodel import is_saved_model_dir
+
+    path = Path(path)
+    if path.is_dir():
+        if not is_saved_model_dir(path):
+            raise InputError(f"{path}: is a directory without saved_model.pb, expected a SavedModel "
+                             "directory or a model file")
+        return "savedmodel"
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        return "keras"
+    if suffix in HDF5_SUFFIXES:
+        return "h5"
+    return "graphdef"
 
 
 def read_model(path: str | os.PathLike):
-    """Read a model file, its format detected from the path. Raises InputError or FormatError."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a frozen GraphDef (.pb) file")
+    """Read a model, its format detected from the path. Raises InputError or FormatError."""
+    kind = model_format(path)
+    if kind == "savedmodel":
+        from .savedmodel import read_saved_model
+
+        return read_saved_model(path)
+    if kind == "keras":
+        from .keras import read_keras
+
+        return read_keras(path)
+    if kind == "h5":
+        from .keras import read_hdf5
+
+        return read_hdf5(path)
     return read_graphdef(path)
 
 
@@ -66,6 +118,18 @@ def write_model(model, path: str | os.PathLike) -> int:
 
 
 def default_output(path: str | os.PathLike) -> Path:
-    """Return the default output path for an input: `MODEL.pb` -> `MODEL.pb.min` (the seed's name)."""
+    """Return the default output path for an input, its format still recognisable.
+
+    `MODEL.pb` -> `MODEL.pb.min` (the seed's name); `model.keras` ->
+    `model.min.keras`; `model.h5` -> `model.min.h5`; `model.weights.h5` ->
+    `model.min.weights.h5` (Keras wants that ending); a SavedModel folder
+    `saved` -> `saved.min`.
+    """
     path = Path(path)
-    return path.with_name(path.name + ".min")
+    name = path.name
+    lower = name.lower()
+    if not path.is_dir():
+        for suffix in (".weights.h5", ".keras", *HDF5_SUFFIXES):
+            if lower.endswith(suffix) and len(name) > len(suffix):
+                return path.with_name(f"{name[: -len(suffix)]}.min{name[-len(suffix):]}")
+    return path.with_name(name + ".min")

@@ -6,6 +6,11 @@ from typing import Callable
 
 import numpy
 
+# What a weight is in its model, which the selection rules read.
+ROLE_CONSTANT = "constant"  # a Const tensor of a frozen graph
+ROLE_VARIABLE = "variable"  # a model variable (SavedModel checkpoint, Keras weights)
+ROLE_OPTIMIZER = "optimizer"  # optimizer state (slots, iteration counter): never clustered
+
 
 @dataclass(frozen=True)
 class Weight:
@@ -18,6 +23,9 @@ class Weight:
     max_distinct: an upper bound on its distinct values known without decoding
     (the number of values it stores). load: returns the values as a new NumPy
     array of that shape and dtype (floating tensors only).
+    role: ROLE_CONSTANT, ROLE_VARIABLE or ROLE_OPTIMIZER. aliases: other names
+    the weight answers to in `whitelisted` (a SavedModel variable's own name,
+    e.g. "dense/kernel", next to its checkpoint path).
     """
 
     name: str
@@ -26,6 +34,8 @@ class Weight:
     floating: bool
     max_distinct: int
     load: Callable[[], numpy.ndarray]
+    role: str = ROLE_CONSTANT
+    aliases: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
