@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEVICES, CompressOptions
+from ..options import DEVICES, ENGINES, CompressOptions
 from . import EXIT_OK, new_parser
 
 COMPRESS_EXAMPLES = """\
@@ -13,6 +13,7 @@ examples:
   gpucompress compress model.pb --global_clusters --min_n_weights=1024
   gpucompress compress model.pb --whitelisted logits/weights,logits/biases -o small.pb
   gpucompress compress model.pb --device cpu --init density
+  gpucompress compress model.pb --engine faiss       # faiss k-means (pip install 'gpucompress[faiss]')
 """
 
 
@@ -45,6 +46,10 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="N", help="most Lloyd iterations per tensor (default %(default)s)")
     group.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed of the random initializers (default %(default)s)")
+    group.add_argument("--engine", choices=ENGINES, default=defaults.engine,
+                       help="gpucompress: exact, bit-identical on CPU and GPU; faiss: faiss k-means "
+                       "(float32, subsampled, 25 iterations; results NOT bit-identical across devices "
+                       "or faiss versions; --method/--init do not apply) (default %(default)s)")
 
 
 def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
@@ -59,6 +64,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         init=arguments.init,
         max_iter=arguments.max_iter,
         seed=arguments.seed,
+        engine=arguments.engine,
     )
 
 
