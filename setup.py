@@ -43,6 +43,10 @@ setup(
         "tf": ["tensorflow>=2.15", "h5py>=3.8"],
         # `inspect --plot` (imported only when a plot is asked for).
         "plot": ["matplotlib>=3.6"],
+
+        # benchmarks/run.py: the peers it compares with, and its plot.
+        "bench": ["faiss-cpu>=1.8", "scikit-learn>=1.3", "flash1dkmeans>=0.2", "kmeans1d>=0.4",
+                  "matplotlib>=3.5"],
         "dev": [
             "pytest>=7.4",
             "hypothesis>=6.90",

@@ -138,10 +138,15 @@ def cluster_weights(
     selected = time.perf_counter()
     kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
                   device=options.device, seed=options.seed, batch_values=options.batch_values)
+    cluster_arrays = engine.cluster_arrays
+    if options.engine == "faiss":
+        from . import faiss_engine
+
+        cluster_arrays = faiss_engine.cluster_arrays
     outcomes: dict[str, TensorOutcome] = {}
     if pending and options.global_clusters:
         together = numpy.concatenate([p.finite for p in pending])
-        (result,) = engine.cluster_arrays([together], options.n_clusters, **kwargs)
+        (result,) = cluster_arrays([together], options.n_clusters, **kwargs)
         start = 0
         for p in pending:
             stop = start + p.finite.size
@@ -150,7 +155,7 @@ def cluster_weights(
         if on_batch:
             on_batch(len(pending))
     elif pending:
-        results = engine.cluster_arrays([p.finite for p in pending], options.n_clusters,
+        results = cluster_arrays([p.finite for p in pending], options.n_clusters,
                                         on_batch=on_batch, **kwargs)
         for index, (p, result) in enumerate(zip(pending, results)):
             outcomes[p.weight.name] = _outcome(p, result.codebook, result.labels, result, index)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from .errors import OptionsError
 
 DEVICES = ("auto", "cpu", "gpu")
+ENGINES = ("gpucompress", "faiss")
 MAX_CLUSTERS = 65536
 
 
@@ -44,6 +45,9 @@ class CompressOptions:
     max_iter: most Lloyd iterations per tensor.
     seed: seed of the random initializers.
     batch_values: values per device batch; None picks a default per device.
+    engine: "gpucompress" (ours: exact, bit-identical on every device) or
+        "faiss" (faiss.Kmeans; float32, subsampled, not bit-identical across
+        devices; method and init do not apply; needs the `faiss` extra).
     """
 
     n_clusters: int = 256
@@ -58,6 +62,8 @@ class CompressOptions:
     batch_values: int | None = None
     all_variables: bool = False
 
+    engine: str = "gpucompress"
+
     def __post_init__(self):
         if isinstance(self.whitelisted, (list, set, frozenset)):
             object.__setattr__(self, "whitelisted", tuple(sorted(self.whitelisted)))
@@ -70,6 +76,7 @@ class CompressOptions:
         if self.batch_values is not None:
             _check_int("batch_values", self.batch_values, 1, None)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("engine", self.engine, ENGINES)
         _check_choice("method", self.method, tuple(sorted(_methods())))
         _check_choice("init", self.init, tuple(sorted(_initializers())))
 

@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..options import DEVICES, CompressOptions
+from ..options import DEVICES, ENGINES, CompressOptions
 from . import EXIT_OK, new_parser
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,8 @@ examples:
 
   gpucompress compress model.keras                   # writes model.min.keras (also .h5)
   gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
+
+  gpucompress compress model.pb --engine faiss       # faiss k-means (pip install 'gpucompress[faiss]')
 """
 
 
@@ -56,6 +58,10 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="N", help="most Lloyd iterations per tensor (default %(default)s)")
     group.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed of the random initializers (default %(default)s)")
+    group.add_argument("--engine", choices=ENGINES, default=defaults.engine,
+                       help="gpucompress: exact, bit-identical on CPU and GPU; faiss: faiss k-means "
+                       "(float32, subsampled, 25 iterations; results NOT bit-identical across devices "
+                       "or faiss versions; --method/--init do not apply) (default %(default)s)")
 
 
 def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
@@ -71,6 +77,8 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         max_iter=arguments.max_iter,
         seed=arguments.seed,
         all_variables=arguments.all_variables,
+
+        engine=arguments.engine,
     )
 
 
