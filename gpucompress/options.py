@@ -33,7 +33,7 @@ class CompressOptions:
         (the seed applies it to global mode only).
     whitelisted: names of weights never clustered (exact names).
     device: "auto" (GPU when CuPy sees one, else CPU), "cpu" or "gpu".
-    method: clustering algorithm, a name in engine.METHODS ("lloyd").
+    method: clustering algorithm, a name in engine.METHODS ("lloyd", "optimal").
     init: initial centroids: "linear" (Deep Compression's choice), "density"
         (quantiles) or "kmeans++" (seeded, deterministic).
     max_iter: most Lloyd iterations per tensor.

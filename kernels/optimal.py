@@ -39,8 +39,8 @@ from .segments import SegmentBatch
 # many values get one bin per value, which makes the DP exact on them.
 BINS_PER_CLUSTER = 8
 MIN_BINS = 256
-# Elements of the largest temporary of one DP step (float64), bounding memory.
-STEP_ELEMENTS = 1 << 21
+# Candidate splits per rectangular piece of a ragged window.
+PIECE = 32
 # Bytes of split tables per chunk of segments.
 TABLE_BYTES = 1 << 26
 
@@ -93,6 +93,47 @@ def _strides(n_bins: int) -> list[int]:
     return strides
 
 
+def _window_argmax(lo_hi, ends, base, flat):
+    """Return (first argmax, max) of previous[i] + gain(i, j) over i in [lo, hi] for each (row, j).
+
+    Windows are ragged (a split can jump far), so they are cut into pieces of
+    PIECE candidates: one rectangular argmax per piece, then one over each
+    window's pieces. The first piece holding the maximum wins, and within it
+    the first index: the overall first index, as a single argmax would give.
+    """
+    low, high = lo_hi
+    flat_previous, flat_sums, flat_counts = flat
+    xp = array_namespace(low)
+    n_rows, n_ends = low.shape
+    pieces = (high - low) // PIECE + 1  # (R, J), every window has >= 1 candidate
+    first_piece = xp.cumsum(pieces.ravel()) - pieces.ravel()  # exact integer cumsum
+    n_pieces = int(first_piece[-1] + pieces.ravel()[-1])
+    window = xp.searchsorted(first_piece, xp.arange(n_pieces, dtype=xp.int64), side="right") - 1
+    rank = xp.arange(n_pieces, dtype=xp.int64) - first_piece[window]
+    window_low, window_high = low.ravel()[window], high.ravel()[window]
+    end_flat = (base + ends[None, :]).ravel()[window]
+    row_base = end_flat - ends[window % n_ends]
+    candidates = xp.minimum(
+        (window_low + rank * PIECE)[:, None] + xp.arange(PIECE, dtype=xp.int64)[None, :], window_high[:, None]
+    )
+    flat_candidates = row_base[:, None] + candidates
+    cluster_sums = (flat_sums[end_flat][:, None] - flat_sums[flat_candidates]).astype(xp.float64)
+    cluster_counts = flat_counts[end_flat][:, None] - flat_counts[flat_candidates]
+    gains = xp.where(cluster_counts > 0, cluster_sums * cluster_sums / xp.maximum(cluster_counts, 1.0), 0.0)
+    values = flat_previous[flat_candidates] + gains
+    best = xp.argmax(values, axis=1)
+    piece_rows = xp.arange(n_pieces, dtype=xp.int64)
+    piece_value = values[piece_rows, best]
+    piece_split = candidates[piece_rows, best]
+    most = int(pieces.max())
+    table = xp.full((n_rows * n_ends, most), -xp.inf, dtype=xp.float64)
+    table[window, rank] = piece_value
+    choice = xp.argmax(table, axis=1)
+    chosen_piece = first_piece + choice
+    return (piece_split[chosen_piece].reshape(n_rows, n_ends),
+            table[xp.arange(n_rows * n_ends), choice].reshape(n_rows, n_ends))
+
+
 def _layer(previous, sums, counts, n_bins: int, strides):
     """Return (D_c, splits) of one DP layer from D_{c-1} for every row.
 
@@ -113,25 +154,10 @@ def _layer(previous, sums, counts, n_bins: int, strides):
         above = ends + stride
         high = xp.where(above <= n_bins, splits[:, xp.minimum(above, n_bins)], ends[None, :])
         high = xp.minimum(high, ends[None, :])
-        span = int((high - low).max()) + 1
-        # Bound the temporary: split the positions of this level into pieces.
-        piece = max(1, STEP_ELEMENTS // max(1, n_rows * span))
-        for first in range(0, ends.shape[0], piece):
-            part = slice(first, first + piece)
-            lo, hi, js = low[:, part], high[:, part], ends[part]
-            # Candidates past hi repeat hi; the first-index argmax never picks a repeat.
-            candidates = xp.minimum(lo[:, :, None] + xp.arange(span, dtype=xp.int64), hi[:, :, None])
-            flat = (base + candidates).ravel()
-            end_flat = (base[:, :, 0] + js[None, :])[:, :, None]
-            cluster_sums = (flat_sums[end_flat] - flat_sums[flat].reshape(candidates.shape)).astype(xp.float64)
-            cluster_counts = flat_counts[end_flat] - flat_counts[flat].reshape(candidates.shape)
-            gains = xp.where(
-                cluster_counts > 0, cluster_sums * cluster_sums / xp.maximum(cluster_counts, 1.0), 0.0
-            )
-            values = flat_previous[flat].reshape(candidates.shape) + gains
-            best = xp.argmax(values, axis=2)
-            splits[:, js] = lo + best
-            current[:, js] = xp.take_along_axis(values, best[:, :, None], axis=2)[:, :, 0]
+        best_split, best_value = _window_argmax(lo_hi=(low, high), ends=ends, base=base[:, :, 0],
+                                                flat=(flat_previous, flat_sums, flat_counts))
+        splits[:, ends] = best_split
+        current[:, ends] = best_value
     return current, splits
 
 
