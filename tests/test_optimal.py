@@ -65,13 +65,13 @@ def test_matches_exact_dp_when_every_value_is_a_bin(values, k):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(2, 8), n=st.integers(60, 200))
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 8), n=st.integers(80, 200))
 def test_binned_dp_is_near_exact(seed, k, n):
-    # Few bins per cluster on purpose, so the binned path (not one bin per value) runs.
+    # The default bins per cluster, fewer bins than values: the binned path runs.
     rng = numpy.random.default_rng(seed)
     values = rng.laplace(size=n) * rng.choice([1.0, 8.0], size=n, p=[0.95, 0.05])
     batch = batch_of([values])
-    n_bins = 24
+    n_bins = optimal.BINS_PER_CLUSTER * k
     centroids = optimal.dp_centroids(batch, numpy.array([0]), k, n_bins)
     refined, _ = optimal.lloyd(batch, centroids, 300)
     codebook = fixedpoint.dequantize(refined, batch.exponents[:, None])[0]
