@@ -165,7 +165,7 @@ def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
     """Return int64 centroids (R, k), sorted, of the exact k-clustering of the bins of `rows`.
 
     Empty clusters (only when a segment has fewer than k nonempty bins) take
-    the centroid of the cluster below them, or the segment minimum.
+    the value just below their position, or the segment minimum.
     """
     xp = array_namespace(batch.keys)
     edges = bin_edges(batch, rows, n_bins)
