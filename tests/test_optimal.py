@@ -65,18 +65,17 @@ def test_matches_exact_dp_when_every_value_is_a_bin(values, k):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(2, 8), n=st.integers(80, 200))
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 32), n=st.integers(300, 3000))
 def test_binned_dp_is_near_exact(seed, k, n):
-    # The default bins per cluster, fewer bins than values: the binned path runs.
+    # More values than the default bins (max(MIN_BINS, 8 k)): the binned path runs.
+    import kmeans1d
+
     rng = numpy.random.default_rng(seed)
     values = rng.laplace(size=n) * rng.choice([1.0, 8.0], size=n, p=[0.95, 0.05])
-    batch = batch_of([values])
-    n_bins = optimal.BINS_PER_CLUSTER * k
-    centroids = optimal.dp_centroids(batch, numpy.array([0]), k, n_bins)
-    refined, _ = optimal.lloyd(batch, centroids, 300)
-    codebook = fixedpoint.dequantize(refined, batch.exponents[:, None])[0]
-    assert numpy.all(numpy.diff(refined[0]) >= 0)
-    assert sse(values, codebook) <= exact_sse(values, k) * 1.05 + 1e-9
+    result = cluster_arrays([values], k, method="optimal")[0]
+    assert numpy.all(numpy.diff(result.codebook) >= 0)
+    optimum = sse(values, numpy.array(kmeans1d.cluster(values, k)[1]))
+    assert sse(values, result.codebook) <= optimum * 1.05 + 1e-9
 
 
 def test_deterministic_across_runs_and_batch_sizes():
