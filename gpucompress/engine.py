@@ -21,6 +21,7 @@ from .errors import OptionsError
 from .kernels import fixedpoint
 from .kernels.initializers import INITIALIZERS, kmeans_plus_plus_draws
 from .kernels.lloyd import assign_labels, lloyd
+from .kernels.optimal import optimal
 from .kernels.segments import build_batch
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _lloyd_method(batch, centroids, max_iter):
 
 
 # name -> function(batch, initial centroids, max_iter) -> (centroids, iterations)
-METHODS: dict[str, Callable] = {"lloyd": _lloyd_method}
+METHODS: dict[str, Callable] = {"lloyd": _lloyd_method, "optimal": optimal}
 
 
 def plan_batches(sizes: Sequence[int], batch_values: int) -> list[range]:

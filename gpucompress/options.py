@@ -39,7 +39,7 @@ class CompressOptions:
         weights proper (rank >= 2: kernels, embeddings). Optimizer state is
         never clustered. No effect on frozen graphs (every floating Const).
     device: "auto" (GPU when CuPy sees one, else CPU), "cpu" or "gpu".
-    method: clustering algorithm, a name in engine.METHODS ("lloyd").
+    method: clustering algorithm, a name in engine.METHODS ("lloyd", "optimal").
     init: initial centroids: "linear" (Deep Compression's choice), "density"
         (quantiles) or "kmeans++" (seeded, deterministic).
     max_iter: most Lloyd iterations per tensor.
@@ -61,7 +61,6 @@ class CompressOptions:
     seed: int = 0
     batch_values: int | None = None
     all_variables: bool = False
-
     engine: str = "gpucompress"
 
     def __post_init__(self):

@@ -50,7 +50,8 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        help="auto: GPU when CuPy sees one, else CPU; results are identical "
                        "(default %(default)s)")
     group.add_argument("--method", default=defaults.method,
-                       help="clustering method (default %(default)s)")
+                       help="clustering method: lloyd (Lloyd from --init), optimal (near-optimal: exact DP "
+                       "over fine bins, then Lloyd; ignores --init) (default %(default)s)")
     group.add_argument("--init", default=defaults.init,
                        help="initial centroids: linear (Deep Compression), density, kmeans++ "
                        "(default %(default)s)")

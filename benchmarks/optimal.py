@@ -1,0 +1,156 @@
+"""Benchmark 1-D k-means methods on Inception-ResNet-v1-shaped weights.
+
+    python benchmarks/optimal.py [--quick]
+
+Per k and method: total time, SSE / optimal (median and worst over the tensors
+whose optimum kmeans1d can compute within MEMORY_LIMIT bytes, ~16 k n), and the
+peak traced memory of one call on the largest tensor. Writes Markdown and JSON
+under benchmarks/results/ named with the date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from weights import inception_resnet_v1_weights  # noqa: E402
+
+from gpucompress.engine import cluster_arrays  # noqa: E402
+
+MEMORY_LIMIT = 2 << 30  # bytes kmeans1d may take (it needs about 16 * k * n)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sse(values, codebook):
+    codebook = numpy.sort(numpy.asarray(codebook, dtype=numpy.float64))
+    labels = numpy.searchsorted((codebook[1:] + codebook[:-1]) / 2, values)
+    return float(((values - codebook[labels]) ** 2).sum())
+
+
+def run_ours(method):
+    def run(values, k):
+        return cluster_arrays([values], k, method=method, init="linear", device="cpu")[0].codebook
+    return run
+
+
+def run_flash(values, k):
+    import flash1dkmeans
+
+    centroids, _ = flash1dkmeans.kmeans_1d(values.astype(numpy.float64), k)
+    return centroids
+
+
+def run_kmeans1d(values, k):
+    import kmeans1d
+
+    return kmeans1d.cluster(values, k)[1]
+
+
+METHODS = {"lloyd": run_ours("lloyd"), "optimal": run_ours("optimal"),
+           "flash1dkmeans": run_flash, "kmeans1d": run_kmeans1d}
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def peak_memory(function, values, k) -> int:
+    tracemalloc.start()
+    try:
+        function(values, k)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def benchmark(tensors, ks):
+    rows = []
+    run_flash(numpy.linspace(0.0, 1.0, 64), 4)  # Numba compiles on first use: not timed
+    flat = [array.ravel().astype(numpy.float64) for _, array in tensors]
+    started = time.perf_counter()
+    for values in flat:
+        numpy.sort(values.astype(numpy.float32))
+    sort_seconds = time.perf_counter() - started
+    for k in ks:
+        fits = [i for i, v in enumerate(flat) if 16 * k * v.size <= MEMORY_LIMIT]
+        optimum = {i: sse(flat[i], run_kmeans1d(flat[i], k)) for i in fits}
+        for name, function in METHODS.items():
+            indices = fits if name == "kmeans1d" else range(len(flat))
+            ratios, seconds = [], 0.0
+            for i in indices:
+                begin = time.perf_counter()
+                codebook = function(flat[i], k)
+                seconds += time.perf_counter() - begin
+                if i in optimum:
+                    ratios.append(sse(flat[i], codebook) / optimum[i])
+            largest = max(indices, key=lambda i: flat[i].size)
+            rows.append({
+                "k": k, "method": name, "tensors": len(indices),
+                "values": int(sum(flat[i].size for i in indices)),
+                "seconds": seconds, "seconds_per_sort": seconds / sort_seconds if name != "kmeans1d" else None,
+                "sse_ratio_median": statistics.median(ratios), "sse_ratio_worst": max(ratios),
+                "compared_tensors": len(ratios),
+                "peak_bytes_largest": peak_memory(function, flat[largest], k), "largest_n": int(flat[largest].size),
+            })
+            print(f"k={k:3d} {name:14s} {seconds:8.2f} s  SSE/opt median {rows[-1]['sse_ratio_median']:.4f} "
+                  f"worst {rows[-1]['sse_ratio_worst']:.4f} ({len(ratios)} tensors)  "
+                  f"peak {rows[-1]['peak_bytes_largest'] / 2**20:8.1f} MiB at n={flat[largest].size}", flush=True)
+    return rows, sort_seconds
+
+
+def markdown(meta, rows) -> str:
+    lines = [f"# 1-D k-means methods on Inception-ResNet-v1-shaped weights ({meta['date']})", "",
+             f"Machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs: timings are noisy). "
+             f"{meta['tensors']} tensors, {meta['values']} weights; float32 NumPy sort of all of them: "
+             f"{meta['sort_seconds']:.3f} s. SSE/optimal over the tensors where kmeans1d fits in "
+             f"{MEMORY_LIMIT >> 30} GiB (16 k n bytes); kmeans1d times cover only those. "
+             "Peak: tracemalloc peak of one call on the largest tensor it ran (Python and NumPy "
+             "allocations; kmeans1d's C++ buffers, about 16 k n bytes, are not traced).", "",
+             f"Command: `{meta['command']}`", "",
+             "| k | method | time (s) | time / sort | SSE/opt median | SSE/opt worst | compared | peak MiB (n) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ratio = "" if row["seconds_per_sort"] is None else f"{row['seconds_per_sort']:.1f}x"
+        lines.append(f"| {row['k']} | {row['method']} | {row['seconds']:.2f} | {ratio} | "
+                     f"{row['sse_ratio_median']:.4f} | {row['sse_ratio_worst']:.4f} | {row['compared_tensors']} | "
+                     f"{row['peak_bytes_largest'] / 2**20:.1f} ({row['largest_n']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="6 small tensors, k=16 only (a smoke run)")
+    arguments = parser.parse_args(argv)
+    tensors = inception_resnet_v1_weights(6) if arguments.quick else inception_resnet_v1_weights()
+    ks = (16,) if arguments.quick else (16, 32, 256)
+    rows, sort_seconds = benchmark(tensors, ks)
+    today = datetime.date.today().isoformat()
+    meta = {"date": today, "cpu": cpu_model(), "cores": os.cpu_count(), "tensors": len(tensors),
+            "values": int(sum(a.size for _, a in tensors)), "sort_seconds": sort_seconds,
+            "command": "python benchmarks/optimal.py" + (" --quick" if arguments.quick else "")}
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"optimal-{today}{'-quick' if arguments.quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(meta, rows))
+    print(f"wrote {stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Near-optimal 1-D k-means: an exact DP over fine bins, then Lloyd on the full data.
+
+Why: Lloyd's algorithm lands far from the optimum on heavy-tailed weights, and
+the exact solvers need O(k n) memory. Here each sorted segment is compressed
+into B bins, contiguous runs of sorted values with exact integer counts and
+sums (prefix-sum differences). Bin edges are the union of equal-count edges
+(they resolve the dense core) and equal-width edges (they resolve the sparse
+tails). An exact dynamic program over the bins then picks the best k groups of
+bins, and Lloyd's algorithm (lloyd.py) refines that on the full data.
+
+The DP maximizes sum_c S_c**2 / n_c, which is the same as minimizing the SSE
+(SSE = sum q**2 - sum_c S_c**2 / n_c). Layer c holds D_c[j], the best value for
+the first j bins in c clusters (empty clusters allowed, so D_c[j] >= D_{c-1}[j]):
+
+    D_c[j] = max_{i <= j} D_{c-1}[i] + (P_j - P_i)**2 / (C_j - C_i)
+
+The best split i is monotone in j (the cost is a Monge matrix), so each layer
+is solved by divide and conquer over strides: the splits at odd multiples of a
+stride lie between the splits already found at the even multiples. Every
+position of a stride level, in every segment, is one rectangular array
+operation, identical on NumPy and CuPy.
+
+Device independence: sums and counts are exact integers; the DP values are
+float64 built from elementwise +, *, / (correctly rounded IEEE on both array
+libraries) and max/argmax with the first index winning ties. No float sum
+whose order could differ between devices decides anything.
+
+Memory: the split tables take k * (B + 1) int32 per segment with B fixed by k
+(not by n), and the DP runs on chunks of segments, so the working memory is
+O(n) plus a bound independent of n.
+"""
+from __future__ import annotations
+
+from .fixedpoint import KEY_BIAS, array_namespace, key_values, range_sums, rounded_mean
+from .lloyd import lloyd, segment_tags
+from .segments import SegmentBatch
+
+# Bins per cluster and the least number of bins; segments with at most that
+# many values get one bin per value, which makes the DP exact on them.
+BINS_PER_CLUSTER = 8
+MIN_BINS = 256
+# Candidate splits per rectangular piece of a ragged window.
+PIECE = 32
+# Bytes of split tables per chunk of segments.
+TABLE_BYTES = 1 << 26
+
+
+def bin_count(n: int, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> int:
+    """Return the number of DP bins of a segment of n values clustered into k.
+
+    A function of (n, k) alone, so a segment's bins never depend on its batch.
+    Segments with no more values than the bin budget get one bin per value.
+    """
+    return min(int(n), max(MIN_BINS, bins_per_cluster * k))
+
+
+def bin_edges(batch: SegmentBatch, rows, n_bins: int):
+    """Return sorted global positions (R, n_bins + 1) of the bin edges of segments `rows`.
+
+    Every row's first edge is its segment's start and its last edge its end.
+    Segments of exactly n_bins values get one bin per value. Larger segments get
+    the sorted union of (n_bins + 1) // 2 + 1 equal-count edges and the
+    positions of the other equal-width value thresholds; repeated positions are
+    empty bins, which the DP handles.
+    """
+    xp = array_namespace(batch.keys)
+    starts = batch.offsets[rows]
+    ends = batch.offsets[rows + 1]
+    sizes = ends - starts
+    if int(sizes.max()) <= n_bins:  # one bin per value (all rows have n_bins values)
+        return starts[:, None] + xp.arange(n_bins + 1, dtype=xp.int64)[None, :]
+    count_bins = (n_bins + 1) // 2
+    width_bins = n_bins + 1 - count_bins
+    steps = xp.arange(count_bins + 1, dtype=xp.int64)
+    by_count = starts[:, None] + (steps[None, :] * sizes[:, None]) // count_bins
+    low = key_values(batch.keys[starts])
+    high = key_values(batch.keys[ends - 1])
+    steps = xp.arange(1, width_bins, dtype=xp.int64)
+    thresholds = low[:, None] + ((high - low)[:, None] * steps[None, :]) // width_bins
+    queries = segment_tags(rows)[:, None] + thresholds + KEY_BIAS
+    by_width = xp.searchsorted(batch.keys, queries.ravel(), side="left").reshape(thresholds.shape)
+    return xp.sort(xp.concatenate([by_count, by_width.astype(xp.int64)], axis=1), axis=1)
+
+
+def _strides(n_bins: int) -> list[int]:
+    stride = 1
+    while stride * 2 <= n_bins:
+        stride *= 2
+    strides = []
+    while stride >= 1:
+        strides.append(stride)
+        stride //= 2
+    return strides
+
+
+def _window_argmax(lo_hi, ends, base, flat):
+    """Return (first argmax, max) of previous[i] + gain(i, j) over i in [lo, hi] for each (row, j).
+
+    Windows are ragged (a split can jump far), so they are cut into pieces of
+    PIECE candidates: one rectangular argmax per piece, then one over each
+    window's pieces. The first piece holding the maximum wins, and within it
+    the first index: the overall first index, as a single argmax would give.
+    """
+    low, high = lo_hi
+    flat_previous, flat_sums, flat_counts = flat
+    xp = array_namespace(low)
+    n_rows, n_ends = low.shape
+    pieces = (high - low) // PIECE + 1  # (R, J), every window has >= 1 candidate
+    first_piece = xp.cumsum(pieces.ravel()) - pieces.ravel()  # exact integer cumsum
+    n_pieces = int(first_piece[-1] + pieces.ravel()[-1])
+    window = xp.searchsorted(first_piece, xp.arange(n_pieces, dtype=xp.int64), side="right") - 1
+    rank = xp.arange(n_pieces, dtype=xp.int64) - first_piece[window]
+    window_low, window_high = low.ravel()[window], high.ravel()[window]
+    end_flat = (base + ends[None, :]).ravel()[window]
+    row_base = end_flat - ends[window % n_ends]
+    candidates = xp.minimum(
+        (window_low + rank * PIECE)[:, None] + xp.arange(PIECE, dtype=xp.int64)[None, :], window_high[:, None]
+    )
+    flat_candidates = row_base[:, None] + candidates
+    cluster_sums = (flat_sums[end_flat][:, None] - flat_sums[flat_candidates]).astype(xp.float64)
+    cluster_counts = flat_counts[end_flat][:, None] - flat_counts[flat_candidates]
+    gains = xp.where(cluster_counts > 0, cluster_sums * cluster_sums / xp.maximum(cluster_counts, 1.0), 0.0)
+    values = flat_previous[flat_candidates] + gains
+    best = xp.argmax(values, axis=1)
+    piece_rows = xp.arange(n_pieces, dtype=xp.int64)
+    piece_value = values[piece_rows, best]
+    piece_split = candidates[piece_rows, best]
+    most = int(pieces.max())
+    table = xp.full((n_rows * n_ends, most), -xp.inf, dtype=xp.float64)
+    table[window, rank] = piece_value
+    choice = xp.argmax(table, axis=1)
+    chosen_piece = first_piece + choice
+    return (piece_split[chosen_piece].reshape(n_rows, n_ends),
+            table[xp.arange(n_rows * n_ends), choice].reshape(n_rows, n_ends))
+
+
+def _layer(previous, sums, counts, n_bins: int, strides):
+    """Return (D_c, splits) of one DP layer from D_{c-1} for every row.
+
+    previous: float64 (R, B + 1); sums: int64 (R, B + 1) exact prefix sums at
+    the bin edges; counts: float64 (R, B + 1). splits[r, j] is the first i that
+    maximizes previous[r, i] + gain(i, j).
+    """
+    xp = array_namespace(previous)
+    n_rows = previous.shape[0]
+    width = n_bins + 1
+    current = xp.zeros_like(previous)
+    splits = xp.zeros(previous.shape, dtype=xp.int64)
+    base = (xp.arange(n_rows, dtype=xp.int64) * width)[:, None, None]
+    flat_previous, flat_sums, flat_counts = previous.ravel(), sums.ravel(), counts.ravel()
+    for stride in strides:
+        ends = xp.arange(stride, n_bins + 1, 2 * stride, dtype=xp.int64)
+        low = splits[:, ends - stride]
+        above = ends + stride
+        high = xp.where(above <= n_bins, splits[:, xp.minimum(above, n_bins)], ends[None, :])
+        high = xp.minimum(high, ends[None, :])
+        best_split, best_value = _window_argmax(lo_hi=(low, high), ends=ends, base=base[:, :, 0],
+                                                flat=(flat_previous, flat_sums, flat_counts))
+        splits[:, ends] = best_split
+        current[:, ends] = best_value
+    return current, splits
+
+
+def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
+    """Return int64 centroids (R, k), sorted, of the exact k-clustering of the bins of `rows`.
+
+    Empty clusters (only when a segment has fewer than k nonempty bins) take
+    the value just below their position, or the segment minimum.
+    """
+    xp = array_namespace(batch.keys)
+    edges = bin_edges(batch, rows, n_bins)
+    starts = edges[:, :1]
+    sums = range_sums(batch.prefix, xp.broadcast_to(starts, edges.shape), edges)
+    counts_int = edges - starts
+    counts = counts_int.astype(xp.float64)
+    sums_float = sums.astype(xp.float64)
+    layer = xp.where(counts > 0, sums_float * sums_float / xp.maximum(counts, 1.0), 0.0)
+    strides = _strides(n_bins)
+    tables = []
+    for _ in range(1, k):
+        layer, splits = _layer(layer, sums, counts, n_bins, strides)
+        tables.append(splits.astype(xp.int32))
+    n_rows = edges.shape[0]
+    row_index = xp.arange(n_rows, dtype=xp.int64)
+    borders = xp.zeros((n_rows, k + 1), dtype=xp.int64)
+    borders[:, k] = n_bins
+    for c in range(k - 1, 0, -1):
+        borders[:, c] = tables[c - 1][row_index, borders[:, c + 1]]
+    positions = edges[row_index[:, None], borders]
+    cluster_counts = positions[:, 1:] - positions[:, :-1]
+    cluster_sums = range_sums(batch.prefix, positions[:, :-1], positions[:, 1:])
+    means = rounded_mean(cluster_sums, cluster_counts)
+    # An empty cluster at sorted position p takes the value just below p (the
+    # segment minimum at its start): at least every centroid below, at most
+    # every centroid above, so centroids stay sorted.
+    below = xp.maximum(positions[:, :-1] - 1, batch.offsets[rows][:, None])
+    return xp.where(cluster_counts > 0, means, key_values(batch.keys[below]))
+
+
+def _chunks(rows_host, k: int, n_bins: int):
+    per_chunk = max(1, TABLE_BYTES // (4 * k * (n_bins + 1)))
+    for first in range(0, len(rows_host), per_chunk):
+        yield rows_host[first : first + per_chunk]
+
+
+def optimal(batch: SegmentBatch, initial_centroids, max_iter: int, bins_per_cluster: int = BINS_PER_CLUSTER):
+    """Cluster every segment near-optimally: DP over bins, then Lloyd on the full data.
+
+    initial_centroids: int64 (S, k), used only for k (the DP needs no start).
+    Returns (centroids int64 (S, k) sorted, iterations int64 (S,)), the
+    iterations being Lloyd's refinement steps. Each segment's result depends on
+    that segment, k and bins_per_cluster alone, never on its batch.
+    """
+    xp = array_namespace(initial_centroids)
+    k = int(initial_centroids.shape[1])
+    sizes_host = [int(size) for size in (batch.offsets[1:] - batch.offsets[:-1]).tolist()]
+    groups: dict[int, list[int]] = {}
+    for row, size in enumerate(sizes_host):
+        groups.setdefault(bin_count(size, k, bins_per_cluster), []).append(row)
+    centroids = xp.empty_like(initial_centroids)
+    for n_bins, rows_host in sorted(groups.items()):
+        for chunk in _chunks(rows_host, k, n_bins):
+            rows = xp.asarray(chunk, dtype=xp.int64)
+            centroids[rows] = dp_centroids(batch, rows, k, n_bins)
+    return lloyd(batch, centroids, max_iter)

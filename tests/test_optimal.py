@@ -1,0 +1,122 @@
+"""Tests of the near-optimal method (kernels/optimal.py): exactness, determinism, memory."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpucompress.device import gpu_available
+from gpucompress.engine import cluster_arrays
+from gpucompress.kernels import fixedpoint, optimal
+from gpucompress.kernels.segments import build_batch
+
+
+def sse(values, codebook):
+    """Return the SSE of values against their nearest codebook entry."""
+    codebook = numpy.sort(codebook)
+    labels = numpy.searchsorted((codebook[1:] + codebook[:-1]) / 2, values)
+    return float(((values - codebook[labels]) ** 2).sum())
+
+
+def exact_sse(values, k):
+    """Return the optimal k-means SSE by the textbook O(k n^2) DP on sorted values."""
+    x = numpy.sort(values)
+    n = x.size
+    s1 = numpy.concatenate([[0.0], numpy.cumsum(x)])
+    s2 = numpy.concatenate([[0.0], numpy.cumsum(x * x)])
+
+    def cost(i, j):  # values i..j-1 in one cluster
+        count = j - i
+        return s2[j] - s2[i] - (s1[j] - s1[i]) ** 2 / count if count else 0.0
+
+    best = numpy.array([cost(0, j) for j in range(n + 1)])
+    for _ in range(1, k):
+        best = numpy.array([min(best[i] + cost(i, j) for i in range(j + 1)) for j in range(n + 1)])
+    return float(best[n])
+
+
+def batch_of(arrays, xp=numpy):
+    values = [numpy.asarray(a, dtype=numpy.float64).ravel() for a in arrays]
+    sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
+    exponents = fixedpoint.segment_exponents(numpy.array([numpy.abs(v).max() for v in values]), sizes)
+    return build_batch(xp.asarray(numpy.concatenate(values)), xp.asarray(sizes), xp.asarray(exponents))
+
+
+def test_hand_computed_two_clusters():
+    result = cluster_arrays([numpy.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])], 2, method="optimal")[0]
+    assert result.codebook.tolist() == [1.0, 11.0]
+    assert result.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=3, max_size=40),
+    k=st.integers(2, 6),
+)
+def test_matches_exact_dp_when_every_value_is_a_bin(values, k):
+    # Segments of at most MIN_BINS values get one bin per value: the DP is exact.
+    values = numpy.array(values)
+    result = cluster_arrays([values], k, method="optimal")[0]
+    # Fixed-point rounding of centroids costs a relative ~2**-30 at most.
+    assert sse(values, result.codebook) <= exact_sse(values, k) * (1 + 1e-6) + 1e-9
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 32), n=st.integers(300, 3000))
+def test_binned_dp_is_near_exact(seed, k, n):
+    # More values than the default bins (max(MIN_BINS, 8 k)): the binned path runs.
+    import kmeans1d
+
+    rng = numpy.random.default_rng(seed)
+    values = rng.laplace(size=n) * rng.choice([1.0, 8.0], size=n, p=[0.95, 0.05])
+    result = cluster_arrays([values], k, method="optimal")[0]
+    assert numpy.all(numpy.diff(result.codebook) >= 0)
+    optimum = sse(values, numpy.array(kmeans1d.cluster(values, k)[1]))
+    assert sse(values, result.codebook) <= optimum * 1.05 + 1e-9
+
+
+def test_deterministic_across_runs_and_batch_sizes():
+    rng = numpy.random.default_rng(7)
+    arrays = [rng.laplace(size=n) * (1 + 10 * (rng.random(n) < 0.01)) for n in (300, 5000, 40000, 1200)]
+    whole = cluster_arrays(arrays, 32, method="optimal", batch_values=1 << 22)
+    again = cluster_arrays(arrays, 32, method="optimal", batch_values=1 << 22)
+    alone = cluster_arrays(arrays, 32, method="optimal", batch_values=1)
+    for first, second, third in zip(whole, again, alone):
+        assert first.codebook.tobytes() == second.codebook.tobytes() == third.codebook.tobytes()
+        assert numpy.array_equal(first.labels, third.labels)
+        assert first.iterations == third.iterations
+
+
+def test_memory_does_not_grow_with_k_times_n():
+    n, k = 2_000_000, 256
+    values = numpy.random.default_rng(3).laplace(size=n)
+    batch = batch_of([values])
+    initial = numpy.zeros((1, k), dtype=numpy.int64)
+    tracemalloc.start()
+    try:
+        optimal.optimal(batch, initial, 5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # k * n * 8 bytes is 4 GB; the DP's tables and temporaries stay a few MB.
+    assert peak < n * 8 * 4
+    assert peak < k * n * 8 / 100
+
+
+@pytest.mark.gpu
+def test_numpy_and_cupy_bit_identical():
+    if not gpu_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    import cupy
+
+    rng = numpy.random.default_rng(11)
+    arrays = [rng.laplace(size=n) * (1 + 10 * (rng.random(n) < 0.01)) for n in (200, 9000, 50000)]
+    for k in (2, 16, 256):
+        on_cpu = optimal.optimal(batch_of(arrays), numpy.zeros((3, k), dtype=numpy.int64), 300)
+        on_gpu = optimal.optimal(batch_of(arrays, cupy), cupy.zeros((3, k), dtype=cupy.int64), 300)
+        for cpu, gpu in zip(on_cpu, on_gpu):
+            gpu = cupy.asnumpy(gpu)
+            assert cpu.dtype == gpu.dtype and numpy.array_equal(cpu, gpu)
