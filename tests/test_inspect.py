@@ -6,7 +6,7 @@ import json
 import numpy
 import pytest
 
-from frozen_digits import write_frozen_digits
+from .frozen_digits import write_frozen_digits
 from gpucompress import CompressOptions, compress_file
 from gpucompress.cli import main
 from gpucompress.errors import GpucompressError

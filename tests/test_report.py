@@ -9,7 +9,7 @@ import math
 import numpy
 import pytest
 
-from frozen_digits import write_frozen_digits
+from .frozen_digits import write_frozen_digits
 from gpucompress.cli import main
 from gpucompress.clustering import ClusteringRun, TensorOutcome
 from gpucompress.models import read_model
