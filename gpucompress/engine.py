@@ -82,7 +82,8 @@ def _check_arrays(arrays) -> list[numpy.ndarray]:
         array = numpy.asarray(array)
         if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
             raise OptionsError(f"arrays[{index}].dtype={array.dtype} should be a floating dtype.")
-        values = array.reshape(-1).astype(numpy.float64)
+        # No copy when the caller already holds float64 (clustering.py does): peak memory.
+        values = array.reshape(-1).astype(numpy.float64, copy=False)
         if values.size == 0:
             raise OptionsError(f"arrays[{index}].size=0 should be >= 1.")
         if not numpy.isfinite(values).all():
