@@ -18,8 +18,6 @@ fall back to the array version (same results, slower).
 """
 from __future__ import annotations
 
-import math
-
 import numpy
 
 try:
@@ -103,10 +101,10 @@ if numba is not None:
 
 
     @numba.njit(cache=True, parallel=True)
-    def _quantized_keys(values, segment_of_value, exponents, key_shift, key_bias, out):
+    def _quantized_keys(values, segment_of_value, scales, key_shift, key_bias, out):
         for index in numba.prange(values.shape[0]):
             segment = segment_of_value[index]
-            q = numpy.int64(numpy.rint(math.ldexp(values[index], exponents[segment])))
+            q = numpy.int64(numpy.rint(values[index] * scales[segment]))
             out[index] = (segment << key_shift) + (q + key_bias)
 
 
@@ -117,8 +115,17 @@ def quantized_keys(values, segment_of_value, exponents, key_shift: int, key_bias
     The same numbers as fixedpoint.make_keys(fixedpoint.quantize(...)): ldexp
     and rint are exact, correctly rounded operations.
     """
+    exponents = numpy.asarray(exponents, dtype=numpy.int64)
+    if exponents.size and (exponents.min() < -1022 or exponents.max() > 1023):
+        # 2**e is no normal double: only ldexp scales exactly (never for real weights).
+        from .fixedpoint import make_keys, quantize
+
+        return make_keys(quantize(values, exponents[segment_of_value]), segment_of_value)
+    # Multiplying by a normal power of two rounds exactly as ldexp does: one
+    # correctly rounded operation on the same exact product.
+    scales = numpy.ldexp(numpy.ones(exponents.size), exponents.astype(numpy.int32))
     out = numpy.empty(values.shape[0], dtype=numpy.int64)
-    _quantized_keys(values, segment_of_value, exponents.astype(numpy.int32), int(key_shift), int(key_bias), out)
+    _quantized_keys(values, segment_of_value, scales, int(key_shift), int(key_bias), out)
     return out
 
 

@@ -101,3 +101,16 @@ def test_compiled_and_array_paths_give_identical_clusterings(monkeypatch):
         for a, b in zip(fast, slow):
             assert numpy.array_equal(a.codebook, b.codebook) and numpy.array_equal(a.labels, b.labels)
             assert a.labels.dtype == b.labels.dtype and a.iterations == b.iterations
+
+
+def test_quantized_keys_of_tiny_float64_values_whose_scale_is_no_normal_double():
+    # max |x| = 1e-300 needs a scale of about 2**1040: the multiply shortcut
+    # cannot hold it, the ldexp path must give the same keys.
+    flat = numpy.array([1e-300, -3e-301, 5e-302, 0.0])
+    sizes = numpy.array([4], dtype=numpy.int64)
+    exponents = fixedpoint.segment_exponents(numpy.array([1e-300]), sizes)
+    assert exponents[0] > 1023
+    segment_of_value = numpy.zeros(4, dtype=numpy.int64)
+    reference = fixedpoint.make_keys(fixedpoint.quantize(flat, exponents[segment_of_value]), segment_of_value)
+    keys = compiled.quantized_keys(flat, segment_of_value, exponents, fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
+    assert numpy.array_equal(keys, reference)
