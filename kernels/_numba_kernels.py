@@ -55,21 +55,42 @@ def _dp_rows(sums, counts, k, strides):
             borders[row, c] = splits[c - 1, borders[row, c + 1]]
     return borders
 
+
 @numba.njit(cache=True, parallel=True)
-def _labels(input_keys, segment_of_value, mid_keys, n_mids, out):
+def _bucket_tables(mid_keys, n_mids, low_keys, shifts, table_size):
+    n_segments = low_keys.shape[0]
+    tables = numpy.empty((n_segments, table_size), dtype=numpy.int32)
+    for segment in numba.prange(n_segments):
+        base = segment * n_mids
+        below = 0
+        for bucket in range(table_size):
+            start = low_keys[segment] + (numpy.int64(bucket) << shifts[segment])
+            while below < n_mids and mid_keys[base + below] < start:
+                below += 1
+            tables[segment, bucket] = below
+    return tables
+
+
+@numba.njit(cache=True, parallel=True)
+def _labels(input_keys, segment_of_value, mid_keys, n_mids, low_keys, shifts, tables, out):
     for index in numba.prange(input_keys.shape[0]):
         key = input_keys[index]
-        base = segment_of_value[index] * n_mids
-        # Branch-free lower bound: the count of midpoints < key.
-        size = n_mids
-        while size > 1:
+        segment = segment_of_value[index]
+        base = segment * n_mids
+        # The table counts the midpoints below the key's bucket and below the
+        # next one: the answer lies between, usually 0-2 midpoints apart, and
+        # a binary search bounds the worst case (all midpoints in one bucket).
+        bucket = (key - low_keys[segment]) >> shifts[segment]
+        label = numpy.int64(tables[segment, bucket])
+        size = (numpy.int64(tables[segment, bucket + 1]) if bucket + 1 < tables.shape[1] else n_mids) - label
+        while size > 0:
             half = size >> 1
-            if mid_keys[base + half] < key:
-                base += half
-            size -= half
-        if mid_keys[base] < key:
-            base += 1
-        out[index] = base - segment_of_value[index] * n_mids
+            if mid_keys[base + label + half] < key:
+                label += half + 1
+                size -= half + 1
+            else:
+                size = half
+        out[index] = label
 
 
 @numba.njit(cache=True, parallel=True)

@@ -94,6 +94,7 @@ def assign_labels(batch: SegmentBatch, centroids):
     # Midpoint keys are sorted across the batch: segment tags dominate.
     mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + KEY_BIAS).ravel()
     if xp is numpy and compiled.available():
-        return compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1)
+        return compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1,
+                                       batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1])
     position = xp.searchsorted(mid_keys, batch.input_keys, side="left")
     return position - batch.segment_of_value * (k - 1)

@@ -68,8 +68,23 @@ def test_labels_match_searchsorted(arrays, k):
 
     mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + KEY_BIAS).ravel()
     reference = numpy.searchsorted(mid_keys, batch.input_keys, side="left") - batch.segment_of_value * (k - 1)
-    labels = compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1)
+    labels = compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1,
+                                     batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1])
     assert numpy.array_equal(labels, reference)
+
+
+def test_labels_when_every_centroid_sits_in_one_bucket(monkeypatch):
+    # One huge outlier stretches the lookup buckets: the whole core, and all
+    # but one midpoint, fall in the first bucket, where the search must still be exact.
+    from gpucompress.engine import cluster_arrays
+
+    values = numpy.concatenate([heavy_tailed(50000, seed=4), [1e6]])
+    fast = cluster_arrays([values], 256, method="optimal", device="cpu")[0]
+    monkeypatch.setattr(compiled, "available", lambda: False)
+    slow = cluster_arrays([values], 256, method="optimal", device="cpu")[0]
+    assert numpy.array_equal(fast.codebook, slow.codebook)
+    assert numpy.array_equal(fast.labels, slow.labels)
+    assert numpy.unique(fast.labels).size == 256
 
 
 @pytest.mark.parametrize("k", [2, 5, 16, 40])
