@@ -221,3 +221,63 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(saved, tmp_path, capsys
         assert set(tmp_path.iterdir()) == before, path
     with pytest.raises(FormatError):
         SavedModel.from_skeleton(b"not a tar at all" * 64)
+
+
+# pack / unpack: the archive gives back exactly the folder `compress` writes.
+
+def _serve(folder, inputs):
+    """Return the outputs of a SavedModel's serving_default signature on `inputs`."""
+    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    (name,) = signature.structured_input_signature[1]
+    (result,) = signature(**{name: tf.constant(inputs)}).values()
+    return result.numpy()
+
+
+@pytest.mark.parametrize("kind, global_clusters", [("functional", False), ("subclassed", False),
+                                                   ("trackable", False), ("functional", True)])
+def test_pack_unpack_equals_compress_and_serves_the_same(saved, kind, global_clusters, tmp_path):
+    from gpucompress.packing import pack_file, unpack_file
+
+    options = CompressOptions(n_clusters=K, global_clusters=global_clusters, device="cpu")
+    source = saved["paths"][kind]
+    compressed = tmp_path / "compressed"
+    compress_file(source, compressed, options)
+    archive = tmp_path / (source.name + ".gpcz")
+    summary = pack_file(source, archive, options)
+    assert summary.coded >= len(summary.run.clustered()) > 0
+    assert summary.sizes["original"] == sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    assert summary.sizes["archive"] < summary.sizes["min_zip"] < summary.sizes["min"]
+    output, written = unpack_file(archive)
+    assert output == tmp_path / default_output(source).name  # saved -> saved.min
+    assert _digest(output) == _digest(compressed)  # every file, fingerprint.pb included
+    assert written == sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+    numpy.testing.assert_array_equal(_serve(output, saved["inputs"]), _serve(compressed, saved["inputs"]))
+
+
+def test_savedmodel_archives_refuse_wrong_outputs_and_bad_folders(saved, tmp_path, capsys):
+    from gpucompress.packing import pack_file
+
+    archive = tmp_path / "m.gpcz"
+    pack_file(saved["paths"]["functional"], archive, OPTIONS, zip_sizes=False)
+    a_file = tmp_path / "file.min"
+    a_file.write_bytes(b"precious")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    damaged = tmp_path / "damaged.gpcz"
+    data = bytearray(archive.read_bytes())
+    data[-5] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    cases = [(["unpack", str(archive), "-o", str(tmp_path / "m.keras")], "holds a SavedModel"),
+             (["unpack", str(archive), "-o", str(tmp_path / "m.h5")], "holds a SavedModel"),
+             (["unpack", str(archive), "-o", str(a_file), "--overwrite"], "is a file"),
+             (["unpack", str(archive), "-o", str(plain), "--overwrite"], "not a SavedModel"),
+             (["unpack", str(damaged)], str(damaged)),
+             (["pack", str(plain)], "without saved_model.pb")]
+    for argv, message in cases:
+        before = set(tmp_path.iterdir())
+        assert main([*argv, "-q"]) == 1, argv
+        error = capsys.readouterr().err
+        assert error.startswith("gpucompress: error: ") and error.count("\n") == 1, error
+        assert message in error, error
+        assert set(tmp_path.iterdir()) == before, argv
+    assert a_file.read_bytes() == b"precious" and not any(plain.iterdir())
