@@ -281,3 +281,59 @@ def test_savedmodel_archives_refuse_wrong_outputs_and_bad_folders(saved, tmp_pat
         assert message in error, error
         assert set(tmp_path.iterdir()) == before, argv
     assert a_file.read_bytes() == b"precious" and not any(plain.iterdir())
+
+
+# compress --to-graphdef: the serving signature frozen into a GraphDef, clustered.
+
+def _run_frozen(path, inputs):
+    """Import a frozen GraphDef with tf.import_graph_def and run it: its one Placeholder -> `Identity`."""
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(Path(path).read_bytes())
+    (placeholder,) = [node.name for node in graph_def.node if node.op == "Placeholder"]
+
+    def imported(x):
+        (out,) = tf.compat.v1.import_graph_def(graph_def, input_map={placeholder + ":0": x},
+                                               return_elements=["Identity:0"])
+        return out
+
+    wrapped = tf.compat.v1.wrap_function(imported, [tf.TensorSpec(inputs.shape, tf.int32)])
+    return wrapped(tf.constant(inputs)).numpy()
+
+
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+def test_to_graphdef_freezes_the_serving_signature_and_runs_close(saved, kind, tmp_path):
+    from gpucompress.models.freeze import freeze_saved_model
+
+    source = saved["paths"][kind]
+    freeze_saved_model(source).save(tmp_path / "frozen.pb")
+    expected = saved["expected"][kind]
+    numpy.testing.assert_allclose(_run_frozen(tmp_path / "frozen.pb", saved["inputs"]), expected,
+                                  rtol=1e-5, atol=1e-6)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        shutil.copytree(source, tmp_path / kind)
+        assert main(["compress", kind, "--to-graphdef", "--n_clusters", str(K), "-q"]) == 0
+    output = tmp_path / (kind + ".min.pb")
+    model = read_model(output)
+    assert model.format_name == "graphdef"
+    clustered = [w for w in model.weights() if w.floating and w.size > K]
+    assert clustered and all(numpy.unique(w.load()).size <= K for w in clustered)
+    got = _run_frozen(output, saved["inputs"])
+    error = numpy.linalg.norm(got - expected) / numpy.linalg.norm(expected)
+    assert 0 < error < RELATIVE_TOLERANCE
+    again = compress_file(source, tmp_path / "again.pb", OPTIONS, to_graphdef=True)
+    assert again.output_path.read_bytes() == output.read_bytes()
+
+
+def test_to_graphdef_refuses_other_inputs(saved, tmp_path, capsys):
+    from gpucompress.errors import OptionsError
+
+    (tmp_path / "model.keras").write_bytes(b"not read")
+    with pytest.raises(OptionsError, match="needs a SavedModel folder"):
+        compress_file(tmp_path / "model.keras", to_graphdef=True)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    before = set(tmp_path.iterdir())
+    assert main(["compress", str(plain), "--to-graphdef", "-q"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1 and set(tmp_path.iterdir()) == before
