@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import device as devices
 from .clustering import ClusteringRun, cluster_weights
-from .errors import InputError
+from .errors import InputError, OptionsError
 from .files import check_output_path
 from .models import GraphDefModel, default_output, model_format, read_model, write_model
 from .options import CompressOptions
@@ -87,6 +87,7 @@ def compress_file(
     overwrite: bool = False,
     zip_sizes: bool = False,
     on_batch=None,
+    to_graphdef: bool = False,
 ) -> CompressionSummary:
     """Cluster the weights of a model file and write the result.
 
@@ -95,7 +96,9 @@ def compress_file(
     models.default_output(input_path) (model.pb.min, model.min.keras, saved.min).
     overwrite: replace an existing output (never the input). zip_sizes: also
     measure zip sizes of input and output. on_batch: progress callback (tensors
-    finished per engine batch). Returns a CompressionSummary. Raises InputError,
+    finished per engine batch). to_graphdef: freeze a SavedModel's serving
+    signature into a frozen GraphDef (models.freeze) and cluster and write that
+    (default output saved.min.pb). Returns a CompressionSummary. Raises InputError,
     FormatError, OptionsError or DeviceError; no output file exists after an error.
     """
     options = options or CompressOptions()
@@ -103,12 +106,25 @@ def compress_file(
     input_path = Path(input_path)
     if not input_path.exists():
         raise InputError(f"{input_path}: no such file or directory")
-    output_path = Path(output_path) if output_path is not None else default_output(input_path)
+    kind = model_format(input_path)
+    if to_graphdef and kind != "savedmodel":
+        raise OptionsError(f"to_graphdef=True (--to-graphdef) needs a SavedModel folder; "
+                           f"{input_path} is a {kind} model.")
+    if output_path is None:
+        from .models.freeze import frozen_output
+
+        output_path = frozen_output(input_path) if to_graphdef else default_output(input_path)
+    output_path = Path(output_path)
     check_output_path(output_path, [input_path], overwrite=overwrite,
-                      directory=model_format(input_path) == "savedmodel")
+                      directory=kind == "savedmodel" and not to_graphdef)
     device = devices.resolve_device(options.device)
     options_on_device = CompressOptions(**{**options.__dict__, "device": device})
-    model = read_model(input_path)
+    if to_graphdef:
+        from .models.freeze import freeze_saved_model
+
+        model = freeze_saved_model(input_path)
+    else:
+        model = read_model(input_path)
     parsed = time.perf_counter()
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch)
     model.replace_values({t.name: t.values() for t in run.clustered()})

@@ -2,12 +2,17 @@
 
 `pack_file` clusters exactly as `compress_file` does; `unpack_file` and
 `read_archive` give back the model that `compress` would have written with the
-same options, byte for byte (pack checks this before it writes anything).
+same options, byte for byte (pack checks this before it writes anything): the
+same file for a GraphDef, `.keras` or `.h5`; for a SavedModel folder, the same
+file names with the same bytes in each.
 """
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import time
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +20,13 @@ from pathlib import Path
 import numpy
 
 from . import device as devices
-from .api import zip_size
+from .api import path_bytes, path_zip_size, zip_size
 from .clustering import ClusteringRun, TensorOutcome, cluster_weights
 from .codec import archive as archives
 from .codec import entropy
 from .errors import FormatError, GpucompressError, InputError, OptionsError
 from .files import check_input_file, check_output_path, write_atomic
-from .models import model_class, read_model
+from .models import HDF5_SUFFIXES, default_output, model_class, read_model
 from .options import CompressOptions
 from .select import CLUSTER
 
@@ -56,11 +61,62 @@ def default_archive_output(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ARCHIVE_SUFFIX)
 
 
-def default_unpack_output(path: str | os.PathLike) -> Path:
-    """Return the default unpack path, compress's name: `model.pb.gpcz` -> `model.pb.min`."""
+def default_unpack_output(path: str | os.PathLike, format_name: str = "graphdef") -> Path:
+    """Return the default unpack path, the name `compress` gives the archived model.
+
+    `model.pb.gpcz` -> `model.pb.min`; `model.keras.gpcz` -> `model.min.keras`;
+    `model.h5.gpcz` -> `model.min.h5`; a SavedModel's `saved.gpcz` -> `saved.min`.
+    format_name: the archive's model format.
+    """
     path = Path(path)
     stem = path.name[: -len(ARCHIVE_SUFFIX)] if path.name.endswith(ARCHIVE_SUFFIX) else path.name
-    return path.with_name(stem + ".min")
+    return default_output(path.with_name(stem), folder=format_name not in ("keras", "h5"))
+
+
+def _suffix_format(path: Path) -> str | None:
+    """Return the format a file name's ending claims ("keras", "h5"), or None."""
+    lower = path.name.lower()
+    if lower.endswith(".keras"):
+        return "keras"
+    if lower.endswith(HDF5_SUFFIXES):
+        return "h5"
+    return None
+
+
+def check_unpack_output(output_path: Path, format_name: str) -> None:
+    """Raise InputError when an output name would hide the archived model's format.
+
+    A Keras archive unpacks to `*.keras`, an HDF5 one to `*.h5` / `*.hdf5`; a
+    GraphDef or a SavedModel folder never to a name with those endings.
+    """
+    claimed = _suffix_format(output_path)
+    if claimed == format_name or (claimed is None and format_name not in ("keras", "h5")):
+        return
+    wanted = {"keras": "a name ending in .keras", "h5": "a name ending in .h5 or .hdf5"}
+    names = {"keras": "a Keras (.keras) model", "h5": "a Keras HDF5 (.h5) model", "savedmodel": "a SavedModel",
+             "graphdef": "a frozen GraphDef"}
+    hint = wanted.get(format_name, "a name without a .keras, .h5 or .hdf5 ending")
+    raise InputError(f"{output_path}: the archive holds {names.get(format_name, format_name)}, "
+                     f"the output needs {hint}")
+
+
+def _content_sizes(model, data: bytes, zipped: bool) -> tuple[int, int | None]:
+    """Return (bytes, zip bytes or None) of the model `to_bytes` gave as `data`.
+
+    A SavedModel's bytes are a tar of its files: count the files, not the tar.
+    """
+    if model.format_name != "savedmodel":
+        return len(data), (zip_size(data, "model") if zipped else None)
+    total, buffer = 0, io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar, \
+            zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for member in tar.getmembers():
+            if member.isfile():
+                content = tar.extractfile(member).read()
+                total += len(content)
+                if zipped:
+                    archive.writestr(member.name, content)
+    return total, (buffer.tell() if zipped else None)
 
 
 def index_exactly(name: str, dtype: str, values: numpy.ndarray) -> archives.CodedTensor | None:
@@ -133,7 +189,11 @@ def decode_archive(data: bytes, *, source: str = "archive"):
 
     Raises FormatError for anything that is not a valid archive.
     """
-    archive = archives.read_archive(data, source=source)
+    return model_from_archive(archives.read_archive(data, source=source), source=source)
+
+
+def model_from_archive(archive: archives.Archive, *, source: str = "archive"):
+    """Return the model an Archive (codec.archive.read_archive) holds. Raises FormatError."""
     try:
         model = model_class(archive.format_name).from_skeleton(archive.skeleton)
     except FormatError as error:
@@ -209,11 +269,12 @@ def pack_file(
         raise GpucompressError(f"{output_path}: the archive does not decode to the compressed model (a bug)")
     write_atomic(output_path, data)
     verified = time.perf_counter()
-    sizes = {"original": input_path.stat().st_size, "min": len(expected), "archive": len(data),
+    min_bytes, min_zip = _content_sizes(model, expected, zip_sizes)
+    sizes = {"original": path_bytes(input_path), "min": min_bytes, "archive": len(data),
              "bound": report["bound"], "rest": report["rest"]}
     if zip_sizes:
-        sizes["original_zip"] = zip_size(input_path.read_bytes(), input_path.name)
-        sizes["min_zip"] = zip_size(expected, input_path.name + ".min")
+        sizes["original_zip"] = path_zip_size(input_path)
+        sizes["min_zip"] = min_zip
     done = time.perf_counter()
     return PackSummary(input_path, output_path, device, run, report["coded"], report["coders"], sizes,
                        {"parse": parsed - started, "cluster": clustered - parsed, "encode": encoded - clustered,
@@ -226,15 +287,28 @@ def unpack_file(
     *,
     overwrite: bool = False,
 ) -> tuple[Path, int]:
-    """Restore the model of an archive to a file (default ARCHIVE without .gpcz, plus .min).
+    """Restore the model of an archive to a file, or a folder for a SavedModel.
 
+    output_path: defaults to default_unpack_output (the name `compress` gives:
+    model.pb.min, model.min.keras, model.min.h5, saved.min); a Keras archive
+    needs a `.keras` name, an HDF5 one `.h5`/`.hdf5`, others neither.
     Returns (output path, bytes written). Raises InputError or FormatError; no
     output file exists after an error.
     """
-    archive_path = Path(archive_path)
-    if not archive_path.exists():
-        raise InputError(f"{archive_path}: no such file or directory")
-    output_path = Path(output_path) if output_path is not None else default_unpack_output(archive_path)
-    check_output_path(output_path, [archive_path], overwrite=overwrite)
-    model = read_archive(archive_path)
+    archive_path = check_input_file(archive_path, max_bytes=MAX_ARCHIVE_BYTES)
+    try:
+        data = archive_path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{archive_path}: cannot read ({error.strerror})") from None
+    archive = archives.read_archive(data, source=str(archive_path))
+    try:
+        model_class(archive.format_name)
+    except FormatError as error:
+        raise FormatError(f"{archive_path}: {error}") from None
+    output_path = (Path(output_path) if output_path is not None
+                   else default_unpack_output(archive_path, archive.format_name))
+    check_unpack_output(output_path, archive.format_name)
+    check_output_path(output_path, [archive_path], overwrite=overwrite,
+                      directory=archive.format_name == "savedmodel")
+    model = model_from_archive(archive, source=str(archive_path))
     return output_path, model.save(output_path)

@@ -245,3 +245,66 @@ def test_readers_pick_the_format_from_the_path(saved):
     assert isinstance(read_model(saved["paths"]["functional.keras"]), KerasModel)
     assert isinstance(read_model(saved["paths"]["functional.h5"]), HDF5Model)
     assert read_model(saved["paths"]["subclassed.weights.h5"]).format_name == "h5"
+
+
+# pack / unpack: the archive gives back exactly what `compress` writes.
+
+@pytest.mark.parametrize("kind, global_clusters", [(kind, False) for kind in KINDS]
+                         + [("functional.keras", True), ("functional.h5", True)])
+def test_pack_unpack_equals_compress_and_predicts_the_same(saved, kind, global_clusters, tmp_path):
+    from gpucompress.packing import pack_file, unpack_file
+
+    options = CompressOptions(n_clusters=K, global_clusters=global_clusters, device="cpu")
+    source = saved["paths"][kind]
+    compressed = tmp_path / ("compressed." + kind)
+    compress_file(source, compressed, options)
+    archive = tmp_path / (source.name + ".gpcz")
+    summary = pack_file(source, archive, options, zip_sizes=False)
+    assert summary.coded >= len(summary.run.clustered()) > 0
+    assert summary.sizes["archive"] < summary.sizes["min"]
+    output, written = unpack_file(archive)
+    assert output == tmp_path / default_output(source).name  # model.min.keras, model.min.weights.h5
+    assert output.read_bytes() == compressed.read_bytes() and written == output.stat().st_size
+    expected = numpy.asarray(_load(kind, compressed)(saved["inputs"], training=False))
+    got = numpy.asarray(_load(kind, output)(saved["inputs"], training=False))
+    numpy.testing.assert_array_equal(got, expected)
+
+
+def test_pack_of_a_compressed_model_indexes_it_unchanged(saved, tmp_path):
+    from gpucompress.packing import pack_file, unpack_file
+
+    compressed = tmp_path / "c.h5"
+    compress_file(saved["paths"]["functional.h5"], compressed, CompressOptions(n_clusters=K, device="cpu"))
+    pack_file(compressed, tmp_path / "c.gpcz", CompressOptions(n_clusters=K, device="cpu"), zip_sizes=False)
+    output, _ = unpack_file(tmp_path / "c.gpcz", tmp_path / "again.h5")
+    assert output.read_bytes() == compressed.read_bytes()
+
+
+def test_bad_archives_and_outputs_fail_with_one_line_and_leave_nothing(saved, tmp_path, capsys):
+    from gpucompress.packing import pack_file
+
+    options = CompressOptions(n_clusters=K, device="cpu")
+    keras_archive, h5_archive = tmp_path / "m.keras.gpcz", tmp_path / "m.h5.gpcz"
+    pack_file(saved["paths"]["functional.keras"], keras_archive, options, zip_sizes=False)
+    pack_file(saved["paths"]["functional.h5"], h5_archive, options, zip_sizes=False)
+    damaged = tmp_path / "damaged.keras.gpcz"
+    data = bytearray(keras_archive.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    damaged.write_bytes(bytes(data))
+    folder = tmp_path / "folder.keras"
+    folder.mkdir()
+    corrupt = _corrupt_inputs(saved, folder)
+    cases = [(["unpack", str(damaged)], str(damaged)),
+             (["unpack", str(keras_archive), "-o", str(tmp_path / "out.h5")], "needs a name ending in .keras"),
+             (["unpack", str(h5_archive), "-o", str(tmp_path / "out.keras")], "needs a name ending in .h5"),
+             (["unpack", str(h5_archive), "-o", str(tmp_path / "out.pb")], "needs a name ending in .h5"),
+             (["unpack", str(keras_archive), "-o", str(folder)], "is a directory"),
+             (["unpack", str(keras_archive), "-o", str(folder / "out.keras" / "x.keras")], "does not exist")]
+    cases += [(["pack", str(path), "-o", str(tmp_path / "bad.gpcz")], str(path)) for path in corrupt]
+    for argv, message in cases:
+        before, inside = set(tmp_path.iterdir()), set(folder.iterdir())
+        assert main([*argv, "-q"]) == 1, argv
+        error = capsys.readouterr().err
+        assert error.startswith("gpucompress: error: ") and error.count("\n") == 1, error
+        assert message in error and "Traceback" not in error, error
+        assert set(tmp_path.iterdir()) == before and set(folder.iterdir()) == inside, argv

@@ -221,3 +221,119 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(saved, tmp_path, capsys
         assert set(tmp_path.iterdir()) == before, path
     with pytest.raises(FormatError):
         SavedModel.from_skeleton(b"not a tar at all" * 64)
+
+
+# pack / unpack: the archive gives back exactly the folder `compress` writes.
+
+def _serve(folder, inputs):
+    """Return the outputs of a SavedModel's serving_default signature on `inputs`."""
+    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    (name,) = signature.structured_input_signature[1]
+    (result,) = signature(**{name: tf.constant(inputs)}).values()
+    return result.numpy()
+
+
+@pytest.mark.parametrize("kind, global_clusters", [("functional", False), ("subclassed", False),
+                                                   ("trackable", False), ("functional", True)])
+def test_pack_unpack_equals_compress_and_serves_the_same(saved, kind, global_clusters, tmp_path):
+    from gpucompress.packing import pack_file, unpack_file
+
+    options = CompressOptions(n_clusters=K, global_clusters=global_clusters, device="cpu")
+    source = saved["paths"][kind]
+    compressed = tmp_path / "compressed"
+    compress_file(source, compressed, options)
+    archive = tmp_path / (source.name + ".gpcz")
+    summary = pack_file(source, archive, options)
+    assert summary.coded >= len(summary.run.clustered()) > 0
+    assert summary.sizes["original"] == sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    assert summary.sizes["archive"] < summary.sizes["min_zip"] < summary.sizes["min"]
+    output, written = unpack_file(archive)
+    assert output == tmp_path / default_output(source).name  # saved -> saved.min
+    assert _digest(output) == _digest(compressed)  # every file, fingerprint.pb included
+    assert written == sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+    numpy.testing.assert_array_equal(_serve(output, saved["inputs"]), _serve(compressed, saved["inputs"]))
+
+
+def test_savedmodel_archives_refuse_wrong_outputs_and_bad_folders(saved, tmp_path, capsys):
+    from gpucompress.packing import pack_file
+
+    archive = tmp_path / "m.gpcz"
+    pack_file(saved["paths"]["functional"], archive, OPTIONS, zip_sizes=False)
+    a_file = tmp_path / "file.min"
+    a_file.write_bytes(b"precious")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    damaged = tmp_path / "damaged.gpcz"
+    data = bytearray(archive.read_bytes())
+    data[-5] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    cases = [(["unpack", str(archive), "-o", str(tmp_path / "m.keras")], "holds a SavedModel"),
+             (["unpack", str(archive), "-o", str(tmp_path / "m.h5")], "holds a SavedModel"),
+             (["unpack", str(archive), "-o", str(a_file), "--overwrite"], "is a file"),
+             (["unpack", str(archive), "-o", str(plain), "--overwrite"], "not a SavedModel"),
+             (["unpack", str(damaged)], str(damaged)),
+             (["pack", str(plain)], "without saved_model.pb")]
+    for argv, message in cases:
+        before = set(tmp_path.iterdir())
+        assert main([*argv, "-q"]) == 1, argv
+        error = capsys.readouterr().err
+        assert error.startswith("gpucompress: error: ") and error.count("\n") == 1, error
+        assert message in error, error
+        assert set(tmp_path.iterdir()) == before, argv
+    assert a_file.read_bytes() == b"precious" and not any(plain.iterdir())
+
+
+# compress --to-graphdef: the serving signature frozen into a GraphDef, clustered.
+
+def _run_frozen(path, inputs):
+    """Import a frozen GraphDef with tf.import_graph_def and run it: its one Placeholder -> `Identity`."""
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(Path(path).read_bytes())
+    (placeholder,) = [node.name for node in graph_def.node if node.op == "Placeholder"]
+
+    def imported(x):
+        (out,) = tf.compat.v1.import_graph_def(graph_def, input_map={placeholder + ":0": x},
+                                               return_elements=["Identity:0"])
+        return out
+
+    wrapped = tf.compat.v1.wrap_function(imported, [tf.TensorSpec(inputs.shape, tf.int32)])
+    return wrapped(tf.constant(inputs)).numpy()
+
+
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+def test_to_graphdef_freezes_the_serving_signature_and_runs_close(saved, kind, tmp_path):
+    from gpucompress.models.freeze import freeze_saved_model
+
+    source = saved["paths"][kind]
+    freeze_saved_model(source).save(tmp_path / "frozen.pb")
+    expected = saved["expected"][kind]
+    numpy.testing.assert_allclose(_run_frozen(tmp_path / "frozen.pb", saved["inputs"]), expected,
+                                  rtol=1e-5, atol=1e-6)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        shutil.copytree(source, tmp_path / kind)
+        assert main(["compress", kind, "--to-graphdef", "--n_clusters", str(K), "-q"]) == 0
+    output = tmp_path / (kind + ".min.pb")
+    model = read_model(output)
+    assert model.format_name == "graphdef"
+    clustered = [w for w in model.weights() if w.floating and w.size > K]
+    assert clustered and all(numpy.unique(w.load()).size <= K for w in clustered)
+    got = _run_frozen(output, saved["inputs"])
+    error = numpy.linalg.norm(got - expected) / numpy.linalg.norm(expected)
+    assert 0 < error < RELATIVE_TOLERANCE
+    again = compress_file(source, tmp_path / "again.pb", OPTIONS, to_graphdef=True)
+    assert again.output_path.read_bytes() == output.read_bytes()
+
+
+def test_to_graphdef_refuses_other_inputs(saved, tmp_path, capsys):
+    from gpucompress.errors import OptionsError
+
+    (tmp_path / "model.keras").write_bytes(b"not read")
+    with pytest.raises(OptionsError, match="needs a SavedModel folder"):
+        compress_file(tmp_path / "model.keras", to_graphdef=True)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    before = set(tmp_path.iterdir())
+    assert main(["compress", str(plain), "--to-graphdef", "-q"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1 and set(tmp_path.iterdir()) == before

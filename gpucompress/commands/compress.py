@@ -21,6 +21,7 @@ examples:
 
   gpucompress compress model.keras                   # writes model.min.keras (also .h5)
   gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
+  gpucompress compress saved_model_dir --to-graphdef    # frozen serving signature: saved_model_dir.min.pb
 
   gpucompress compress model.pb --engine faiss       # faiss k-means (pip install 'gpucompress[faiss]')
 """
@@ -97,6 +98,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--zip-sizes", action="store_true",
                         help="also print the zipped sizes of input and output")
+    parser.add_argument("--to-graphdef", action="store_true",
+                        help="SavedModel input: freeze its serving_default signature into a frozen GraphDef "
+                        "and write that, clustered (default output SAVED_MODEL_DIR.min.pb)")
     add_report_arguments(parser)
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_compress)
@@ -119,12 +123,15 @@ def run_compress(arguments) -> int:
 
     options = options_from_arguments(arguments)
     if arguments.report:
-        output = arguments.output or default_output(arguments.model)
+        from ..models.freeze import frozen_output
+
+        output = arguments.output or (frozen_output if arguments.to_graphdef else default_output)(arguments.model)
         check_output_path(arguments.report, [Path(arguments.model), Path(output)], overwrite=arguments.overwrite)
     with progress_bar(progress_wanted(arguments.quiet), "clustering") as advance:
         timer = BatchTimer(then=advance)
         summary = compress_file(arguments.model, arguments.output, options,
-                                overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer)
+                                overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer,
+                                to_graphdef=arguments.to_graphdef)
     log.info("%d engine batches", len(timer.batches))
     clustered = summary.run.clustered()
     weights = sum(t.size for t in clustered)

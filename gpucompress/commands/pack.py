@@ -11,6 +11,7 @@ examples:
   gpucompress pack model.pb --n_clusters=16 -o model16.gpcz
   gpucompress pack model.pb.min                 # an already clustered model: indexed, not re-clustered
   gpucompress pack model.pb --speed-tolerance 0  # smallest archive (ans everywhere), slower unpack
+  gpucompress pack model.keras                  # also model.h5 and SavedModel folders: writes model.keras.gpcz
   gpucompress unpack model.pb.gpcz              # writes model.pb.min, identical to `compress` output
 """
 
@@ -24,7 +25,8 @@ def add_subparser(subparsers) -> None:
         "`gpucompress unpack` restores the model that `compress` writes, byte for byte.",
         epilog=PACK_EXAMPLES,
     )
-    parser.add_argument("model", help="frozen GraphDef (.pb), or an already clustered one (.min)")
+    parser.add_argument("model", help="frozen GraphDef (.pb), Keras model (.keras, .h5) or SavedModel folder, "
+                        "or an already clustered one (.min)")
     parser.add_argument("-o", "--output", help="archive path (default MODEL.gpcz, e.g. model.pb.gpcz)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-zip-sizes", dest="zip_sizes", action="store_false",

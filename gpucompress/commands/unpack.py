@@ -9,6 +9,8 @@ UNPACK_EXAMPLES = """\
 examples:
   gpucompress unpack model.pb.gpcz              # writes model.pb.min
   gpucompress unpack model.pb.gpcz -o model_small.pb --overwrite
+  gpucompress unpack model.keras.gpcz           # writes model.min.keras (model.h5.gpcz: model.min.h5)
+  gpucompress unpack saved.gpcz                 # a SavedModel archive: writes the folder saved.min
 """
 
 
@@ -21,7 +23,9 @@ def add_subparser(subparsers) -> None:
         epilog=UNPACK_EXAMPLES,
     )
     parser.add_argument("archive", help="archive written by `gpucompress pack` (.gpcz)")
-    parser.add_argument("-o", "--output", help="output path (default ARCHIVE without .gpcz, plus .min)")
+    parser.add_argument("-o", "--output", help="output path (default: the name `compress` gives the model, "
+                        "e.g. model.pb.min, model.min.keras, saved.min); a .keras archive needs a .keras name, "
+                        "an .h5 one an .h5 name")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(handler=run_unpack)
 

@@ -23,7 +23,8 @@ Archives (gpucompress.codec) need two more verbs, and only these:
   their values through `replace_values`; only after that may `to_bytes()` /
   `save()` be called, and `to_bytes()` must then equal what the original model
   gives after `replace_values` with the same arrays, byte for byte;
-- `to_bytes() -> bytes`: the model as `save` would write it (a single-file format).
+- `to_bytes() -> bytes`: the model as `save` would write it (for a SavedModel
+  folder: a deterministic tar of the files `save` writes).
 
 The archive stores `format_name` in its header and finds the class again
 through FORMATS; a new format registers there and the codec does not change.
@@ -117,18 +118,19 @@ def write_model(model, path: str | os.PathLike) -> int:
     return model.save(path)
 
 
-def default_output(path: str | os.PathLike) -> Path:
+def default_output(path: str | os.PathLike, *, folder: bool | None = None) -> Path:
     """Return the default output path for an input, its format still recognisable.
 
     `MODEL.pb` -> `MODEL.pb.min` (the seed's name); `model.keras` ->
     `model.min.keras`; `model.h5` -> `model.min.h5`; `model.weights.h5` ->
     `model.min.weights.h5` (Keras wants that ending); a SavedModel folder
-    `saved` -> `saved.min`.
+    `saved` -> `saved.min`. folder: whether `path` names a SavedModel folder
+    (default: whether it is a directory now).
     """
     path = Path(path)
     name = path.name
     lower = name.lower()
-    if not path.is_dir():
+    if not (path.is_dir() if folder is None else folder):
         for suffix in (".weights.h5", ".keras", *HDF5_SUFFIXES):
             if lower.endswith(suffix) and len(name) > len(suffix):
                 return path.with_name(f"{name[: -len(suffix)]}.min{name[-len(suffix):]}")

@@ -197,6 +197,18 @@ class SavedModel:
             raise
         return written
 
+    def to_bytes(self) -> bytes:
+        """Return the SavedModel that `save` writes as a deterministic tar of its files.
+
+        Two models give equal bytes exactly when `save` would write the same
+        file names with the same contents (tar metadata is fixed).
+        """
+        with tempfile.TemporaryDirectory(prefix="gpucompress-savedmodel-") as folder:
+            target = Path(folder) / "model"
+            target.mkdir()
+            self._write_directory(target, self._values)
+            return _tar_directory(target)
+
     def to_skeleton(self, names) -> bytes:
         """Return the saved SavedModel as a deterministic tar, the named variables set to zero."""
         zeros = {}
