@@ -118,6 +118,19 @@ def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) 
     )
 
 
+def _exact_common_dtype(pending: list[_Pending]) -> numpy.dtype:
+    """Return the narrowest float dtype that holds every pending tensor's values exactly.
+
+    float16 and bfloat16 have no common NumPy dtype, but both widen exactly to float32.
+    """
+    dtypes = {p.finite.dtype for p in pending}
+    if len(dtypes) == 1:
+        return dtypes.pop()
+    if all(d.itemsize <= 4 for d in dtypes):
+        return numpy.dtype(numpy.float32)
+    return numpy.dtype(numpy.float64)
+
+
 def cluster_weights(
     weights: list[Weight],
     options: CompressOptions,
@@ -147,7 +160,7 @@ def cluster_weights(
         cluster_arrays = faiss_engine.cluster_arrays
     outcomes: dict[str, TensorOutcome] = {}
     if pending and options.global_clusters:
-        together = numpy.concatenate([p.finite for p in pending])
+        together = numpy.concatenate([p.finite.astype(_exact_common_dtype(pending), copy=False) for p in pending])
         (result,) = cluster_arrays([together], options.n_clusters, **kwargs)
         start = 0
         for p in pending:
