@@ -108,7 +108,7 @@ def cluster_arrays(
     n_clusters: int = 256,
     *,
     init: str = "linear",
-    method: str = "lloyd",
+    method: str = "optimal",
     max_iter: int = 300,
     device: str = "auto",
     seed: int = 0,

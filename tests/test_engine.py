@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gpucompress import OptionsError, cluster_arrays, gpu_available
-from gpucompress.engine import plan_batches
+from gpucompress.engine import METHODS, plan_batches
 from gpucompress.kernels.initializers import INITIALIZERS
 
 finite_floats = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
@@ -31,14 +31,15 @@ def test_hand_computed_two_clusters():
 
 def test_linear_init_is_deep_compression_spacing():
     values = numpy.array([0.0, 0.0, 0.0, 3.0], dtype=numpy.float64)
-    (result,) = cluster_arrays([values], 4, max_iter=0, device="cpu")
+    (result,) = cluster_arrays([values], 4, method="lloyd", max_iter=0, device="cpu")
     numpy.testing.assert_allclose(result.codebook, [0.0, 1.0, 2.0, 3.0], rtol=0, atol=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
-@given(values=weight_arrays, k=st.integers(2, 40), init=st.sampled_from(sorted(INITIALIZERS)))
-def test_each_value_goes_to_its_nearest_centroid(values, k, init):
-    (result,) = cluster_arrays([values], k, init=init, device="cpu")
+@given(values=weight_arrays, k=st.integers(2, 40), init=st.sampled_from(sorted(INITIALIZERS)),
+       method=st.sampled_from(sorted(METHODS)))
+def test_each_value_goes_to_its_nearest_centroid(values, k, init, method):
+    (result,) = cluster_arrays([values], k, init=init, method=method, device="cpu")
     x = values.astype(numpy.float64)
     distance_to_own = numpy.abs(x - result.codebook[result.labels])
     distance_to_best = numpy.abs(x[:, None] - result.codebook[None, :]).min(axis=1)
@@ -52,7 +53,8 @@ def test_each_value_goes_to_its_nearest_centroid(values, k, init):
 @settings(max_examples=40, deadline=None)
 @given(values=weight_arrays, k=st.integers(2, 24), init=st.sampled_from(sorted(INITIALIZERS)))
 def test_objective_never_increases(values, k, init):
-    objectives = [sse(values, cluster_arrays([values], k, init=init, max_iter=t, device="cpu")[0])
+    objectives = [sse(values, cluster_arrays([values], k, init=init, method="lloyd", max_iter=t,
+                                                device="cpu")[0])
                   for t in range(0, 8)]
     scale = float(numpy.abs(values.astype(numpy.float64)).max()) ** 2 * values.size * 2.0**-34
     for before, after in zip(objectives, objectives[1:]):
@@ -61,11 +63,11 @@ def test_objective_never_increases(values, k, init):
 
 @settings(max_examples=30, deadline=None)
 @given(arrays=st.lists(weight_arrays, min_size=1, max_size=6), k=st.integers(2, 32),
-       init=st.sampled_from(sorted(INITIALIZERS)))
-def test_identical_across_runs_and_batch_sizes(arrays, k, init):
-    first = cluster_arrays(arrays, k, init=init, device="cpu")
-    again = cluster_arrays(arrays, k, init=init, device="cpu")
-    one_by_one = cluster_arrays(arrays, k, init=init, device="cpu", batch_values=1)
+       init=st.sampled_from(sorted(INITIALIZERS)), method=st.sampled_from(sorted(METHODS)))
+def test_identical_across_runs_and_batch_sizes(arrays, k, init, method):
+    first = cluster_arrays(arrays, k, init=init, method=method, device="cpu")
+    again = cluster_arrays(arrays, k, init=init, method=method, device="cpu")
+    one_by_one = cluster_arrays(arrays, k, init=init, method=method, device="cpu", batch_values=1)
     for a, b, c in zip(first, again, one_by_one):
         for other in (b, c):
             assert a.codebook.tobytes() == other.codebook.tobytes()
@@ -77,8 +79,8 @@ def test_lloyd_matches_scikit_learn_from_the_same_start():
     from sklearn.cluster import KMeans
 
     values = numpy.random.default_rng(3).laplace(size=5000)
-    (ours,) = cluster_arrays([values], 8, init="density", device="cpu")
-    (start,) = cluster_arrays([values], 8, init="density", max_iter=0, device="cpu")
+    (ours,) = cluster_arrays([values], 8, init="density", method="lloyd", device="cpu")
+    (start,) = cluster_arrays([values], 8, init="density", method="lloyd", max_iter=0, device="cpu")
     reference = KMeans(8, init=start.codebook[:, None], n_init=1, max_iter=300, tol=0,
                        algorithm="lloyd").fit(values[:, None])
     numpy.testing.assert_allclose(ours.codebook, numpy.sort(reference.cluster_centers_[:, 0]), rtol=1e-6)
@@ -131,10 +133,10 @@ requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a 
 @requires_gpu
 @settings(max_examples=25, deadline=None)
 @given(arrays=st.lists(weight_arrays, min_size=1, max_size=5), k=st.integers(2, 64),
-       init=st.sampled_from(sorted(INITIALIZERS)))
-def test_numpy_and_cupy_bit_identical(arrays, k, init):
-    cpu = cluster_arrays(arrays, k, init=init, device="cpu")
-    gpu = cluster_arrays(arrays, k, init=init, device="gpu")
+       init=st.sampled_from(sorted(INITIALIZERS)), method=st.sampled_from(sorted(METHODS)))
+def test_numpy_and_cupy_bit_identical(arrays, k, init, method):
+    cpu = cluster_arrays(arrays, k, init=init, method=method, device="cpu")
+    gpu = cluster_arrays(arrays, k, init=init, method=method, device="gpu")
     for a, b in zip(cpu, gpu):
         assert a.codebook.dtype == b.codebook.dtype and a.labels.dtype == b.labels.dtype
         assert a.codebook.tobytes() == b.codebook.tobytes()

@@ -121,8 +121,10 @@ def test_dtypes_and_storage_forms_keep_their_dtype(dtype, as_values):
     clustered = to_numpy(tensor)
     assert clustered.dtype == numpy_dtype and clustered.shape == values.shape
     assert numpy.unique(clustered.astype(numpy.float64)).size <= 16
-    error = numpy.abs(clustered.astype(numpy.float64) - values.astype(numpy.float64)).max()
-    assert error < 0.5
+    error = clustered.astype(numpy.float64) - values.astype(numpy.float64)
+    # N(0, 1) at 16 levels: the optimal quantizer's RMS error is about 0.1;
+    # tail values sit up to about 0.7 from the outermost level.
+    assert numpy.sqrt(numpy.mean(error**2)) < 0.15 and numpy.abs(error).max() < 1.0
 
 
 def test_repeated_value_fields_keep_their_length():

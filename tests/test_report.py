@@ -121,7 +121,8 @@ def test_report_numbers_match_the_models(compressed):
         assert entry["sse"] == pytest.approx(sse, rel=1e-9)
         assert entry["relative_error"] == pytest.approx(math.sqrt(sse / energy), rel=1e-9)
         assert entry["snr_db"] == pytest.approx(10 * math.log10(energy / sse), rel=1e-9)
-        assert entry["iterations"] >= 1 and entry["seconds"] >= 0
+        # optimal: the DP may land on a Lloyd fixed point, so 0 refinement steps is legitimate.
+        assert isinstance(entry["iterations"], int) and entry["iterations"] >= 0 and entry["seconds"] >= 0
     totals = report["totals"]
     assert totals["relative_error"] == pytest.approx(math.sqrt(total_sse / total_energy), rel=1e-9)
     assert totals["values"] == sum(w.size for w in before.values())

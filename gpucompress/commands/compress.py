@@ -51,10 +51,11 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        help="auto: GPU when CuPy sees one, else CPU; results are identical "
                        "(default %(default)s)")
     group.add_argument("--method", default=defaults.method,
-                       help="clustering method: lloyd (Lloyd from --init), optimal (near-optimal: exact DP "
-                       "over fine bins, then Lloyd; ignores --init) (default %(default)s)")
+                       help="clustering method: optimal (within about 1%% of the optimal error: exact DP "
+                       "over fine bins, then Lloyd; ignores --init) or lloyd (Lloyd from --init, as Deep "
+                       "Compression) (default %(default)s)")
     group.add_argument("--init", default=defaults.init,
-                       help="initial centroids: linear (Deep Compression), density, kmeans++ "
+                       help="initial centroids of --method lloyd: linear (Deep Compression), density, kmeans++ "
                        "(default %(default)s)")
     group.add_argument("--max-iter", "--max_iter", type=int, default=defaults.max_iter,
                        metavar="N", help="most Lloyd iterations per tensor (default %(default)s)")
