@@ -3,10 +3,10 @@
 Why: Lloyd's algorithm lands far from the optimum on heavy-tailed weights, and
 the exact solvers need O(k n) memory. Here each sorted segment is compressed
 into B bins, contiguous runs of sorted values with exact integer counts and
-sums (prefix-sum differences). Bin edges are the union of equal-count edges
-(they resolve the dense core) and equal-width edges (they resolve the sparse
-tails). An exact dynamic program over the bins then picks the best k groups of
-bins, and Lloyd's algorithm (lloyd.py) refines that on the full data.
+sums (prefix-sum differences). Bin edges are the union of equal-count,
+equal-width and cube-root-density edges (see bin_edges). An exact dynamic
+program over the bins then picks the best k groups of bins, and Lloyd's
+algorithm (lloyd.py) refines that on the full data.
 
 The DP maximizes sum_c S_c**2 / n_c, which is the same as minimizing the SSE
 (SSE = sum q**2 - sum_c S_c**2 / n_c). Layer c holds D_c[j], the best value for
@@ -16,9 +16,11 @@ the first j bins in c clusters (empty clusters allowed, so D_c[j] >= D_{c-1}[j])
 
 The best split i is monotone in j (the cost is a Monge matrix), so each layer
 is solved by divide and conquer over strides: the splits at odd multiples of a
-stride lie between the splits already found at the even multiples. Every
-position of a stride level, in every segment, is one rectangular array
-operation, identical on NumPy and CuPy.
+stride lie between the splits already found at the even multiples, and no
+lower than the previous layer's split at the same j. Every position of a
+stride level, in every segment, is one rectangular array operation, identical
+on NumPy and CuPy. On the CPU, compiled.dp_bin_borders runs the same windows
+and arithmetic as one compiled loop per segment (bit for bit the same).
 
 Device independence: sums and counts are exact integers; the DP values are
 float64 built from elementwise +, *, / (correctly rounded IEEE on both array
@@ -98,8 +100,7 @@ def density_edges(batch: SegmentBatch, rows, n_bins: int):
     cell_edges = xp.concatenate([starts[:, None], inner.astype(xp.int64), ends[:, None]], axis=1)
     cell_counts = cell_edges[:, 1:] - cell_edges[:, :-1]
     weights = integer_cube_root(cell_counts << CUBE_SHIFT)
-    cumulative = xp.zeros((n_rows, n_cells + 1), dtype=xp.int64)
-    xp.cumsum(weights, axis=1, out=cumulative[:, 1:])
+    cumulative = xp.concatenate([xp.zeros((n_rows, 1), dtype=xp.int64), xp.cumsum(weights, axis=1)], axis=1)
     total = cumulative[:, -1]
     targets = (xp.arange(n_bins + 1, dtype=xp.int64)[None, :] * total[:, None]) // n_bins
     # One searchsorted for every row: offset each row's cumulative weights
