@@ -26,8 +26,10 @@ from .kernels.segments import build_batch
 
 log = logging.getLogger(__name__)
 
-# Values per batch by device: about 60 bytes of working memory per value.
-DEFAULT_BATCH_VALUES = {"cpu": 1 << 22, "gpu": 1 << 26}
+# Values per batch by device: about 60 bytes of working memory per value. On
+# the CPU, 2 M values (~120 MB) cost no measurable time over 4 M and save
+# ~75 MB of peak RSS on a 23 M-weight model; 1 M was ~20 % slower.
+DEFAULT_BATCH_VALUES = {"cpu": 1 << 21, "gpu": 1 << 26}
 
 
 @dataclass(frozen=True)
