@@ -42,8 +42,7 @@ def compress_graphdef(graph_def, options: CompressOptions | None = None):
     """
     options = options or CompressOptions()
     model = GraphDefModel.from_proto(graph_def)
-    run = cluster_weights(model.weights(), options)
-    model.replace_values({t.name: t.values() for t in run.clustered()})
+    cluster_weights(model.weights(), options, on_tensor=lambda t: model.replace_values({t.name: t.values()}))
     if type(graph_def) is not type(model.graph_def):
         # A TensorFlow GraphDef in, a TensorFlow GraphDef out.
         converted = type(graph_def)()
@@ -126,8 +125,10 @@ def compress_file(
     else:
         model = read_model(input_path)
     parsed = time.perf_counter()
-    run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch)
-    model.replace_values({t.name: t.values() for t in run.clustered()})
+    # Each tensor's new values go into the model as soon as its batch is done
+    # (peak memory: the loaded weights never all exist at once).
+    run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
+                          on_tensor=lambda t: model.replace_values({t.name: t.values()}))
     output_bytes = write_model(model, output_path)
     written = time.perf_counter()
     summary = CompressionSummary(

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy
 
+from . import device as devices
 from . import engine
 from .models.weights import Weight
 from .options import CompressOptions
@@ -135,22 +136,21 @@ def cluster_weights(
     weights: list[Weight],
     options: CompressOptions,
     on_batch: Callable[[int], None] | None = None,
+    on_tensor: Callable[[TensorOutcome], None] | None = None,
 ) -> ClusteringRun:
     """Select and cluster a model's weights.
 
     weights: from a model reader; options: a CompressOptions. on_batch: called
-    with the number of tensors finished after each engine batch. Returns a
+    with the number of tensors finished after each engine batch. on_tensor:
+    called with each clustered tensor's TensorOutcome, in model order, as soon
+    as its batch is done (a writer stores the new values then). Returns a
     ClusteringRun with one TensorOutcome per weight, in order, and the seconds
     spent selecting ("select") and clustering ("cluster").
+
+    Per-tensor codebooks stream: weights are loaded one engine batch at a
+    time and their loaded values dropped once clustered, so peak memory holds
+    one batch, not the model twice. Results do not depend on the batching.
     """
-    started = time.perf_counter()
-    decisions, pending = [], []
-    for weight in weights:
-        decision, prepared = _prepare(weight, options)
-        decisions.append(decision)
-        if prepared is not None:
-            pending.append(prepared)
-    selected = time.perf_counter()
     kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
                   device=options.device, seed=options.seed, batch_values=options.batch_values)
     cluster_arrays = engine.cluster_arrays
@@ -158,26 +158,66 @@ def cluster_weights(
         from . import faiss_engine
 
         cluster_arrays = faiss_engine.cluster_arrays
+    seconds = {"select": 0.0, "cluster": 0.0}
     outcomes: dict[str, TensorOutcome] = {}
+
+    def finish(outcome: TensorOutcome) -> None:
+        outcomes[outcome.name] = outcome
+        if on_tensor is not None:
+            on_tensor(outcome)
+
+    decisions, pending = [], []
+    pending_values = finished = 0
+    batch_values = options.batch_values or engine.DEFAULT_BATCH_VALUES[devices.resolve_device(options.device)]
+    for weight in weights:
+        started = time.perf_counter()
+        decision, prepared = _prepare(weight, options)
+        decisions.append(decision)
+        seconds["select"] += time.perf_counter() - started
+        if prepared is None:
+            continue
+        full = pending and pending_values + prepared.finite.size > batch_values
+        if full and not options.global_clusters:
+            started = time.perf_counter()
+            for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+                finish(outcome)
+            finished += len(pending)
+            pending, pending_values = [], 0
+            seconds["cluster"] += time.perf_counter() - started
+        pending.append(prepared)
+        pending_values += prepared.finite.size
+    started = time.perf_counter()
     if pending and options.global_clusters:
         together = numpy.concatenate([p.finite.astype(_exact_common_dtype(pending), copy=False) for p in pending])
         (result,) = cluster_arrays([together], options.n_clusters, **kwargs)
+        del together
         start = 0
         for p in pending:
             stop = start + p.finite.size
-            outcomes[p.weight.name] = _outcome(p, result.codebook, result.labels[start:stop], result, 0)
+            finish(_outcome(p, result.codebook, result.labels[start:stop], result, 0))
             start = stop
         if on_batch:
             on_batch(len(pending))
     elif pending:
-        results = cluster_arrays([p.finite for p in pending], options.n_clusters,
-                                        on_batch=on_batch, **kwargs)
-        for index, (p, result) in enumerate(zip(pending, results)):
-            outcomes[p.weight.name] = _outcome(p, result.codebook, result.labels, result, index)
-    clustered = time.perf_counter()
+        for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+            finish(outcome)
+    del pending
+    seconds["cluster"] += time.perf_counter() - started
     tensors = [
         outcomes.get(w.name) or TensorOutcome(name=w.name, dtype=w.dtype, shape=w.shape,
                                               clustered=False, reason=d.reason)
         for w, d in zip(weights, decisions)
     ]
-    return ClusteringRun(tensors, {"select": selected - started, "cluster": clustered - selected})
+    return ClusteringRun(tensors, seconds)
+
+
+def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch):
+    """Yield the TensorOutcome of each pending tensor, clustered in one engine call.
+
+    first_id: how many tensors earlier calls clustered (their codebook ids and
+    random streams come first).
+    """
+    results = cluster_arrays([p.finite for p in pending], options.n_clusters, on_batch=on_batch,
+                             first_id=first_id, **kwargs)
+    for index, (p, result) in enumerate(zip(pending, results)):
+        yield _outcome(p, result.codebook, result.labels, result, first_id + index)

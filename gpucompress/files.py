@@ -63,11 +63,16 @@ def check_output_path(output: str | os.PathLike, inputs: list[Path], *, overwrit
     return output
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data) -> None:
     """Write bytes to `path` atomically: a temporary file in the same folder, then rename.
 
-    A crash or error leaves either the old file or the new one, never a partial file.
+    data: bytes, or an iterable of bytes pieces written one after the other
+    (a large output need never exist whole in memory). A crash or error,
+    raised by the pieces too, leaves either the old file or the new one,
+    never a partial file.
     """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = [data]
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -76,7 +81,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         os.umask(umask)
         os.fchmod(handle, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            for piece in data:
+                stream.write(piece)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)

@@ -196,3 +196,27 @@ def test_tensor_content_of_the_wrong_size_is_a_format_error():
     node.attr["value"].tensor.tensor_content = b"\x00" * 12
     with pytest.raises(FormatError, match="tensor_content holds 12 bytes"):
         compress(graphdef_of(node))
+
+
+def test_streamed_write_equals_one_serialization(keras_frozen, tmp_path):
+    """Regression (peak memory): save() writes node by node; the bytes must stay those of to_bytes()."""
+    from gpucompress.models.graphdef import serialized_pieces
+
+    graph_def = graphdef_of(const_node("top", RNG.normal(size=400).astype("f4")),
+                            functions=[("body", [const_node("kernel", RNG.normal(size=(8, 8)).astype("f4"))])])
+    graph_def.versions.producer = 1234
+    graph_def.version = 7
+    keras = GraphDefModel.from_bytes(keras_frozen[0].read_bytes())
+    for model in (GraphDefModel(graph_def), keras):
+        assert len(list(serialized_pieces(model))) == len(model.graph_def.node) + 1
+        assert model.save(tmp_path / "out.pb") == len(model.to_bytes())
+        assert (tmp_path / "out.pb").read_bytes() == model.to_bytes()
+
+
+@pytest.mark.parametrize("init", ["linear", "kmeans++"])
+def test_clustering_in_batches_gives_the_same_bytes(init):
+    """Regression (peak memory): tensors stream through the engine a batch at a time."""
+    graph_def = graphdef_of(*[const_node(f"w{i}", RNG.normal(size=300 + 50 * i).astype("f4")) for i in range(6)])
+    one_batch = compress(graph_def, n_clusters=8, init=init, batch_values=1 << 20)
+    many = compress(graph_def, n_clusters=8, init=init, batch_values=700)
+    assert one_batch.SerializeToString(deterministic=True) == many.SerializeToString(deterministic=True)

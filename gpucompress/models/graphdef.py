@@ -228,12 +228,74 @@ def read_graphdef(path: str | os.PathLike) -> GraphDefModel:
     return GraphDefModel.from_bytes(data, source=str(path))
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# GraphDef.node is field 1, length-delimited: tag (1 << 3) | 2.
+_NODE_TAG = b"\x0a"
+
+
+def _has_unknown_fields(message) -> bool:
+    try:
+        from google.protobuf import unknown_fields
+    except ImportError:  # protobuf < 4.24: assume there may be some
+        return True
+    return len(unknown_fields.UnknownFieldSet(message)) > 0
+
+
+def serialized_pieces(model: GraphDefModel):
+    """Yield `model.to_bytes()` in pieces, one node at a time, each piece checked to parse.
+
+    Protobuf writes a message's fields in field-number order (unknown fields
+    last), so the deterministic GraphDef is its nodes (field 1), each framed as
+    tag + length + NodeDef, then the other fields. Serializing piece by piece
+    never holds the whole output (nor a re-parsed copy) in memory. A GraphDef
+    with unknown top-level fields comes in one piece. Raises FormatError as
+    to_bytes, or when a piece does not parse back.
+    """
+    graph_def = model.graph_def
+    if model._missing or _has_unknown_fields(graph_def):
+        data = model.to_bytes()
+        _graph_pb2().GraphDef().ParseFromString(data)
+        yield data
+        return
+    graph_pb2 = _graph_pb2()
+    from tensorboard.compat.proto import node_def_pb2
+
+    for node in graph_def.node:
+        data = node.SerializeToString(deterministic=True)
+        # A fresh message each time: parsing again into one would grow its arena.
+        node_def_pb2.NodeDef().ParseFromString(data)
+        yield _NODE_TAG + _varint(len(data)) + data
+    rest = graph_pb2.GraphDef()
+    for field, value in graph_def.ListFields():
+        if field.name == "node":
+            continue
+        if field.message_type is not None:
+            getattr(rest, field.name).CopyFrom(value)
+        else:
+            setattr(rest, field.name, value)
+    data = rest.SerializeToString(deterministic=True)
+    graph_pb2.GraphDef().ParseFromString(data)
+    yield data
+
+
 def write_graphdef(model: GraphDefModel, path: str | os.PathLike) -> int:
-    """Write a model atomically and re-read it to check it parses; returns the bytes written."""
-    data = model.to_bytes()
-    check = _graph_pb2().GraphDef()
-    check.ParseFromString(data)
-    if len(check.node) != len(model.graph_def.node):
-        raise FormatError(f"{path}: written GraphDef does not read back")
-    write_atomic(Path(path), data)
-    return len(data)
+    """Write a model atomically, streamed node by node, each piece checked to parse back;
+    returns the bytes written."""
+    written = 0
+
+    def counted():
+        nonlocal written
+        for piece in serialized_pieces(model):
+            written += len(piece)
+            yield piece
+
+    write_atomic(Path(path), counted())
+    return written
