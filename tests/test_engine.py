@@ -148,10 +148,10 @@ def test_first_id_lets_a_caller_split_the_arrays():
     """kmeans++ draws follow each array's id, so two calls with first_id equal one call."""
     rng = numpy.random.default_rng(3)
     arrays = [rng.normal(size=500 + 100 * i) for i in range(4)]
-    whole = cluster_arrays(arrays, 8, init="kmeans++", device="cpu")
-    split = (cluster_arrays(arrays[:1], 8, init="kmeans++", device="cpu")
-             + cluster_arrays(arrays[1:], 8, init="kmeans++", device="cpu", first_id=1))
-    unshifted = cluster_arrays(arrays[1:], 8, init="kmeans++", device="cpu")
+    whole = cluster_arrays(arrays, 8, init="kmeans++", method="lloyd", device="cpu")
+    split = (cluster_arrays(arrays[:1], 8, init="kmeans++", method="lloyd", device="cpu")
+             + cluster_arrays(arrays[1:], 8, init="kmeans++", method="lloyd", device="cpu", first_id=1))
+    unshifted = cluster_arrays(arrays[1:], 8, init="kmeans++", method="lloyd", device="cpu")
     for a, b in zip(whole, split):
         assert numpy.array_equal(a.codebook, b.codebook) and numpy.array_equal(a.labels, b.labels)
     assert any(not numpy.array_equal(a.codebook, b.codebook) for a, b in zip(whole[1:], unshifted))
