@@ -47,12 +47,14 @@ RUN apt-get update \
     && groupadd --gid 10001 gpucompress \
     && useradd --uid 10001 --gid 10001 --no-log-init --create-home --shell /usr/sbin/nologin gpucompress
 COPY --from=build /opt/gpucompress /opt/gpucompress
-# CUPY_CACHE_DIR: CuPy compiles its kernels on first use and caches them; /tmp is
-# writable for any user, including one given with `docker run --user`.
+# CUPY_CACHE_DIR, NUMBA_CACHE_DIR: CuPy and Numba compile their kernels on first
+# use and cache them; /tmp is writable for any user, including one given with
+# `docker run --user`.
 ENV PATH=/opt/gpucompress/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    CUPY_CACHE_DIR=/tmp/cupy-kernel-cache
+    CUPY_CACHE_DIR=/tmp/cupy-kernel-cache \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 # Mount the models here: docker run --gpus all -v "$PWD":/models IMAGE compress model.pb
 WORKDIR /models
 # A fixed numeric id (10001, clear of the images' own users, e.g. ubuntu = 1000 on
