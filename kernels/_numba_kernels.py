@@ -99,3 +99,49 @@ def _quantized_keys(values, segment_of_value, scales, key_shift, key_bias, out):
         segment = segment_of_value[index]
         q = numpy.int64(numpy.rint(values[index] * scales[segment]))
         out[index] = (segment << key_shift) + (q + key_bias)
+
+
+@numba.njit(cache=True, nogil=True)
+def _upper_bound(keys, low, high, key):
+    while low < high:
+        middle = (low + high) >> 1
+        if keys[middle] <= key:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@numba.njit(cache=True, parallel=True)
+def _lloyd(keys, prefix, offsets, centroids, max_iter, key_shift, key_bias, iterations):
+    n_segments, k = centroids.shape
+    for segment in numba.prange(n_segments):
+        current = centroids[segment]
+        updated = numpy.empty(k, dtype=numpy.int64)
+        tag = numpy.int64(segment) << key_shift
+        first = offsets[segment]
+        last = offsets[segment + 1]
+        steps = 0
+        for _ in range(max_iter):
+            start = first
+            changed = False
+            for j in range(k):
+                end = last
+                if j < k - 1:
+                    midpoint = (current[j] + current[j + 1]) >> 1
+                    end = _upper_bound(keys, start, last, tag + midpoint + key_bias)
+                count = end - start
+                value = current[j]
+                if count > 0:
+                    # Same-width casts reinterpret and int64 subtraction wraps:
+                    # the sum comes out modulo 2**64, exact as in range_sums.
+                    total = numpy.int64(prefix[end]) - numpy.int64(prefix[start])
+                    value = (2 * total + count) // (2 * count)
+                changed = changed or value != current[j]
+                updated[j] = value
+                start = end
+            if not changed:
+                break
+            current[:] = updated
+            steps += 1
+        iterations[segment] = steps

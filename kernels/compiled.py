@@ -97,3 +97,17 @@ def segment_labels(input_keys, segment_of_value, mid_keys, n_mids: int, low_keys
     out = numpy.empty(input_keys.shape[0], dtype=numpy.int64)
     kernels._labels(input_keys, segment_of_value, mid_keys, int(n_mids), low_keys, shifts, tables, out)
     return out
+
+
+def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int):
+    """Return (centroids, iterations) of Lloyd's algorithm on every segment: lloyd.lloyd's twin.
+
+    keys: int64 (N,) sorted; prefix: uint64 (N + 1,); offsets: int64 (S + 1,);
+    centroids: int64 (S, k) sorted starts (not modified). One compiled loop
+    per segment instead of one array step per iteration: the same integer
+    midpoints, borders, sums and round-half-up means, so the same numbers.
+    """
+    out = numpy.array(centroids, dtype=numpy.int64, order="C", copy=True)
+    iterations = numpy.zeros(out.shape[0], dtype=numpy.int64)
+    _kernels()._lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations)
+    return out, iterations

@@ -68,6 +68,8 @@ def lloyd(batch: SegmentBatch, centroids, max_iter: int):
     converged. Each segment's trajectory is independent of the others in the batch.
     """
     xp = array_namespace(centroids)
+    if xp is numpy and compiled.available():
+        return compiled.lloyd(batch.keys, batch.prefix, batch.offsets, centroids, max_iter, KEY_SHIFT, KEY_BIAS)
     centroids = centroids.copy()
     iterations = xp.zeros(centroids.shape[0], dtype=xp.int64)
     active = xp.arange(centroids.shape[0], dtype=xp.int64)

@@ -5,6 +5,8 @@ parity tests, carry the CPU/GPU guarantee to the compiled CPU path.
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy
 import pytest
 from hypothesis import given, settings
@@ -129,3 +131,28 @@ def test_quantized_keys_of_tiny_float64_values_whose_scale_is_no_normal_double()
     reference = fixedpoint.make_keys(fixedpoint.quantize(flat, exponents[segment_of_value]), segment_of_value)
     keys = compiled.quantized_keys(flat, segment_of_value, exponents, fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
     assert numpy.array_equal(keys, reference)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays=segments, k=st.integers(2, 24), max_iter=st.integers(0, 12), seed=st.integers(0, 3))
+def test_lloyd_matches_array_version(arrays, k, max_iter, seed):
+    lloyd_module = importlib.import_module("gpucompress.kernels.lloyd")
+    # Negative values wrap the uint64 prefix sums around 2**64: the modular
+    # arithmetic of the twin's sums is exercised in almost every case.
+    batch = batch_of(arrays)
+    rng = numpy.random.default_rng(seed)
+    sorted_q = fixedpoint.key_values(batch.keys)
+    starts = []
+    for row in range(batch.n_segments):
+        segment = sorted_q[batch.offsets[row] : batch.offsets[row + 1]]
+        starts.append(numpy.sort(rng.choice(segment, size=k)))
+    initial = numpy.array(starts, dtype=numpy.int64)
+    twin = compiled.lloyd(batch.keys, batch.prefix, batch.offsets, initial, max_iter,
+                          fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
+    original = compiled.available
+    try:
+        compiled.available = lambda: False
+        reference = lloyd_module.lloyd(batch, initial, max_iter)
+    finally:
+        compiled.available = original
+    assert numpy.array_equal(twin[0], reference[0]) and numpy.array_equal(twin[1], reference[1])
