@@ -110,11 +110,18 @@ def time_io_floor(path: Path, workdir: Path) -> dict:
             "total": written - started}
 
 
+# VmHWM, not getrusage: Linux carries ru_maxrss across fork and exec, so a
+# child of this (large) process would report the parent's peak. VmHWM is the
+# peak of the child's own address space.
 PEAK_RSS_SCRIPT = """
 import resource, sys
 from gpucompress.cli import main
 code = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+try:
+    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(peak)
 sys.exit(code)
 """
 
