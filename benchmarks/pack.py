@@ -146,9 +146,9 @@ def _best_of(repeats: int, function):
     return min(times)
 
 
-def measure(pb: Path, k: int, folder: Path) -> dict:
+def measure(pb: Path, k: int, folder: Path, method: str) -> dict:
     """Pack and unpack one model at k clusters per tensor; returns sizes (bytes) and times (s)."""
-    options = CompressOptions(n_clusters=k, device="cpu")
+    options = CompressOptions(n_clusters=k, device="cpu", method=method)
     archive = folder / f"model_k{k}.gpcz"
     summary = pack_file(pb, archive, options, overwrite=True)
     compressed = compress_file(pb, folder / f"model_k{k}.min", options, overwrite=True)
@@ -176,6 +176,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small graph (width 0.1), k = 16 only")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"),
                         help="folder of the results file (default %(default)s)")
+    parser.add_argument("--method", default=CompressOptions().method,
+                        help="clustering method (default %(default)s); results of another method are "
+                        "written under a name that carries it")
     arguments = parser.parse_args(argv)
     width, ks = (0.1, (16,)) if arguments.quick else (1.0, (256, 16))
     rows = []
@@ -186,7 +189,7 @@ def main(argv=None) -> int:
         pb.write_bytes(facenet_like_graph(width))
         print(f"graph: {pb.stat().st_size:,} bytes, built in {time.perf_counter() - started:.1f} s")
         for k in ks:
-            rows.append(measure(pb, k, folder))
+            rows.append(measure(pb, k, folder, arguments.method))
     lines = ["| k | .pb | zip(.pb) | .min | zip(.min) | archive | bound + rest | archive/bound "
              "| .pb/archive | zip(.min)/archive | pack s (cluster, encode) | unpack s (decode, +serialize) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -207,12 +210,16 @@ def main(argv=None) -> int:
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     results = Path(arguments.results)
     results.mkdir(parents=True, exist_ok=True)
-    name = f"pack{'_quick' if arguments.quick else ''}_{datetime.date.today().isoformat()}"
+    method = "" if arguments.method == CompressOptions().method else f"_{arguments.method}"
+    name = f"pack{'_quick' if arguments.quick else ''}{method}_{datetime.date.today().isoformat()}"
+    command = " ".join(["python benchmarks/pack.py"] + (["--quick"] if arguments.quick else [])
+                       + ([f"--method {arguments.method}"] if method else []))
     (results / f"{name}.md").write_text(
         f"# pack / unpack, FaceNet-shaped synthetic GraphDef (width {width})\n\nmachine: {machine}, "
-        f"python {platform.python_version()}, numpy {numpy.__version__}\ndate: {date}\n"
-        f"command: python benchmarks/pack.py{' --quick' if arguments.quick else ''}\n\n{table}\n")
+        f"python {platform.python_version()}, numpy {numpy.__version__}\nmethod: {arguments.method}\n"
+        f"date: {date}\ncommand: {command}\n\n{table}\n")
     (results / f"{name}.json").write_text(json.dumps({"machine": machine, "date": date, "width": width,
+                                                      "method": arguments.method,
                                                       "rows": rows}, indent=1, default=str))
     print(f"wrote {results / name}.md and .json")
     return 0
