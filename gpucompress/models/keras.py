@@ -150,7 +150,48 @@ def _zero_values(weights: list[Weight], names) -> dict[str, numpy.ndarray]:
     return zeros
 
 
-class HDF5Model:
+class _HDF5Backed:
+    """The verbs shared by the two formats whose weights live in one HDF5 file.
+
+    A subclass sets `_hdf5` (an _HDF5Weights) and `_values` ({} at first) in
+    its __init__, and defines `_serialized(values)`: the whole file with those
+    datasets overwritten.
+    """
+
+    def weights(self) -> list[Weight]:
+        """Return every weight dataset as a Weight, in path order."""
+        return self._hdf5.weights()
+
+    def replace_values(self, values: dict[str, numpy.ndarray]) -> None:
+        """Record new values for named datasets (same shape; cast to the dataset's dtype).
+
+        Raises KeyError for an unknown name, ValueError for a wrong shape.
+        """
+        self._hdf5.check_values(values)
+        self._values.update({name: numpy.array(array) for name, array in values.items()})
+
+    def to_bytes(self) -> bytes:
+        """Return the file as it would be saved (deterministic bytes)."""
+        return self._serialized(self._values)
+
+    def save(self, path: str | os.PathLike) -> int:
+        """Write the model to `path` atomically; returns the number of bytes written."""
+        data = self.to_bytes()
+        write_atomic(Path(path), data)
+        return len(data)
+
+    def to_skeleton(self, names) -> bytes:
+        """Return the saved bytes with the named datasets set to zero (for an archive)."""
+        zeros = _zero_values(self.weights(), names)
+        return self._serialized({**self._values, **zeros})
+
+    @classmethod
+    def from_skeleton(cls, data: bytes):
+        """Return the model a skeleton holds; replace_values then save restores the file."""
+        return cls(bytes(data), source="skeleton")
+
+
+class HDF5Model(_HDF5Backed):
     """A Keras HDF5 file (legacy `model.save("m.h5")`, or `save_weights("m.weights.h5")`).
 
     Holds the file's bytes; replace_values records new values and save writes
@@ -164,40 +205,11 @@ class HDF5Model:
         self._hdf5.datasets()
         self._values: dict[str, numpy.ndarray] = {}
 
-    def weights(self) -> list[Weight]:
-        """Return every HDF5 dataset as a Weight, in path order."""
-        return self._hdf5.weights()
-
-    def replace_values(self, values: dict[str, numpy.ndarray]) -> None:
-        """Record new values for named datasets (same shape; cast to the dataset's dtype).
-
-        Raises KeyError for an unknown name, ValueError for a wrong shape.
-        """
-        self._hdf5.check_values(values)
-        self._values.update({name: numpy.array(array) for name, array in values.items()})
-
-    def to_bytes(self) -> bytes:
-        """Return the file as it would be saved."""
-        return self._hdf5.rewritten(self._values)
-
-    def save(self, path: str | os.PathLike) -> int:
-        """Write the model to `path` atomically; returns the number of bytes written."""
-        data = self.to_bytes()
-        write_atomic(Path(path), data)
-        return len(data)
-
-    def to_skeleton(self, names) -> bytes:
-        """Return the saved bytes with the named datasets set to zero (for an archive)."""
-        zeros = _zero_values(self.weights(), names)
-        return self._hdf5.rewritten({**self._values, **zeros})
-
-    @classmethod
-    def from_skeleton(cls, data: bytes) -> "HDF5Model":
-        """Return the model a skeleton holds; replace_values then save restores the file."""
-        return cls(bytes(data), source="skeleton")
+    def _serialized(self, values) -> bytes:
+        return self._hdf5.rewritten(values)
 
 
-class KerasModel:
+class KerasModel(_HDF5Backed):
     """A Keras 3 `.keras` zip: config.json, metadata.json, model.weights.h5, assets.
 
     Holds the zip's bytes; only model.weights.h5 is ever rewritten.
@@ -214,19 +226,7 @@ class KerasModel:
         self._hdf5.datasets()
         self._values: dict[str, numpy.ndarray] = {}
 
-    def weights(self) -> list[Weight]:
-        """Return every dataset of model.weights.h5 as a Weight, in path order."""
-        return self._hdf5.weights()
-
-    def replace_values(self, values: dict[str, numpy.ndarray]) -> None:
-        """Record new values for named datasets (same shape; cast to the dataset's dtype).
-
-        Raises KeyError for an unknown name, ValueError for a wrong shape.
-        """
-        self._hdf5.check_values(values)
-        self._values.update({name: numpy.array(array) for name, array in values.items()})
-
-    def _zip_bytes(self, values) -> bytes:
+    def _serialized(self, values) -> bytes:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
             for name in sorted(self._entries):
@@ -242,26 +242,6 @@ class KerasModel:
         if set(_read_zip(data, self.source)) != set(self._entries):
             raise FormatError(f"{self.source}: rewritten zip does not read back")
         return data
-
-    def to_bytes(self) -> bytes:
-        """Return the `.keras` file as it would be saved (deterministic bytes)."""
-        return self._zip_bytes(self._values)
-
-    def save(self, path: str | os.PathLike) -> int:
-        """Write the model to `path` atomically; returns the number of bytes written."""
-        data = self.to_bytes()
-        write_atomic(Path(path), data)
-        return len(data)
-
-    def to_skeleton(self, names) -> bytes:
-        """Return the saved `.keras` bytes with the named datasets set to zero (for an archive)."""
-        zeros = _zero_values(self.weights(), names)
-        return self._zip_bytes({**self._values, **zeros})
-
-    @classmethod
-    def from_skeleton(cls, data: bytes) -> "KerasModel":
-        """Return the model a skeleton holds; replace_values then save restores the file."""
-        return cls(bytes(data), source="skeleton")
 
 
 def _read_zip(data: bytes, source: str) -> dict[str, tuple[int, bytes]]:
