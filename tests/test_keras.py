@@ -21,64 +21,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")
 
-VOCABULARY, LENGTH = 40, 6
-K = 16
-# Prediction error after 16-cluster quantization of the weight matrices, as
-# ||new - original|| / ||original||: measured 0.047 (functional) and 0.080
-# (subclassed) on these untrained models.
-RELATIVE_TOLERANCE = 0.2
-
-
-@keras.saving.register_keras_serializable(package="gpucompress_tests")
-class Subclassed(keras.Model):
-    """A subclassed model: Embedding -> mean -> Dense -> BatchNormalization -> Dense."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.embedding = keras.layers.Embedding(VOCABULARY, 24)
-        self.hidden = keras.layers.Dense(48, activation="relu")
-        self.norm = keras.layers.BatchNormalization()
-        self.head = keras.layers.Dense(5)
-
-    def call(self, inputs, training=False):
-        x = keras.ops.mean(self.embedding(inputs), axis=1)
-        return self.head(self.norm(self.hidden(x), training=training))
-
-
-def functional_model():
-    inputs = keras.Input((LENGTH,), dtype="int32")
-    x = keras.layers.Embedding(VOCABULARY, 24, name="embedding")(inputs)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(48, activation="relu", name="hidden")(x)
-    x = keras.layers.BatchNormalization(name="norm")(x)
-    outputs = keras.layers.Dense(5, name="head")(x)
-    return keras.Model(inputs, outputs)
-
-
-def _randomize_batch_norm(model, rng):
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                               rng.normal(0, 0.1, beta.shape).astype("float32"),
-                               rng.normal(0, 0.1, mean.shape).astype("float32"),
-                               rng.uniform(0.5, 1.5, variance.shape).astype("float32")])
+from .keras_models import K, LENGTH, RELATIVE_TOLERANCE, Subclassed, build_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Build the models once and save them: {name: (path, model)} and the probe inputs."""
-    keras.utils.set_random_seed(0)
-    rng = numpy.random.default_rng(0)
     folder = tmp_path_factory.mktemp("keras")
-    inputs = rng.integers(0, VOCABULARY, (16, LENGTH)).astype("int32")
-    functional = functional_model()
-    functional.compile(optimizer="adam", loss="mse")
-    functional.fit(inputs, rng.normal(size=(16, 5)), epochs=1, batch_size=16, verbose=0)
-    _randomize_batch_norm(functional, rng)
-    subclassed = Subclassed()
-    subclassed(inputs)
-    _randomize_batch_norm(subclassed, rng)
+    inputs, functional, subclassed = build_models(seed=0)
     paths = {
         "functional.keras": folder / "functional.keras",
         "functional.h5": folder / "functional.h5",

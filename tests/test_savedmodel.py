@@ -24,62 +24,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-VOCABULARY, LENGTH = 40, 6
-K = 16
-# ||new - original|| / ||original|| after 16-cluster quantization of the weight
-# matrices: measured 0.047 (functional) and 0.080 (subclassed).
-RELATIVE_TOLERANCE = 0.2
+from .keras_models import K, LENGTH, RELATIVE_TOLERANCE, build_models  # noqa: E402
+
 OPTIONS = CompressOptions(n_clusters=K, device="cpu")
-
-
-class Subclassed(keras.Model):
-    """A subclassed model: Embedding -> mean -> Dense -> BatchNormalization -> Dense."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.embedding = keras.layers.Embedding(VOCABULARY, 24)
-        self.hidden = keras.layers.Dense(48, activation="relu")
-        self.norm = keras.layers.BatchNormalization()
-        self.head = keras.layers.Dense(5)
-
-    def call(self, inputs, training=False):
-        x = keras.ops.mean(self.embedding(inputs), axis=1)
-        return self.head(self.norm(self.hidden(x), training=training))
-
-
-def _functional():
-    inputs = keras.Input((LENGTH,), dtype="int32")
-    x = keras.layers.Embedding(VOCABULARY, 24, name="embedding")(inputs)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(48, activation="relu", name="hidden")(x)
-    x = keras.layers.BatchNormalization(name="norm")(x)
-    return keras.Model(inputs, keras.layers.Dense(5, name="head")(x))
-
-
-def _randomize_batch_norm(model, rng):
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shapes = [w.shape for w in layer.get_weights()]
-            layer.set_weights([rng.uniform(0.5, 1.5, shapes[0]).astype("float32"),
-                               rng.normal(0, 0.1, shapes[1]).astype("float32"),
-                               rng.normal(0, 0.1, shapes[2]).astype("float32"),
-                               rng.uniform(0.5, 1.5, shapes[3]).astype("float32")])
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Export the models once: {"paths": {kind: folder}, "expected": {kind: outputs}, "inputs"}."""
-    keras.utils.set_random_seed(1)
-    rng = numpy.random.default_rng(1)
     folder = tmp_path_factory.mktemp("savedmodel")
-    inputs = rng.integers(0, VOCABULARY, (16, LENGTH)).astype("int32")
-    functional = _functional()
-    functional.compile(optimizer="adam", loss="mse")
-    functional.fit(inputs, rng.normal(size=(16, 5)), epochs=1, batch_size=16, verbose=0)
-    _randomize_batch_norm(functional, rng)
-    subclassed = Subclassed()
-    subclassed(inputs)
-    _randomize_batch_norm(subclassed, rng)
+    inputs, functional, subclassed = build_models(seed=1)
     paths = {"functional": folder / "functional", "subclassed": folder / "subclassed",
              "trackable": folder / "trackable"}
     functional.export(paths["functional"], verbose=False)
