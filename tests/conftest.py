@@ -96,6 +96,27 @@ def const_node(name: str, array: numpy.ndarray, *, as_values: bool = False, dtyp
     return node
 
 
+def add_raw_const(graph, name, dtype_enum, shape, content=b"", **values):
+    """Append a Const node to a GraphDef from raw fields: tensor_content bytes and/or *_val lists.
+
+    Unlike const_node, nothing is derived from an array, so a test can write
+    what TensorFlow accepts but never emits itself (a *_val list shorter than
+    the shape, which TensorFlow pads with its last entry).
+    """
+    node = graph.node.add()
+    node.name, node.op = name, "Const"
+    tensor = node.attr["value"].tensor
+    tensor.dtype = dtype_enum
+    for size in shape:
+        tensor.tensor_shape.dim.add().size = size
+    if content:
+        tensor.tensor_content = content
+    for field, entries in values.items():
+        getattr(tensor, field).extend(entries)
+    node.attr["dtype"].type = dtype_enum
+    return node
+
+
 def graphdef_of(*nodes, functions=()):
     """Return a tensorboard GraphDef holding the given nodes and (name, nodes) library functions."""
     from tensorboard.compat.proto import graph_pb2

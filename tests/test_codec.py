@@ -18,6 +18,8 @@ from gpucompress.codec import bitpack, entropy
 from gpucompress.models import GraphDefModel
 from gpucompress.packing import decode_archive, encode_model, index_exactly
 
+from .conftest import add_raw_const
+
 
 # --- bit-packing --------------------------------------------------------------------------------
 
@@ -134,19 +136,6 @@ def test_zstd_frame_size_is_checked_before_decompressing():
 
 # --- the container --------------------------------------------------------------------------------
 
-def _const(node, name, dtype_enum, shape, content=b"", **values):
-    node.name, node.op = name, "Const"
-    tensor = node.attr["value"].tensor
-    tensor.dtype = dtype_enum
-    for size in shape:
-        tensor.tensor_shape.dim.add().size = size
-    if content:
-        tensor.tensor_content = content
-    for field, entries in values.items():
-        getattr(tensor, field).extend(entries)
-    node.attr["dtype"].type = dtype_enum
-
-
 def small_graph(rng) -> bytes:
     """A GraphDef of a few Consts (float32 with NaN, float16, float64 *_val, int32) and an Identity."""
     from tensorboard.compat.proto import graph_pb2
@@ -154,10 +143,10 @@ def small_graph(rng) -> bytes:
     graph = graph_pb2.GraphDef()
     weights = rng.laplace(0, 0.1, 600).astype("<f4")
     weights[[3, 77]] = [numpy.nan, numpy.inf]
-    _const(graph.node.add(), "w", 1, [20, 30], weights.tobytes())
-    _const(graph.node.add(), "h", 19, [300], rng.normal(0, 1, 300).astype("<f2").tobytes())
-    _const(graph.node.add(), "d", 2, [4, 100], double_val=rng.normal(0, 1, 320).tolist())
-    _const(graph.node.add(), "i", 3, [3], int_val=[1, 2, 3])
+    add_raw_const(graph, "w", 1, [20, 30], weights.tobytes())
+    add_raw_const(graph, "h", 19, [300], rng.normal(0, 1, 300).astype("<f2").tobytes())
+    add_raw_const(graph, "d", 2, [4, 100], double_val=rng.normal(0, 1, 320).tolist())
+    add_raw_const(graph, "i", 3, [3], int_val=[1, 2, 3])
     identity = graph.node.add()
     identity.name, identity.op = "out", "Identity"
     identity.input.append("w")

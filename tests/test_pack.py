@@ -10,21 +10,9 @@ from gpucompress import CompressOptions, FormatError, InputError, compress_file,
 from gpucompress.cli import main
 from gpucompress.models import GraphDefModel
 
+from .conftest import add_raw_const
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _add_const(graph, name, dtype_enum, shape, content=b"", **values):
-    node = graph.node.add()
-    node.name, node.op = name, "Const"
-    tensor = node.attr["value"].tensor
-    tensor.dtype = dtype_enum
-    for size in shape:
-        tensor.tensor_shape.dim.add().size = size
-    if content:
-        tensor.tensor_content = content
-    for field, entries in values.items():
-        getattr(tensor, field).extend(entries)
-    node.attr["dtype"].type = dtype_enum
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +41,16 @@ def model_path(tmp_path_factory):
     graph = graph_pb2.GraphDef()
     graph.ParseFromString(frozen.SerializeToString())
     rng = numpy.random.default_rng(0)
-    _add_const(graph, "extra/half", 19, [40, 30], rng.laplace(0, 0.05, 1200).astype("<f2").tobytes())
-    _add_const(graph, "extra/bfloat", 14, [700],
+    add_raw_const(graph, "extra/half", 19, [40, 30], rng.laplace(0, 0.05, 1200).astype("<f2").tobytes())
+    add_raw_const(graph, "extra/bfloat", 14, [700],
                rng.normal(0, 1, 700).astype(ml_dtypes.bfloat16).tobytes())
-    _add_const(graph, "extra/double", 2, [30, 20], double_val=rng.normal(0, 1, 600).tolist())
+    add_raw_const(graph, "extra/double", 2, [30, 20], double_val=rng.normal(0, 1, 600).tolist())
     special = rng.laplace(0, 0.1, 900).astype("<f4")
     special[[0, 17, 400]] = [numpy.nan, numpy.inf, -numpy.inf]
     special[5] = -0.0
-    _add_const(graph, "extra/nan", 1, [30, 30], special.tobytes())
-    _add_const(graph, "extra/few", 1, [50, 20], rng.choice(numpy.float32([-1.5, 0, 0.25, 2, 7]), 1000).tobytes())
-    _add_const(graph, "extra/int", 3, [500], rng.integers(0, 100, 500).astype("<i4").tobytes())
+    add_raw_const(graph, "extra/nan", 1, [30, 30], special.tobytes())
+    add_raw_const(graph, "extra/few", 1, [50, 20], rng.choice(numpy.float32([-1.5, 0, 0.25, 2, 7]), 1000).tobytes())
+    add_raw_const(graph, "extra/int", 3, [500], rng.integers(0, 100, 500).astype("<i4").tobytes())
     path = tmp_path_factory.mktemp("model") / "model.pb"
     path.write_bytes(graph.SerializeToString())
     return path
