@@ -70,6 +70,17 @@ def dp_bin_borders(sums, counts, k: int, strides) -> numpy.ndarray:
                     int(k), numpy.asarray(strides, dtype=numpy.int64))
 
 
+def band_bin_borders(sums, counts, k: int, lows, width: int) -> numpy.ndarray:
+    """Return int64 (R, k + 1) bin borders of the banded DP: optimal.band_bin_borders' twin, bit for bit.
+
+    sums, counts: as dp_bin_borders; lows: int64 (R, k + 1) first bin of each
+    layer's band (optimal.band_lows); width: the band width (bins per band - 1).
+    """
+    return _kernels()._band_rows(numpy.ascontiguousarray(sums, dtype=numpy.int64),
+                                 numpy.ascontiguousarray(counts, dtype=numpy.float64),
+                                 int(k), numpy.ascontiguousarray(lows, dtype=numpy.int64), int(width))
+
+
 # Buckets per segment of the labelling lookup table (int32 each).
 LABEL_BUCKETS = 1 << 12
 

@@ -106,6 +106,31 @@ def test_dp_borders_match_array_dp(k, n):
         assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
 
 
+@pytest.mark.parametrize("k,n", [(128, 20000), (256, 30000)])
+def test_band_borders_match_array_band_dp(k, n):
+    # Two rows of one bin count with different data: bands differ per row.
+    batch = batch_of([heavy_tailed(n, seed=k), heavy_tailed(n + 11, seed=n)])
+    rows = numpy.array([0, 1], dtype=numpy.int64)
+    n_bins = optimal.bin_count(n, k)
+    assert optimal.banded(n_bins, k)
+    edges = optimal.bin_edges(batch, rows, n_bins)
+    starts = edges[:, :1]
+    sums = fixedpoint.range_sums(batch.prefix, numpy.broadcast_to(starts, edges.shape), edges)
+    counts = (edges - starts).astype(numpy.float64)
+    coarse = optimal.dp_bin_borders(sums[:, ::optimal.BAND_COARSENING], counts[:, ::optimal.BAND_COARSENING],
+                                    k, n_bins // optimal.BAND_COARSENING)
+    lows = optimal.band_lows(coarse, n_bins)
+    assert not numpy.array_equal(lows[0], lows[1])
+    reference = optimal.band_bin_borders(sums, counts, k, lows)
+    twin = compiled.band_bin_borders(sums, counts, k, lows, optimal.BAND_WIDTH)
+    assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
+    # Every border lies in its layer's band, and the borders are a partition of the bins.
+    inner = slice(1, k)
+    assert (reference[:, inner] >= lows[:, inner]).all()
+    assert (reference[:, inner] <= lows[:, inner] + optimal.BAND_WIDTH).all()
+    assert (numpy.diff(reference, axis=1) >= 0).all() and (reference[:, -1] == n_bins).all()
+
+
 def test_compiled_and_array_paths_give_identical_clusterings(monkeypatch):
     from gpucompress.engine import cluster_arrays
 

@@ -130,3 +130,18 @@ def test_numpy_and_cupy_bit_identical():
         for cpu, gpu in zip(on_cpu, on_gpu):
             gpu = cupy.asnumpy(gpu)
             assert cpu.dtype == gpu.dtype and numpy.array_equal(cpu, gpu)
+
+
+@pytest.mark.parametrize("k", [128, 256])
+def test_banded_dp_loses_almost_nothing_against_the_full_dp(monkeypatch, k):
+    # Large DPs run in bands around a coarse solution (optimal.banded); on
+    # heavy-tailed weights that must cost well under 1% of SSE.
+    rng = numpy.random.default_rng(k)
+    arrays = [rng.laplace(scale=0.05, size=40000) * numpy.where(rng.random(40000) < 0.005, 15.0, 1.0),
+              rng.standard_t(3, size=25000)]
+    assert optimal.banded(optimal.bin_count(25000, k), k)
+    banded = cluster_arrays(arrays, k, method="optimal")
+    monkeypatch.setattr(optimal, "banded", lambda n_bins, k: False)
+    full = cluster_arrays(arrays, k, method="optimal")
+    for values, a, b in zip(arrays, banded, full):
+        assert sse(values, a.codebook) <= 1.005 * sse(values, b.codebook)
