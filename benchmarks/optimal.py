@@ -2,9 +2,11 @@
 
     python benchmarks/optimal.py [--quick]
 
-Per k and method: total time, SSE / optimal (median and worst over the tensors
-whose optimum kmeans1d can compute within MEMORY_LIMIT bytes, ~16 k n), and the
-peak traced memory of one call on the largest tensor. Writes Markdown and JSON
+Per k and method: total time of one call per tensor, SSE / optimal (median and
+worst over the tensors whose optimum kmeans1d can compute within MEMORY_LIMIT
+bytes, ~16 k n), and the peak traced memory of one call on the largest tensor.
+For our methods also the time of one batched call on all tensors, the way
+`compress` runs them (it parallelizes over tensors; the sort is one thread). Writes Markdown and JSON
 under benchmarks/results/ named with the date.
 """
 from __future__ import annotations
@@ -41,6 +43,20 @@ def run_ours(method):
     def run(values, k):
         return cluster_arrays([values], k, method=method, init="linear", device="cpu")[0].codebook
     return run
+
+
+def batched_seconds(method, flat, k, codebooks):
+    """Return the time of one engine call on all tensors (as `compress` batches them).
+
+    Results do not depend on batching: the codebooks must equal the per-tensor
+    ones, which this checks.
+    """
+    begin = time.perf_counter()
+    results = cluster_arrays(flat, k, method=method, init="linear", device="cpu")
+    seconds = time.perf_counter() - begin
+    for result, codebook in zip(results, codebooks):
+        assert numpy.array_equal(result.codebook, codebook), "batched and per-tensor results differ"
+    return seconds
 
 
 def run_flash(values, k):
@@ -92,23 +108,28 @@ def benchmark(tensors, ks):
         optimum = {i: sse(flat[i], run_kmeans1d(flat[i], k)) for i in fits}
         for name, function in METHODS.items():
             indices = fits if name == "kmeans1d" else range(len(flat))
-            ratios, seconds = [], 0.0
+            function(numpy.linspace(-1.0, 1.0, 4096) ** 3, k)  # warm-up: Numba loads its kernels once
+            ratios, seconds, codebooks = [], 0.0, []
             for i in indices:
                 begin = time.perf_counter()
                 codebook = function(flat[i], k)
                 seconds += time.perf_counter() - begin
+                codebooks.append(codebook)
                 if i in optimum:
                     ratios.append(sse(flat[i], codebook) / optimum[i])
+            batched = batched_seconds(name, flat, k, codebooks) if name in ("lloyd", "optimal") else None
             largest = max(indices, key=lambda i: flat[i].size)
             rows.append({
                 "k": k, "method": name, "tensors": len(indices),
                 "values": int(sum(flat[i].size for i in indices)),
                 "seconds": seconds, "seconds_per_sort": seconds / sort_seconds if name != "kmeans1d" else None,
+                "batched_seconds": batched, "batched_per_sort": None if batched is None else batched / sort_seconds,
                 "sse_ratio_median": statistics.median(ratios), "sse_ratio_worst": max(ratios),
                 "compared_tensors": len(ratios),
                 "peak_bytes_largest": peak_memory(function, flat[largest], k), "largest_n": int(flat[largest].size),
             })
-            print(f"k={k:3d} {name:14s} {seconds:8.2f} s  SSE/opt median {rows[-1]['sse_ratio_median']:.4f} "
+            batch_note = "" if batched is None else f" (one batched call {batched:.2f} s)"
+            print(f"k={k:3d} {name:14s} {seconds:8.2f} s{batch_note}  SSE/opt median {rows[-1]['sse_ratio_median']:.4f} "
                   f"worst {rows[-1]['sse_ratio_worst']:.4f} ({len(ratios)} tensors)  "
                   f"peak {rows[-1]['peak_bytes_largest'] / 2**20:8.1f} MiB at n={flat[largest].size}", flush=True)
     return rows, sort_seconds
@@ -121,13 +142,18 @@ def markdown(meta, rows) -> str:
              f"{meta['sort_seconds']:.3f} s. SSE/optimal over the tensors where kmeans1d fits in "
              f"{MEMORY_LIMIT >> 30} GiB (16 k n bytes); kmeans1d times cover only those. "
              "Peak: tracemalloc peak of one call on the largest tensor it ran (Python and NumPy "
-             "allocations; kmeans1d's C++ buffers, about 16 k n bytes, are not traced).", "",
+             "allocations; kmeans1d's C++ buffers, about 16 k n bytes, are not traced). "
+             "Batched: one engine call on all tensors, as `compress` runs them (tensors in parallel on "
+             "every core; the sort baseline runs on one thread), with the same codebooks.", "",
              f"Command: `{meta['command']}`", "",
-             "| k | method | time (s) | time / sort | SSE/opt median | SSE/opt worst | compared | peak MiB (n) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| k | method | time (s) | time / sort | batched (s) | batched / sort | SSE/opt median | SSE/opt worst "
+             "| compared | peak MiB (n) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ratio = "" if row["seconds_per_sort"] is None else f"{row['seconds_per_sort']:.1f}x"
-        lines.append(f"| {row['k']} | {row['method']} | {row['seconds']:.2f} | {ratio} | "
+        batched = "" if row["batched_seconds"] is None else f"{row['batched_seconds']:.2f}"
+        batched_ratio = "" if row["batched_per_sort"] is None else f"{row['batched_per_sort']:.1f}x"
+        lines.append(f"| {row['k']} | {row['method']} | {row['seconds']:.2f} | {ratio} | {batched} | {batched_ratio} | "
                      f"{row['sse_ratio_median']:.4f} | {row['sse_ratio_worst']:.4f} | {row['compared_tensors']} | "
                      f"{row['peak_bytes_largest'] / 2**20:.1f} ({row['largest_n']}) |")
     return "\n".join(lines) + "\n"
