@@ -145,3 +145,71 @@ def _lloyd(keys, prefix, offsets, centroids, max_iter, key_shift, key_bias, iter
             current[:] = updated
             steps += 1
         iterations[segment] = steps
+
+
+@numba.njit(cache=True, nogil=True)
+def _merged_keys_and_prefix(sorted_values, offsets, middles, scales, key_shift, key_bias, keys, prefix):
+    # One sequential pass: merge each segment's two sorted runs, quantize each
+    # value as it comes out (rint(x * 2**e) is monotone, so the keys come out
+    # sorted) and accumulate the prefix sums in uint64, which wrap as
+    # fixedpoint.prefix_sums does. Unsigned arithmetic: the wrap is defined.
+    total = numpy.uint64(0)
+    prefix[0] = total
+    for segment in range(offsets.shape[0] - 1):
+        tag = (numpy.int64(segment) << key_shift) + key_bias
+        scale = scales[segment]
+        first = offsets[segment]
+        middle = middles[segment]
+        end = offsets[segment + 1]
+        low = first
+        high = middle
+        for out in range(first, end):
+            if high >= end or (low < middle and sorted_values[low] <= sorted_values[high]):
+                value = numpy.float64(sorted_values[low])
+                low += 1
+            else:
+                value = numpy.float64(sorted_values[high])
+                high += 1
+            q = numpy.int64(numpy.rint(value * scale))
+            keys[out] = tag + q
+            total += numpy.uint64(q)
+            prefix[out + 1] = total
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment_of(offsets, position):
+    # The segment holding `position`: the last offset at or below it.
+    return _upper_bound(offsets, 0, offsets.shape[0], position) - 1
+
+
+# Values per parallel task of _value_labels.
+LABEL_BLOCK = 1 << 16
+
+
+@numba.njit(cache=True, parallel=True)
+def _value_labels(values, offsets, scales, key_shift, key_bias, mid_keys, n_mids, low_keys, shifts, tables, out):
+    # _labels with the key of each value made on the fly, as _quantized_keys
+    # makes it: no input-order key or segment arrays, and the label is written
+    # straight in out's (final) dtype.
+    n_values = values.shape[0]
+    for block in numba.prange((n_values + LABEL_BLOCK - 1) // LABEL_BLOCK):
+        start = block * LABEL_BLOCK
+        stop = min(n_values, start + LABEL_BLOCK)
+        segment = _segment_of(offsets, start)
+        for index in range(start, stop):
+            while index >= offsets[segment + 1]:
+                segment += 1
+            q = numpy.int64(numpy.rint(numpy.float64(values[index]) * scales[segment]))
+            key = (numpy.int64(segment) << key_shift) + (q + key_bias)
+            base = segment * n_mids
+            bucket = (key - low_keys[segment]) >> shifts[segment]
+            label = numpy.int64(tables[segment, bucket])
+            size = (numpy.int64(tables[segment, bucket + 1]) if bucket + 1 < tables.shape[1] else n_mids) - label
+            while size > 0:
+                half = size >> 1
+                if mid_keys[base + label + half] < key:
+                    label += half + 1
+                    size -= half + 1
+                else:
+                    size = half
+            out[index] = label

@@ -111,3 +111,82 @@ def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_b
     iterations = numpy.zeros(out.shape[0], dtype=numpy.int64)
     _kernels()._lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations)
     return out, iterations
+
+
+def _normal_scales(exponents):
+    """Return float64 2**exponents, or None when one is no normal double (only ldexp scales those exactly)."""
+    exponents = numpy.asarray(exponents, dtype=numpy.int64)
+    if exponents.size and (exponents.min() < -1022 or exponents.max() > 1023):
+        return None
+    return numpy.ldexp(numpy.ones(exponents.size), exponents.astype(numpy.int32))
+
+
+def merged_keys_and_prefix(sorted_values, offsets, middles, exponents, key_shift: int, key_bias: int):
+    """Return (keys int64 (N,), prefix uint64 (N + 1,)) of segments held as two sorted runs each.
+
+    sorted_values: float32 or float64 (N,), finite; segment s holds the
+    ascending runs [offsets[s], middles[s]) and [middles[s], offsets[s + 1])
+    (the second may be empty). exponents: int64 (S,). The keys are those of
+    fixedpoint.make_keys(fixedpoint.quantize(...)) of the merged segments, in
+    sorted order, and prefix is fixedpoint.prefix_sums of their q: one pass
+    instead of a merge, a quantize, a key_values and a cumsum.
+    """
+    offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
+    middles = numpy.ascontiguousarray(middles, dtype=numpy.int64)
+    scales = _normal_scales(exponents)
+    if scales is None:  # never for real weights (|x| < 1e-290): the array code, on merged runs
+        from .fixedpoint import key_values, make_keys, prefix_sums, quantize
+
+        merged = numpy.asarray(sorted_values, dtype=numpy.float64).copy()
+        for first, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            merged[first:end].sort()
+        sizes = offsets[1:] - offsets[:-1]
+        segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+        keys = make_keys(quantize(merged, numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+        return keys, prefix_sums(key_values(keys))
+    keys = numpy.empty(sorted_values.shape[0], dtype=numpy.int64)
+    prefix = numpy.empty(sorted_values.shape[0] + 1, dtype=numpy.uint64)
+    _kernels()._merged_keys_and_prefix(sorted_values, offsets, middles, scales, int(key_shift), int(key_bias),
+                                       keys, prefix)
+    return keys, prefix
+
+
+def _bucket_shifts(low_keys, high_keys):
+    """Return int64 (S,) the least shift that maps each segment's key span into LABEL_BUCKETS buckets."""
+    spans = numpy.asarray(high_keys, dtype=numpy.int64) - low_keys
+    shifts = numpy.zeros(low_keys.shape[0], dtype=numpy.int64)
+    while True:
+        wide = (spans >> shifts) >= LABEL_BUCKETS
+        if not wide.any():
+            return shifts
+        shifts += wide
+
+
+def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, high_keys, key_shift: int,
+                 key_bias: int, dtype) -> numpy.ndarray:
+    """Return labels in `dtype`: for each value, how many of its segment's midpoint keys are below its key.
+
+    values: float32 or float64 (N,) in input order, segment s at
+    [offsets[s], offsets[s + 1]); exponents: int64 (S,); mid_keys, n_mids,
+    low_keys, high_keys as for segment_labels. The same numbers as
+    segment_labels on the keys of fixedpoint.make_keys(fixedpoint.quantize(...)),
+    without building those keys or a per-value segment array.
+    """
+    offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
+    scales = _normal_scales(exponents)
+    if scales is None:  # never for real weights: the array code's keys, then the table lookup
+        from .fixedpoint import make_keys, quantize
+
+        sizes = offsets[1:] - offsets[:-1]
+        segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+        keys = make_keys(quantize(numpy.asarray(values, dtype=numpy.float64),
+                                  numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+        return segment_labels(keys, segment, mid_keys, n_mids, low_keys, high_keys).astype(dtype)
+    low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
+    shifts = _bucket_shifts(low_keys, high_keys)
+    kernels = _kernels()
+    tables = kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, LABEL_BUCKETS)
+    out = numpy.empty(values.shape[0], dtype=dtype)
+    kernels._value_labels(values, offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
+                          low_keys, shifts, tables, out)
+    return out

@@ -69,8 +69,8 @@ def test_labels_match_searchsorted(arrays, k):
     from gpucompress.kernels.lloyd import KEY_BIAS, midpoints, segment_tags
 
     mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + KEY_BIAS).ravel()
-    reference = numpy.searchsorted(mid_keys, batch.input_keys, side="left") - batch.segment_of_value * (k - 1)
-    labels = compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1,
+    reference = numpy.searchsorted(mid_keys, batch.input_keys(), side="left") - batch.segment_of_value() * (k - 1)
+    labels = compiled.segment_labels(batch.input_keys(), batch.segment_of_value(), mid_keys, k - 1,
                                      batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1])
     assert numpy.array_equal(labels, reference)
 
