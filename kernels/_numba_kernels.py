@@ -71,36 +71,6 @@ def _bucket_tables(mid_keys, n_mids, low_keys, shifts, table_size):
     return tables
 
 
-@numba.njit(cache=True, parallel=True)
-def _labels(input_keys, segment_of_value, mid_keys, n_mids, low_keys, shifts, tables, out):
-    for index in numba.prange(input_keys.shape[0]):
-        key = input_keys[index]
-        segment = segment_of_value[index]
-        base = segment * n_mids
-        # The table counts the midpoints below the key's bucket and below the
-        # next one: the answer lies between, usually 0-2 midpoints apart, and
-        # a binary search bounds the worst case (all midpoints in one bucket).
-        bucket = (key - low_keys[segment]) >> shifts[segment]
-        label = numpy.int64(tables[segment, bucket])
-        size = (numpy.int64(tables[segment, bucket + 1]) if bucket + 1 < tables.shape[1] else n_mids) - label
-        while size > 0:
-            half = size >> 1
-            if mid_keys[base + label + half] < key:
-                label += half + 1
-                size -= half + 1
-            else:
-                size = half
-        out[index] = label
-
-
-@numba.njit(cache=True, parallel=True)
-def _quantized_keys(values, segment_of_value, scales, key_shift, key_bias, out):
-    for index in numba.prange(values.shape[0]):
-        segment = segment_of_value[index]
-        q = numpy.int64(numpy.rint(values[index] * scales[segment]))
-        out[index] = (segment << key_shift) + (q + key_bias)
-
-
 @numba.njit(cache=True, nogil=True)
 def _upper_bound(keys, low, high, key):
     while low < high:
@@ -188,9 +158,11 @@ LABEL_BLOCK = 1 << 16
 
 @numba.njit(cache=True, parallel=True)
 def _value_labels(values, offsets, scales, key_shift, key_bias, mid_keys, n_mids, low_keys, shifts, tables, out):
-    # _labels with the key of each value made on the fly, as _quantized_keys
-    # makes it: no input-order key or segment arrays, and the label is written
-    # straight in out's (final) dtype.
+    # Each value's key is made on the fly (no input-order key or segment
+    # arrays) and its label written straight in out's (final) dtype. The
+    # table counts the midpoints below the key's bucket and below the next
+    # one: the answer lies between, usually 0-2 midpoints apart, and a binary
+    # search bounds the worst case (all midpoints in one bucket).
     n_values = values.shape[0]
     for block in numba.prange((n_values + LABEL_BLOCK - 1) // LABEL_BLOCK):
         start = block * LABEL_BLOCK

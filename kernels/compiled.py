@@ -4,7 +4,10 @@ Why: two steps are cheap on a GPU as array operations but slow in NumPy. The
 DP of optimal.py runs k * log2(B) small array steps per chunk (per-call
 overhead dominates), and labelling searches every value in a table of all
 segments' midpoints (branchy binary search, cache misses). Here each is one
-Numba-compiled loop per segment or per value, parallel over them.
+Numba-compiled loop per segment or per value, parallel over them. The
+per-value steps are fused: one pass merges each segment's sorted runs into
+keys and prefix sums, and one pass labels the input values without
+building their keys.
 
 The array version stays the reference: it is what runs on CuPy, and it is
 what the tests compare these twins with, bit for bit, in CI. A twin therefore
@@ -36,27 +39,6 @@ def _kernels():
     return _numba_kernels
 
 
-def quantized_keys(values, segment_of_value, exponents, key_shift: int, key_bias: int) -> numpy.ndarray:
-    """Return int64 keys (segment << key_shift) + (rint(values * 2**exponent) + key_bias), one pass.
-
-    values: float (N,); segment_of_value: int64 (N,); exponents: int64 (S,).
-    The same numbers as fixedpoint.make_keys(fixedpoint.quantize(...)): ldexp
-    and rint are exact, correctly rounded operations.
-    """
-    exponents = numpy.asarray(exponents, dtype=numpy.int64)
-    if exponents.size and (exponents.min() < -1022 or exponents.max() > 1023):
-        # 2**e is no normal double: only ldexp scales exactly (never for real weights).
-        from .fixedpoint import make_keys, quantize
-
-        return make_keys(quantize(values, exponents[segment_of_value]), segment_of_value)
-    # Multiplying by a normal power of two rounds exactly as ldexp does: one
-    # correctly rounded operation on the same exact product.
-    scales = numpy.ldexp(numpy.ones(exponents.size), exponents.astype(numpy.int32))
-    out = numpy.empty(values.shape[0], dtype=numpy.int64)
-    _kernels()._quantized_keys(values, segment_of_value, scales, int(key_shift), int(key_bias), out)
-    return out
-
-
 def dp_bin_borders(sums, counts, k: int, strides) -> numpy.ndarray:
     """Return int64 (R, k + 1) bin borders of the exact k-clustering of each row's bins.
 
@@ -68,35 +50,6 @@ def dp_bin_borders(sums, counts, k: int, strides) -> numpy.ndarray:
     return _kernels()._dp_rows(numpy.ascontiguousarray(sums, dtype=numpy.int64),
                     numpy.ascontiguousarray(counts, dtype=numpy.float64),
                     int(k), numpy.asarray(strides, dtype=numpy.int64))
-
-
-# Buckets per segment of the labelling lookup table (int32 each).
-LABEL_BUCKETS = 1 << 12
-
-
-def segment_labels(input_keys, segment_of_value, mid_keys, n_mids: int, low_keys, high_keys) -> numpy.ndarray:
-    """Return int64 labels: for each value, how many of its segment's midpoint keys are below its key.
-
-    input_keys, segment_of_value: int64 (N,); mid_keys: int64 (S * n_mids,),
-    sorted within each segment's block of n_mids; low_keys, high_keys: int64
-    (S,) the least and greatest key of each segment. The same numbers as
-    `searchsorted(mid_keys, input_keys, side="left") - segment * n_mids`,
-    found through a per-segment table of LABEL_BUCKETS equal-width buckets
-    (a binary search is a chain of dependent loads: 3x slower).
-    """
-    low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
-    spans = numpy.asarray(high_keys, dtype=numpy.int64) - low_keys
-    shifts = numpy.zeros(low_keys.shape[0], dtype=numpy.int64)
-    while True:  # the least shift that maps each segment's span into the table
-        wide = (spans >> shifts) >= LABEL_BUCKETS
-        if not wide.any():
-            break
-        shifts += wide
-    kernels = _kernels()
-    tables = kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, LABEL_BUCKETS)
-    out = numpy.empty(input_keys.shape[0], dtype=numpy.int64)
-    kernels._labels(input_keys, segment_of_value, mid_keys, int(n_mids), low_keys, shifts, tables, out)
-    return out
 
 
 def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int):
@@ -151,6 +104,10 @@ def merged_keys_and_prefix(sorted_values, offsets, middles, exponents, key_shift
     return keys, prefix
 
 
+# Buckets per segment of the labelling lookup table (int32 each).
+LABEL_BUCKETS = 1 << 12
+
+
 def _bucket_shifts(low_keys, high_keys):
     """Return int64 (S,) the least shift that maps each segment's key span into LABEL_BUCKETS buckets."""
     spans = numpy.asarray(high_keys, dtype=numpy.int64) - low_keys
@@ -167,10 +124,14 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
     """Return labels in `dtype`: for each value, how many of its segment's midpoint keys are below its key.
 
     values: float32 or float64 (N,) in input order, segment s at
-    [offsets[s], offsets[s + 1]); exponents: int64 (S,); mid_keys, n_mids,
-    low_keys, high_keys as for segment_labels. The same numbers as
-    segment_labels on the keys of fixedpoint.make_keys(fixedpoint.quantize(...)),
-    without building those keys or a per-value segment array.
+    [offsets[s], offsets[s + 1]); exponents: int64 (S,); mid_keys: int64
+    (S * n_mids,), sorted within each segment's block of n_mids; low_keys,
+    high_keys: int64 (S,) the least and greatest key of each segment. The
+    same numbers as `searchsorted(mid_keys, input_keys, side="left") -
+    segment * n_mids` on the keys of fixedpoint.make_keys(fixedpoint.quantize(...)),
+    found without building those keys or a per-value segment array, through
+    a per-segment table of LABEL_BUCKETS equal-width buckets (a binary search
+    is a chain of dependent loads: 3x slower).
     """
     offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
     scales = _normal_scales(exponents)
@@ -181,7 +142,7 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
         segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
         keys = make_keys(quantize(numpy.asarray(values, dtype=numpy.float64),
                                   numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
-        return segment_labels(keys, segment, mid_keys, n_mids, low_keys, high_keys).astype(dtype)
+        return (numpy.searchsorted(mid_keys, keys, side="left") - segment * n_mids).astype(dtype)
     low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
     shifts = _bucket_shifts(low_keys, high_keys)
     kernels = _kernels()

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpucompress.kernels import compiled, fixedpoint, optimal
-from gpucompress.kernels.segments import build_batch, sort_segments
+from gpucompress.kernels.segments import sort_segments
 
 from .test_optimal import batch_of
 
@@ -30,21 +30,6 @@ def heavy_tailed(n, seed):
     return rng.laplace(scale=0.02, size=n) * numpy.where(rng.random(n) < 0.01, 20.0, 1.0)
 
 
-@settings(max_examples=30, deadline=None)
-@given(arrays=segments)
-def test_quantized_keys_and_segment_sort_match_array_version(arrays):
-    values = [numpy.asarray(a, dtype=numpy.float64) for a in arrays]
-    sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
-    exponents = fixedpoint.segment_exponents(numpy.array([numpy.abs(v).max() for v in values]), sizes)
-    flat = numpy.concatenate(values)
-    segment_of_value = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
-    reference = fixedpoint.make_keys(fixedpoint.quantize(flat, exponents[segment_of_value]), segment_of_value)
-    keys = compiled.quantized_keys(flat, segment_of_value, exponents, fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
-    assert keys.dtype == reference.dtype and numpy.array_equal(keys, reference)
-    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
-    assert numpy.array_equal(sort_segments(keys, offsets), numpy.sort(reference))
-
-
 def test_segment_sort_in_parallel_runs_matches_global_sort(monkeypatch):
     # Small SORT_TASK_VALUES makes several runs, so the thread pool really runs.
     from gpucompress.kernels import segments
@@ -56,23 +41,6 @@ def test_segment_sort_in_parallel_runs_matches_global_sort(monkeypatch):
                               for s, n in enumerate(sizes)])
     offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
     assert numpy.array_equal(sort_segments(keys, offsets), numpy.sort(keys))
-
-
-@settings(max_examples=30, deadline=None)
-@given(arrays=segments, k=st.integers(2, 20))
-def test_labels_match_searchsorted(arrays, k):
-    batch = batch_of(arrays)
-    rng = numpy.random.default_rng(k)
-    n_segments = len(arrays)
-    centroids = numpy.sort(rng.integers(-(1 << 40), 1 << 40, size=(n_segments, k)), axis=1)
-    rows = numpy.arange(n_segments, dtype=numpy.int64)
-    from gpucompress.kernels.lloyd import KEY_BIAS, midpoints, segment_tags
-
-    mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + KEY_BIAS).ravel()
-    reference = numpy.searchsorted(mid_keys, batch.input_keys(), side="left") - batch.segment_of_value() * (k - 1)
-    labels = compiled.segment_labels(batch.input_keys(), batch.segment_of_value(), mid_keys, k - 1,
-                                     batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1])
-    assert numpy.array_equal(labels, reference)
 
 
 def test_labels_when_every_centroid_sits_in_one_bucket(monkeypatch):
@@ -118,19 +86,6 @@ def test_compiled_and_array_paths_give_identical_clusterings(monkeypatch):
         for a, b in zip(fast, slow):
             assert numpy.array_equal(a.codebook, b.codebook) and numpy.array_equal(a.labels, b.labels)
             assert a.labels.dtype == b.labels.dtype and a.iterations == b.iterations
-
-
-def test_quantized_keys_of_tiny_float64_values_whose_scale_is_no_normal_double():
-    # max |x| = 1e-300 needs a scale of about 2**1040: the multiply shortcut
-    # cannot hold it, the ldexp path must give the same keys.
-    flat = numpy.array([1e-300, -3e-301, 5e-302, 0.0])
-    sizes = numpy.array([4], dtype=numpy.int64)
-    exponents = fixedpoint.segment_exponents(numpy.array([1e-300]), sizes)
-    assert exponents[0] > 1023
-    segment_of_value = numpy.zeros(4, dtype=numpy.int64)
-    reference = fixedpoint.make_keys(fixedpoint.quantize(flat, exponents[segment_of_value]), segment_of_value)
-    keys = compiled.quantized_keys(flat, segment_of_value, exponents, fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
-    assert numpy.array_equal(keys, reference)
 
 
 @settings(max_examples=40, deadline=None)
