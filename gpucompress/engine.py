@@ -22,7 +22,7 @@ from .kernels import compiled, fixedpoint
 from .kernels.initializers import INITIALIZERS, kmeans_plus_plus_draws
 from .kernels.lloyd import assign_labels, lloyd
 from .kernels.optimal import optimal
-from .kernels.segments import batch_from_runs, build_batch, run_extremes, sort_runs
+from .kernels.segments import batch_from_sorted, build_batch, segment_extremes, sort_values
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,18 @@ def _cpu_batch(values: list[numpy.ndarray], ids: list[int], sizes: numpy.ndarray
 
     Sorting first gives max |x| for free and lets the values sort in their own
     precision (float32 sorts ~2x faster than int64 keys). Raises OptionsError
-    for the first array of the batch that holds NaN or Inf (NumPy sorts NaN
-    last, infinities to the ends), before anything is quantized.
+    for the first array of the batch that holds NaN or Inf (NaN sorts last,
+    infinities to the ends), before anything is quantized.
     """
     flat = _concatenated(values, ids)
     offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64)
-    sorted_values, middles = sort_runs(flat, offsets)
-    low, high = run_extremes(sorted_values, offsets, middles)
+    sorted_values = sort_values(flat, offsets)
+    low, high = segment_extremes(sorted_values, offsets)
     finite = numpy.isfinite(low) & numpy.isfinite(high)
     if not finite.all():
         raise OptionsError(_nonfinite_message(ids[int(numpy.argmin(finite))]))
     exponents = fixedpoint.segment_exponents(numpy.maximum(high, -low), sizes)
-    return batch_from_runs(flat, sorted_values, offsets, middles, exponents)
+    return batch_from_sorted(flat, sorted_values, offsets, exponents)
 
 
 def cluster_arrays(

@@ -118,32 +118,40 @@ def _lloyd(keys, prefix, offsets, centroids, max_iter, key_shift, key_bias, iter
 
 
 @numba.njit(cache=True, nogil=True)
-def _merged_keys_and_prefix(sorted_values, offsets, middles, scales, key_shift, key_bias, keys, prefix):
-    # One sequential pass: merge each segment's two sorted runs, quantize each
-    # value as it comes out (rint(x * 2**e) is monotone, so the keys come out
-    # sorted) and accumulate the prefix sums in uint64, which wrap as
-    # fixedpoint.prefix_sums does. Unsigned arithmetic: the wrap is defined.
+def _partition(values, pivot, out):
+    # Values below pivot to the front of out, the others to the back (NaN
+    # among them). Each value is written to both free ends and only one end
+    # advances: no branch to mispredict on random data. (Sorting two halves
+    # and merging them instead was 4x slower here: a merge mispredicts half
+    # its branches.)
+    low = 0
+    high = values.shape[0] - 1
+    for index in range(values.shape[0]):
+        value = values[index]
+        out[low] = value
+        out[high] = value
+        is_low = value < pivot
+        low += is_low
+        high -= not is_low
+    return low
+
+
+@numba.njit(cache=True, nogil=True)
+def _sorted_keys_and_prefix(sorted_values, offsets, scales, key_shift, key_bias, keys, prefix):
+    # One sequential pass: quantize each sorted value (rint(x * 2**e) is
+    # monotone, so the keys come out sorted) and accumulate the prefix sums
+    # in uint64, which wrap as fixedpoint.prefix_sums does (unsigned: the wrap
+    # is defined behaviour).
     total = numpy.uint64(0)
     prefix[0] = total
     for segment in range(offsets.shape[0] - 1):
         tag = (numpy.int64(segment) << key_shift) + key_bias
         scale = scales[segment]
-        first = offsets[segment]
-        middle = middles[segment]
-        end = offsets[segment + 1]
-        low = first
-        high = middle
-        for out in range(first, end):
-            if high >= end or (low < middle and sorted_values[low] <= sorted_values[high]):
-                value = numpy.float64(sorted_values[low])
-                low += 1
-            else:
-                value = numpy.float64(sorted_values[high])
-                high += 1
-            q = numpy.int64(numpy.rint(value * scale))
-            keys[out] = tag + q
+        for index in range(offsets[segment], offsets[segment + 1]):
+            q = numpy.int64(numpy.rint(numpy.float64(sorted_values[index]) * scale))
+            keys[index] = tag + q
             total += numpy.uint64(q)
-            prefix[out + 1] = total
+            prefix[index + 1] = total
 
 
 @numba.njit(cache=True, nogil=True)

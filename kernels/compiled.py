@@ -5,9 +5,8 @@ DP of optimal.py runs k * log2(B) small array steps per chunk (per-call
 overhead dominates), and labelling searches every value in a table of all
 segments' midpoints (branchy binary search, cache misses). Here each is one
 Numba-compiled loop per segment or per value, parallel over them. The
-per-value steps are fused: one pass merges each segment's sorted runs into
-keys and prefix sums, and one pass labels the input values without
-building their keys.
+per-value steps are fused: one pass turns the sorted values into keys and
+prefix sums, and one pass labels the input values without building their keys.
 
 The array version stays the reference: it is what runs on CuPy, and it is
 what the tests compare these twins with, bit for bit, in CI. A twin therefore
@@ -74,33 +73,37 @@ def _normal_scales(exponents):
     return numpy.ldexp(numpy.ones(exponents.size), exponents.astype(numpy.int32))
 
 
-def merged_keys_and_prefix(sorted_values, offsets, middles, exponents, key_shift: int, key_bias: int):
-    """Return (keys int64 (N,), prefix uint64 (N + 1,)) of segments held as two sorted runs each.
+def partition(values, pivot, out) -> int:
+    """Write the values below pivot to the front of out and the others to the back; return their count.
 
-    sorted_values: float32 or float64 (N,), finite; segment s holds the
-    ascending runs [offsets[s], middles[s]) and [middles[s], offsets[s + 1])
-    (the second may be empty). exponents: int64 (S,). The keys are those of
-    fixedpoint.make_keys(fixedpoint.quantize(...)) of the merged segments, in
-    sorted order, and prefix is fixedpoint.prefix_sums of their q: one pass
-    instead of a merge, a quantize, a key_values and a cumsum.
+    values, out: NumPy arrays (n,) of one dtype; pivot: a scalar. NaN go to
+    the back. Each part keeps no particular order.
+    """
+    return int(_kernels()._partition(values, pivot, out))
+
+
+def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, key_bias: int):
+    """Return (keys int64 (N,), prefix uint64 (N + 1,)) of segments whose values are sorted.
+
+    sorted_values: float32 or float64 (N,), finite, ascending within each
+    segment [offsets[s], offsets[s + 1]); exponents: int64 (S,). keys is
+    fixedpoint.make_keys(fixedpoint.quantize(...)) of the values (sorted
+    too: quantizing is monotone) and prefix is fixedpoint.prefix_sums of
+    their q: one pass instead of a quantize, a key_values and a cumsum.
     """
     offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
-    middles = numpy.ascontiguousarray(middles, dtype=numpy.int64)
     scales = _normal_scales(exponents)
-    if scales is None:  # never for real weights (|x| < 1e-290): the array code, on merged runs
+    if scales is None:  # never for real weights (|x| < 1e-290): the array code
         from .fixedpoint import key_values, make_keys, prefix_sums, quantize
 
-        merged = numpy.asarray(sorted_values, dtype=numpy.float64).copy()
-        for first, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-            merged[first:end].sort()
         sizes = offsets[1:] - offsets[:-1]
         segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
-        keys = make_keys(quantize(merged, numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+        keys = make_keys(quantize(numpy.asarray(sorted_values, dtype=numpy.float64),
+                                  numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
         return keys, prefix_sums(key_values(keys))
     keys = numpy.empty(sorted_values.shape[0], dtype=numpy.int64)
     prefix = numpy.empty(sorted_values.shape[0] + 1, dtype=numpy.uint64)
-    _kernels()._merged_keys_and_prefix(sorted_values, offsets, middles, scales, int(key_shift), int(key_bias),
-                                       keys, prefix)
+    _kernels()._sorted_keys_and_prefix(sorted_values, offsets, scales, int(key_shift), int(key_bias), keys, prefix)
     return keys, prefix
 
 

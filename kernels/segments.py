@@ -97,33 +97,11 @@ def sort_segments(keys, offsets):
     return out
 
 
-# Segments of at least this many values are sorted as two halves on two
-# threads (merged while quantizing), so that a lone large segment uses two cores.
+# Segments of at least this many values are split at a pivot into two parts
+# sorted on two threads, so that a lone large segment uses two cores.
 SPLIT_SORT_VALUES = 1 << 16
-
-
-def _sort_tasks(offsets, n_threads: int):
-    """Return (tasks, middles): lists of (start, end) runs to sort, one list a thread task, and where
-    each segment's second run starts (its end when it has one run).
-
-    Small segments share a task (a thread per tiny sort costs more than it saves).
-    """
-    tasks, pending, pending_values = [], [], 0
-    middles = offsets[1:].copy()
-    for segment, (start, end) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
-        if n_threads > 1 and end - start >= SPLIT_SORT_VALUES:
-            middle = (start + end) // 2
-            middles[segment] = middle
-            tasks += [[(start, middle)], [(middle, end)]]
-            continue
-        pending.append((start, end))
-        pending_values += end - start
-        if pending_values >= SORT_TASK_VALUES:
-            tasks.append(pending)
-            pending, pending_values = [], 0
-    if pending:
-        tasks.append(pending)
-    return tasks, middles
+# About this many values are sampled to pick the pivot (their median).
+PIVOT_SAMPLE = 1024
 
 
 def _usable_cores() -> int:
@@ -133,62 +111,84 @@ def _usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def sort_runs(values, offsets):
-    """Return (sorted_values, middles): each segment of NumPy values sorted as one or two ascending runs.
+_pool = {"pid": None, "executor": None}
 
-    values: float (N,), segments one after the other; offsets: int64 (S + 1,).
-    sorted_values is a new array (values is not modified) in which segment s
-    holds the ascending runs [offsets[s], middles[s]) and [middles[s],
-    offsets[s + 1]) (int64 middles (S,); the second run is empty below
-    SPLIT_SORT_VALUES). The runs are sorted on parallel threads: NumPy's sort
-    releases the GIL. Sorting values, not int64 keys, is the cheap sort
-    (float32 sorts ~2x faster), and exact: quantizing is monotone. NaN sorts last.
+
+def _sort_pool() -> ThreadPoolExecutor:
+    # One pool for the process: starting threads for every batch costs ~1 ms
+    # each time, as much as sorting 100 K values. A forked child (whose
+    # copy of the pool has no threads) makes its own.
+    if _pool["pid"] != os.getpid():
+        _pool["executor"] = ThreadPoolExecutor(_usable_cores(), thread_name_prefix="gpucompress-sort")
+        _pool["pid"] = os.getpid()
+    return _pool["executor"]
+
+
+def _sort_task(values, out, runs, copy: bool) -> None:
+    for start, end in runs:
+        if copy:
+            out[start:end] = values[start:end]
+        out[start:end].sort()
+
+
+def _pivot(values):
+    sample = numpy.sort(values[:: max(1, values.shape[0] // PIVOT_SAMPLE)])
+    return sample[sample.shape[0] // 2]
+
+
+def sort_values(values, offsets):
+    """Return a copy of NumPy values (N,) with each segment [offsets[s], offsets[s + 1]) sorted ascending.
+
+    Compiled CPU path (needs Numba); values is not modified. Sorting the
+    values in their own precision, not int64 keys, is the cheap sort (float32
+    sorts ~2x faster) and exact: quantizing is monotone. NaN sorts last. NumPy
+    sorts release the GIL, so segments sort on parallel threads; a segment of
+    SPLIT_SORT_VALUES or more is first split at a sampled median (compiled.
+    partition), and its two parts sort on two threads.
     """
     offsets = numpy.asarray(offsets, dtype=numpy.int64)
     out = numpy.empty_like(values)
-    n_threads = _usable_cores()
-    tasks, middles = _sort_tasks(offsets, n_threads)
+    split = _usable_cores() > 1
+    futures, pending, pending_values = [], [], 0
+    for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        if split and end - start >= SPLIT_SORT_VALUES:
+            segment = values[start:end]
+            middle = start + compiled.partition(segment, _pivot(segment), out[start:end])
+            for part in ((start, middle), (middle, end)):
+                futures.append(_sort_pool().submit(_sort_task, values, out, [part], False))
+            continue
+        pending.append((start, end))
+        pending_values += end - start
+        if pending_values >= SORT_TASK_VALUES:
+            futures.append(_sort_pool().submit(_sort_task, values, out, pending, True))
+            pending, pending_values = [], 0
+    _sort_task(values, out, pending, True)  # small leftovers: the caller's thread
+    for future in futures:
+        future.result()
+    return out
 
-    def sort_task(runs):
-        for start, end in runs:
-            out[start:end] = values[start:end]
-            out[start:end].sort()
 
-    if len(tasks) <= 1:
-        for runs in tasks:
-            sort_task(runs)
-    else:
-        with ThreadPoolExecutor(min(n_threads, len(tasks))) as pool:
-            list(pool.map(sort_task, tasks))
-    return out, middles
+def segment_extremes(sorted_values, offsets):
+    """Return float64 (low, high) (S,): the first and last value of each sorted segment.
 
-
-def run_extremes(sorted_values, offsets, middles):
-    """Return float64 (low, high) (S,): the least and greatest value of each segment of sort_runs' output.
-
-    A NaN anywhere makes high NaN (NaN sorts last in its run); an infinity
-    shows as low = -inf or high = inf.
+    After sort_values these are each segment's least and greatest value; a
+    NaN anywhere makes high NaN, an infinity shows as low = -inf or high = inf.
     """
-    starts, ends = offsets[:-1], offsets[1:]
-    first = sorted_values[starts].astype(numpy.float64)
-    last = sorted_values[ends - 1].astype(numpy.float64)
-    split = middles < ends
-    # A second run starts at middles and the first ends just before it.
-    low = numpy.where(split, numpy.minimum(first, sorted_values[numpy.minimum(middles, ends - 1)]), first)
-    high = numpy.where(split, numpy.maximum(last, sorted_values[numpy.maximum(middles - 1, starts)]), last)
-    return low, high
+    return (sorted_values[offsets[:-1]].astype(numpy.float64),
+            sorted_values[offsets[1:] - 1].astype(numpy.float64))
 
 
-def batch_from_runs(values, sorted_values, offsets, middles, exponents) -> SegmentBatch:
-    """Return the SegmentBatch of NumPy segments already sorted by sort_runs (compiled CPU path).
+def batch_from_sorted(values, sorted_values, offsets, exponents) -> SegmentBatch:
+    """Return the SegmentBatch of NumPy segments already sorted by sort_values (compiled CPU path).
 
     values: float32 or float64 (N,) finite, input order (kept for labelling);
-    sorted_values, middles: sort_runs(values, offsets); exponents: int64 (S,).
-    The keys and prefix sums are those build_batch's array code makes.
+    sorted_values: sort_values(values, offsets); offsets: int64 (S + 1,);
+    exponents: int64 (S,). The keys and prefix sums are those build_batch's
+    array code makes.
     """
     offsets = numpy.asarray(offsets, dtype=numpy.int64)
     exponents = numpy.asarray(exponents, dtype=numpy.int64)
-    keys, prefix = compiled.merged_keys_and_prefix(sorted_values, offsets, middles, exponents, KEY_SHIFT, KEY_BIAS)
+    keys, prefix = compiled.sorted_keys_and_prefix(sorted_values, offsets, exponents, KEY_SHIFT, KEY_BIAS)
     return SegmentBatch(offsets, exponents, keys, prefix, values)
 
 
@@ -207,8 +207,7 @@ def build_batch(values, sizes, exponents) -> SegmentBatch:
     offsets = xp.zeros(n_segments + 1, dtype=xp.int64)
     xp.cumsum(sizes, out=offsets[1:])
     if xp is numpy and compiled.available():
-        sorted_values, middles = sort_runs(values, offsets)
-        return batch_from_runs(values, sorted_values, offsets, middles, exponents)
+        return batch_from_sorted(values, sort_values(values, offsets), offsets, exponents)
     segment_of_value = segment_indices(offsets)
     input_keys = make_keys(quantize(xp.asarray(values, dtype=xp.float64), exponents[segment_of_value]),
                            segment_of_value)

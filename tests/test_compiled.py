@@ -167,7 +167,7 @@ def assert_same_results(fast, slow):
 
 @pytest.fixture
 def small_sort_tasks(monkeypatch):
-    # Tiny thresholds make the split-in-two sort and the shared thread tasks run on small inputs.
+    # Tiny thresholds make the split sort and the shared thread tasks run on small inputs.
     from gpucompress.kernels import segments
 
     monkeypatch.setattr(segments, "SPLIT_SORT_VALUES", 64)
@@ -190,7 +190,7 @@ def test_sorted_values_path_matches_array_path(monkeypatch, small_sort_tasks, ar
 
 
 def test_sorted_values_path_matches_on_large_split_segments(monkeypatch):
-    # Real thresholds: segments above SPLIT_SORT_VALUES sort as two runs on two threads.
+    # Real thresholds: segments above SPLIT_SORT_VALUES are split at a pivot and sort on two threads.
     from gpucompress.kernels import segments
 
     monkeypatch.setattr(segments, "_usable_cores", lambda: 2)
@@ -204,29 +204,40 @@ def test_sorted_values_path_matches_on_large_split_segments(monkeypatch):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(arrays=segment_lists(), split=st.integers(1, 40))
-def test_merged_keys_and_prefix_match_array_version(monkeypatch, arrays, split):
+@given(arrays=segment_lists(), split=st.integers(1, 40), dtype=st.sampled_from(["float32", "float64"]))
+def test_sorted_keys_and_prefix_match_array_version(monkeypatch, arrays, split, dtype):
     from gpucompress.kernels import segments
 
     monkeypatch.setattr(segments, "SPLIT_SORT_VALUES", split)
     monkeypatch.setattr(segments, "_usable_cores", lambda: 2)
-    values = numpy.concatenate([a.astype(numpy.float32) for a in arrays])
+    values = numpy.concatenate([a.astype(dtype) for a in arrays])
     sizes = numpy.array([a.size for a in arrays], dtype=numpy.int64)
     offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
-    sorted_values, middles = segments.sort_runs(values, offsets)
-    low, high = segments.run_extremes(sorted_values, offsets, middles)
+    sorted_values = segments.sort_values(values, offsets)
     wide = values.astype(numpy.float64)
     for s in range(sizes.size):
-        assert low[s] == wide[offsets[s] : offsets[s + 1]].min() and high[s] == wide[offsets[s] : offsets[s + 1]].max()
+        segment = wide[offsets[s] : offsets[s + 1]]
+        assert numpy.array_equal(sorted_values[offsets[s] : offsets[s + 1]], numpy.sort(segment))
+    low, high = segments.segment_extremes(sorted_values, offsets)
     exponents = fixedpoint.segment_exponents(numpy.maximum(high, -low), sizes)
-    batch = segments.batch_from_runs(values, sorted_values, offsets, middles, exponents)
+    batch = segments.batch_from_sorted(values, sorted_values, offsets, exponents)
     segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
-    reference = numpy.sort(fixedpoint.make_keys(fixedpoint.quantize(wide, exponents[segment]), segment))
+    input_keys = fixedpoint.make_keys(fixedpoint.quantize(wide, exponents[segment]), segment)
+    reference = numpy.sort(input_keys)
     assert batch.keys.dtype == reference.dtype and numpy.array_equal(batch.keys, reference)
     expected = fixedpoint.prefix_sums(fixedpoint.key_values(reference))
     assert batch.prefix.dtype == expected.dtype and numpy.array_equal(batch.prefix, expected)
-    assert numpy.array_equal(batch.input_keys(), fixedpoint.make_keys(fixedpoint.quantize(wide, exponents[segment]),
-                                                                      segment))
+    assert numpy.array_equal(batch.input_keys(), input_keys)
+
+
+@pytest.mark.parametrize("pivot", [-numpy.inf, -1.0, 0.0, 0.25, numpy.inf, numpy.nan])
+def test_partition_splits_at_the_pivot(pivot):
+    values = numpy.array([3.0, -1.0, 0.0, -0.0, numpy.nan, 0.25, -2.0, 0.25, numpy.inf], dtype=numpy.float32)
+    out = numpy.full_like(values, 7.0)
+    below = compiled.partition(values, numpy.float32(pivot), out)
+    assert below == int((values < pivot).sum())
+    assert (out[:below] < pivot).all() and not (out[below:] < pivot).any()
+    assert numpy.array_equal(numpy.sort(out), numpy.sort(values), equal_nan=True)
 
 
 @settings(max_examples=30, deadline=None)
@@ -266,7 +277,7 @@ def test_nonfinite_values_raise_the_array_paths_error(monkeypatch, small_sort_ta
     poisoned = good.copy()
     poisoned[position] = bad
     cases = [
-        [good, poisoned, good],  # in a split segment, in either run
+        [good, poisoned, good],  # in a split segment, in either part
         [good, good[:5], poisoned, numpy.array([1, 2])],  # before a dtype error: NaN/Inf is reported first
         [good, numpy.zeros(0), poisoned],  # after a size error: the size error is reported
         [poisoned.astype(numpy.float16), good],
