@@ -57,17 +57,20 @@ def _dp_rows(sums, counts, k, strides):
 
 
 @numba.njit(cache=True, parallel=True)
-def _bucket_tables(mid_keys, n_mids, low_keys, shifts, table_size):
+def _bucket_tables(mid_keys, n_mids, low_keys, shifts, table_offsets):
+    # Segment s's table is tables[table_offsets[s]:table_offsets[s + 1]]:
+    # entry b counts its midpoints below the start of bucket b.
     n_segments = low_keys.shape[0]
-    tables = numpy.empty((n_segments, table_size), dtype=numpy.int32)
+    tables = numpy.empty(table_offsets[n_segments], dtype=numpy.int32)
     for segment in numba.prange(n_segments):
         base = segment * n_mids
+        first = table_offsets[segment]
         below = 0
-        for bucket in range(table_size):
+        for bucket in range(table_offsets[segment + 1] - first):
             start = low_keys[segment] + (numpy.int64(bucket) << shifts[segment])
             while below < n_mids and mid_keys[base + below] < start:
                 below += 1
-            tables[segment, bucket] = below
+            tables[first + bucket] = below
     return tables
 
 
@@ -165,7 +168,8 @@ LABEL_BLOCK = 1 << 16
 
 
 @numba.njit(cache=True, parallel=True)
-def _value_labels(values, offsets, scales, key_shift, key_bias, mid_keys, n_mids, low_keys, shifts, tables, out):
+def _value_labels(values, offsets, scales, key_shift, key_bias, mid_keys, n_mids, low_keys, shifts, tables,
+                  table_offsets, out):
     # Each value's key is made on the fly (no input-order key or segment
     # arrays) and its label written straight in out's (final) dtype. The
     # table counts the midpoints below the key's bucket and below the next
@@ -182,9 +186,10 @@ def _value_labels(values, offsets, scales, key_shift, key_bias, mid_keys, n_mids
             q = numpy.int64(numpy.rint(numpy.float64(values[index]) * scales[segment]))
             key = (numpy.int64(segment) << key_shift) + (q + key_bias)
             base = segment * n_mids
-            bucket = (key - low_keys[segment]) >> shifts[segment]
-            label = numpy.int64(tables[segment, bucket])
-            size = (numpy.int64(tables[segment, bucket + 1]) if bucket + 1 < tables.shape[1] else n_mids) - label
+            entry = table_offsets[segment] + ((key - low_keys[segment]) >> shifts[segment])
+            label = numpy.int64(tables[entry])
+            next_count = numpy.int64(tables[entry + 1]) if entry + 1 < table_offsets[segment + 1] else n_mids
+            size = next_count - label
             while size > 0:
                 half = size >> 1
                 if mid_keys[base + label + half] < key:

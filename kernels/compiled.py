@@ -107,19 +107,35 @@ def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, ke
     return keys, prefix
 
 
-# Buckets per segment of the labelling lookup table (int32 each).
-LABEL_BUCKETS = 1 << 12
+# Buckets of a segment's labelling table (int32 each): a power of two near
+# its number of values, within these bounds. Fine buckets keep the few
+# midpoints per bucket that make the lookup fast (heavy tails squeeze the
+# core, where most midpoints lie, into few buckets: 4096 buckets labelled a
+# 2 M-value segment at k = 256 2x slower than 65536); sized by the segment,
+# the tables take at most 4 bytes per value beside the minimum.
+MIN_LABEL_BUCKETS = 1 << 6
+MAX_LABEL_BUCKETS = 1 << 16
 
 
-def _bucket_shifts(low_keys, high_keys):
-    """Return int64 (S,) the least shift that maps each segment's key span into LABEL_BUCKETS buckets."""
+def _bucket_layout(sizes, low_keys, high_keys):
+    """Return (shifts int64 (S,), table_offsets int64 (S + 1,)) of the segments' labelling tables.
+
+    Segment s gets a power-of-two number of buckets and the least shift that
+    maps its key span [low_keys[s], high_keys[s]] into them.
+    """
+    sizes = numpy.asarray(sizes, dtype=numpy.int64)
+    wanted = numpy.clip(sizes, MIN_LABEL_BUCKETS, MAX_LABEL_BUCKETS)
+    buckets = numpy.left_shift(1, numpy.ceil(numpy.log2(wanted)).astype(numpy.int64))
     spans = numpy.asarray(high_keys, dtype=numpy.int64) - low_keys
-    shifts = numpy.zeros(low_keys.shape[0], dtype=numpy.int64)
+    shifts = numpy.zeros(sizes.shape[0], dtype=numpy.int64)
     while True:
-        wide = (spans >> shifts) >= LABEL_BUCKETS
+        wide = (spans >> shifts) >= buckets
         if not wide.any():
-            return shifts
+            break
         shifts += wide
+    table_offsets = numpy.zeros(sizes.shape[0] + 1, dtype=numpy.int64)
+    numpy.cumsum(buckets, out=table_offsets[1:])
+    return shifts, table_offsets
 
 
 def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, high_keys, key_shift: int,
@@ -133,12 +149,12 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
     same numbers as `searchsorted(mid_keys, input_keys, side="left") -
     segment * n_mids` on the keys of fixedpoint.make_keys(fixedpoint.quantize(...)),
     found without building those keys or a per-value segment array, through
-    a per-segment table of LABEL_BUCKETS equal-width buckets (a binary search
-    is a chain of dependent loads: 3x slower).
+    a per-segment table of equal-width buckets (a binary search is a chain of
+    dependent loads: 3x slower).
     """
     offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
     scales = _normal_scales(exponents)
-    if scales is None:  # never for real weights: the array code's keys, then the table lookup
+    if scales is None:  # never for real weights: the array code
         from .fixedpoint import make_keys, quantize
 
         sizes = offsets[1:] - offsets[:-1]
@@ -147,10 +163,10 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
                                   numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
         return (numpy.searchsorted(mid_keys, keys, side="left") - segment * n_mids).astype(dtype)
     low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
-    shifts = _bucket_shifts(low_keys, high_keys)
+    shifts, table_offsets = _bucket_layout(offsets[1:] - offsets[:-1], low_keys, high_keys)
     kernels = _kernels()
-    tables = kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, LABEL_BUCKETS)
+    tables = kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, table_offsets)
     out = numpy.empty(values.shape[0], dtype=dtype)
     kernels._value_labels(values, offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
-                          low_keys, shifts, tables, out)
+                          low_keys, shifts, tables, table_offsets, out)
     return out
