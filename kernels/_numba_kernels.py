@@ -171,30 +171,40 @@ LABEL_BLOCK = 1 << 16
 def _value_labels(values, offsets, scales, key_shift, key_bias, mid_keys, n_mids, low_keys, shifts, tables,
                   table_offsets, out):
     # Each value's key is made on the fly (no input-order key or segment
-    # arrays) and its label written straight in out's (final) dtype. The
-    # table counts the midpoints below the key's bucket and below the next
-    # one: the answer lies between, usually 0-2 midpoints apart, and a binary
-    # search bounds the worst case (all midpoints in one bucket).
+    # arrays) and its label written straight in out's (final) dtype. Blocks
+    # of values run in parallel; within a block, each segment's part runs
+    # with that segment's constants held in registers.
     n_values = values.shape[0]
     for block in numba.prange((n_values + LABEL_BLOCK - 1) // LABEL_BLOCK):
         start = block * LABEL_BLOCK
         stop = min(n_values, start + LABEL_BLOCK)
         segment = _segment_of(offsets, start)
-        for index in range(start, stop):
-            while index >= offsets[segment + 1]:
-                segment += 1
-            q = numpy.int64(numpy.rint(numpy.float64(values[index]) * scales[segment]))
-            key = (numpy.int64(segment) << key_shift) + (q + key_bias)
-            base = segment * n_mids
-            entry = table_offsets[segment] + ((key - low_keys[segment]) >> shifts[segment])
-            label = numpy.int64(tables[entry])
-            next_count = numpy.int64(tables[entry + 1]) if entry + 1 < table_offsets[segment + 1] else n_mids
-            size = next_count - label
-            while size > 0:
-                half = size >> 1
-                if mid_keys[base + label + half] < key:
-                    label += half + 1
-                    size -= half + 1
-                else:
-                    size = half
-            out[index] = label
+        while start < stop:
+            end = min(stop, offsets[segment + 1])
+            _label_run(values, start, end, scales[segment], (numpy.int64(segment) << key_shift) + key_bias,
+                       mid_keys[segment * n_mids : (segment + 1) * n_mids], low_keys[segment], shifts[segment],
+                       tables[table_offsets[segment] : table_offsets[segment + 1]], out)
+            start = end
+            segment += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _label_run(values, start, end, scale, tag, mids, low_key, shift, table, out):
+    # The table counts the midpoints below the key's bucket and below the
+    # next one: the answer lies between, usually 0-2 midpoints apart, and a
+    # binary search bounds the worst case (all midpoints in one bucket).
+    n_mids = mids.shape[0]
+    last_bucket = table.shape[0] - 1
+    for index in range(start, end):
+        key = tag + numpy.int64(numpy.rint(numpy.float64(values[index]) * scale))
+        bucket = (key - low_key) >> shift
+        label = numpy.int64(table[bucket])
+        size = (numpy.int64(table[bucket + 1]) if bucket < last_bucket else n_mids) - label
+        while size > 0:
+            half = size >> 1
+            if mids[label + half] < key:
+                label += half + 1
+                size -= half + 1
+            else:
+                size = half
+        out[index] = label
