@@ -18,11 +18,11 @@ import numpy
 
 from . import device as devices
 from .errors import OptionsError
-from .kernels import fixedpoint
+from .kernels import compiled, fixedpoint
 from .kernels.initializers import INITIALIZERS, kmeans_plus_plus_draws
 from .kernels.lloyd import assign_labels, lloyd
 from .kernels.optimal import optimal
-from .kernels.segments import build_batch
+from .kernels.segments import batch_from_sorted, build_batch, segment_extremes, sort_values
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +88,77 @@ def _widened(values: list[numpy.ndarray], ids: list[int], total: int) -> numpy.n
     return out
 
 
-def _check_arrays(arrays) -> list[numpy.ndarray]:
+def _nonfinite_message(index: int) -> str:
+    return f"arrays[{index}] holds NaN or Inf; pass finite values only."
+
+
+def _check_arrays(arrays, check_finite: bool = True) -> list[numpy.ndarray]:
+    """Return the arrays flattened, after checking dtype, size and (if check_finite) finiteness.
+
+    With check_finite False the caller checks finiteness later (the CPU path
+    reads it off the sorted segments); the first error raised is still the
+    one a full check would raise first: before a dtype or size error at
+    index i, the arrays before i are checked for NaN and Inf.
+    """
     checked = []
     for index, array in enumerate(arrays):
         array = numpy.asarray(array)
+        problem = None
         if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
-            raise OptionsError(f"arrays[{index}].dtype={array.dtype} should be a floating dtype.")
-        # Kept in its own dtype (a view when possible): each batch is widened to
-        # float64 on its own, so the whole model never exists in float64 at once.
+            problem = f"arrays[{index}].dtype={array.dtype} should be a floating dtype."
+        # Kept in its own dtype (a view when possible): each batch is converted
+        # on its own, so the whole model never exists in float64 at once.
         values = array.reshape(-1)
-        if values.size == 0:
-            raise OptionsError(f"arrays[{index}].size=0 should be >= 1.")
-        if not numpy.isfinite(values).all():
-            raise OptionsError(f"arrays[{index}] holds NaN or Inf; pass finite values only.")
+        if problem is None and values.size == 0:
+            problem = f"arrays[{index}].size=0 should be >= 1."
+        if problem is not None:
+            if not check_finite:
+                for earlier, earlier_values in enumerate(checked):
+                    if not numpy.isfinite(earlier_values).all():
+                        raise OptionsError(_nonfinite_message(earlier))
+            raise OptionsError(problem)
+        if check_finite and not numpy.isfinite(values).all():
+            raise OptionsError(_nonfinite_message(index))
         checked.append(values)
     return checked
+
+
+def _concatenated(values: list[numpy.ndarray], ids: list[int]) -> numpy.ndarray:
+    """Return values[i] for i in ids one after the other, in float32 or float64.
+
+    float32 when every one widens to it exactly (float16, bfloat16, float32),
+    else float64; a lone float32 or float64 array comes back as it is (no
+    copy: nothing downstream writes to it).
+    """
+    narrow = all(values[i].dtype.itemsize <= 4 for i in ids)
+    dtype = numpy.dtype(numpy.float32 if narrow else numpy.float64)
+    if len(ids) == 1 and values[ids[0]].dtype == dtype and values[ids[0]].flags.c_contiguous:
+        return values[ids[0]]
+    out = numpy.empty(sum(values[i].size for i in ids), dtype=dtype)
+    start = 0
+    for i in ids:
+        out[start : start + values[i].size] = values[i]
+        start += values[i].size
+    return out
+
+
+def _cpu_batch(values: list[numpy.ndarray], ids: list[int], sizes: numpy.ndarray):
+    """Return the SegmentBatch of arrays ids on the CPU, each scale taken from its sorted segment's ends.
+
+    Sorting first gives max |x| for free and lets the values sort in their own
+    precision (float32 sorts ~2x faster than int64 keys). Raises OptionsError
+    for the first array of the batch that holds NaN or Inf (NaN sorts last,
+    infinities to the ends), before anything is quantized.
+    """
+    flat = _concatenated(values, ids)
+    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64)
+    sorted_values = sort_values(flat, offsets)
+    low, high = segment_extremes(sorted_values, offsets)
+    finite = numpy.isfinite(low) & numpy.isfinite(high)
+    if not finite.all():
+        raise OptionsError(_nonfinite_message(ids[int(numpy.argmin(finite))]))
+    exponents = fixedpoint.segment_exponents(numpy.maximum(high, -low), sizes)
+    return batch_from_sorted(flat, sorted_values, offsets, exponents)
 
 
 def cluster_arrays(
@@ -131,7 +187,9 @@ def cluster_arrays(
 
     Returns one ClusterResult per array, in order; bit-identical for the same
     inputs and options on every device and batch size. Raises OptionsError on
-    bad arguments, DeviceError when device="gpu" is not usable.
+    bad arguments, DeviceError when device="gpu" is not usable; an OptionsError
+    for NaN or Inf may come after on_batch has reported earlier batches (the
+    CPU path finds them while sorting), never after a result is returned.
     """
     if not isinstance(n_clusters, int) or n_clusters < 2:
         raise OptionsError(f"n_clusters={n_clusters!r} should be an integer >= 2.")
@@ -144,26 +202,33 @@ def cluster_arrays(
     resolved = devices.resolve_device(device)
     xp = devices.array_module(resolved)
     batch_values = batch_values or DEFAULT_BATCH_VALUES[resolved]
-    values = _check_arrays(arrays)
+    # The compiled CPU path sorts each batch's values first and reads max |x|
+    # and finiteness off the sorted ends: no separate passes over the input.
+    on_cpu = xp is numpy and compiled.available()
+    values = _check_arrays(arrays, check_finite=not on_cpu)
     sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
-    max_abs = numpy.array([max(float(v.max()), -float(v.min())) for v in values], dtype=numpy.float64)
-    exponents = fixedpoint.segment_exponents(max_abs, sizes)
+    if not on_cpu:
+        max_abs = numpy.array([max(float(v.max()), -float(v.min())) for v in values], dtype=numpy.float64)
+        exponents = fixedpoint.segment_exponents(max_abs, sizes)
     results: list[ClusterResult] = []
     dtype = label_dtype(n_clusters)
     for batch_range in plan_batches(sizes.tolist(), batch_values):
         started = time.perf_counter()
         ids = list(batch_range)
-        batch = build_batch(
-            xp.asarray(_widened(values, ids, int(sizes[ids].sum()))),
-            xp.asarray(sizes[ids]),
-            xp.asarray(exponents[ids]),
-        )
+        if on_cpu:
+            batch = _cpu_batch(values, ids, sizes[ids])
+        else:
+            batch = build_batch(
+                xp.asarray(_widened(values, ids, int(sizes[ids].sum()))),
+                xp.asarray(sizes[ids]),
+                xp.asarray(exponents[ids]),
+            )
         draws = None
         if init == "kmeans++":
             draws = kmeans_plus_plus_draws(seed, [first_id + i for i in ids], n_clusters)
         initial = INITIALIZERS[init](batch, n_clusters, draws)
         centroids, iterations = METHODS[method](batch, initial, max_iter)
-        labels = devices.to_numpy(assign_labels(batch, centroids).astype(dtype))
+        labels = devices.to_numpy(assign_labels(batch, centroids, dtype))
         codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
         iterations = devices.to_numpy(iterations)
         offsets = numpy.concatenate([[0], numpy.cumsum(sizes[ids])])
@@ -171,7 +236,8 @@ def cluster_arrays(
             results.append(
                 ClusterResult(
                     codebook=codebooks[row].copy(),
-                    labels=labels[offsets[row] : offsets[row + 1]].copy(),
+                    # A view: the batch's labels are new memory that only the results share.
+                    labels=labels[offsets[row] : offsets[row + 1]],
                     iterations=int(iterations[row]),
                     converged=bool(iterations[row] < max_iter),
                 )

@@ -6,8 +6,9 @@ arithmetic that decides a result is integer (fixed point), which is exact and
 associative: NumPy and CuPy give bit-identical codebooks and labels whatever
 order their reductions run in.
 
-On the CPU, the steps that are slow as NumPy calls (key building, the DP of
-optimal.py, Lloyd's iterations, labelling) run as compiled twins
+On the CPU, the steps that are slow as NumPy calls (keys and prefix sums
+from each segment's sorted values, the DP of optimal.py, Lloyd's
+iterations, labelling) run as compiled twins
 (compiled.py, Numba) that repeat the array code's arithmetic; the array code
 stays the reference, and the tests compare the two bit for bit.
 

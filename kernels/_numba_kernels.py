@@ -122,48 +122,21 @@ def _band_rows(sums, counts, k, lows, width):
 
 
 @numba.njit(cache=True, parallel=True)
-def _bucket_tables(mid_keys, n_mids, low_keys, shifts, table_size):
+def _bucket_tables(mid_keys, n_mids, low_keys, shifts, table_offsets):
+    # Segment s's table is tables[table_offsets[s]:table_offsets[s + 1]]:
+    # entry b counts its midpoints below the start of bucket b.
     n_segments = low_keys.shape[0]
-    tables = numpy.empty((n_segments, table_size), dtype=numpy.int32)
+    tables = numpy.empty(table_offsets[n_segments], dtype=numpy.int32)
     for segment in numba.prange(n_segments):
         base = segment * n_mids
+        first = table_offsets[segment]
         below = 0
-        for bucket in range(table_size):
+        for bucket in range(table_offsets[segment + 1] - first):
             start = low_keys[segment] + (numpy.int64(bucket) << shifts[segment])
             while below < n_mids and mid_keys[base + below] < start:
                 below += 1
-            tables[segment, bucket] = below
+            tables[first + bucket] = below
     return tables
-
-
-@numba.njit(cache=True, parallel=True)
-def _labels(input_keys, segment_of_value, mid_keys, n_mids, low_keys, shifts, tables, out):
-    for index in numba.prange(input_keys.shape[0]):
-        key = input_keys[index]
-        segment = segment_of_value[index]
-        base = segment * n_mids
-        # The table counts the midpoints below the key's bucket and below the
-        # next one: the answer lies between, usually 0-2 midpoints apart, and
-        # a binary search bounds the worst case (all midpoints in one bucket).
-        bucket = (key - low_keys[segment]) >> shifts[segment]
-        label = numpy.int64(tables[segment, bucket])
-        size = (numpy.int64(tables[segment, bucket + 1]) if bucket + 1 < tables.shape[1] else n_mids) - label
-        while size > 0:
-            half = size >> 1
-            if mid_keys[base + label + half] < key:
-                label += half + 1
-                size -= half + 1
-            else:
-                size = half
-        out[index] = label
-
-
-@numba.njit(cache=True, parallel=True)
-def _quantized_keys(values, segment_of_value, scales, key_shift, key_bias, out):
-    for index in numba.prange(values.shape[0]):
-        segment = segment_of_value[index]
-        q = numpy.int64(numpy.rint(values[index] * scales[segment]))
-        out[index] = (segment << key_shift) + (q + key_bias)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -210,3 +183,93 @@ def _lloyd(keys, prefix, offsets, centroids, max_iter, key_shift, key_bias, iter
             current[:] = updated
             steps += 1
         iterations[segment] = steps
+
+
+@numba.njit(cache=True, nogil=True)
+def _partition(values, pivot, out):
+    # Values below pivot to the front of out, the others to the back (NaN
+    # among them). Each value is written to both free ends and only one end
+    # advances: no branch to mispredict on random data. (Sorting two halves
+    # and merging them instead was 4x slower here: a merge mispredicts half
+    # its branches.)
+    low = 0
+    high = values.shape[0] - 1
+    for index in range(values.shape[0]):
+        value = values[index]
+        out[low] = value
+        out[high] = value
+        is_low = value < pivot
+        low += is_low
+        high -= not is_low
+    return low
+
+
+@numba.njit(cache=True, nogil=True)
+def _sorted_keys_and_prefix(sorted_values, offsets, scales, key_shift, key_bias, keys, prefix):
+    # One sequential pass: quantize each sorted value (rint(x * 2**e) is
+    # monotone, so the keys come out sorted) and accumulate the prefix sums
+    # in uint64, which wrap as fixedpoint.prefix_sums does (unsigned: the wrap
+    # is defined behaviour).
+    total = numpy.uint64(0)
+    prefix[0] = total
+    for segment in range(offsets.shape[0] - 1):
+        tag = (numpy.int64(segment) << key_shift) + key_bias
+        scale = scales[segment]
+        for index in range(offsets[segment], offsets[segment + 1]):
+            q = numpy.int64(numpy.rint(numpy.float64(sorted_values[index]) * scale))
+            keys[index] = tag + q
+            total += numpy.uint64(q)
+            prefix[index + 1] = total
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment_of(offsets, position):
+    # The segment holding `position`: the last offset at or below it.
+    return _upper_bound(offsets, 0, offsets.shape[0], position) - 1
+
+
+# Values per parallel task of _value_labels.
+LABEL_BLOCK = 1 << 16
+
+
+@numba.njit(cache=True, parallel=True)
+def _value_labels(values, offsets, scales, key_shift, key_bias, mid_keys, n_mids, low_keys, shifts, tables,
+                  table_offsets, out):
+    # Each value's key is made on the fly (no input-order key or segment
+    # arrays) and its label written straight in out's (final) dtype. Blocks
+    # of values run in parallel; within a block, each segment's part runs
+    # with that segment's constants held in registers.
+    n_values = values.shape[0]
+    for block in numba.prange((n_values + LABEL_BLOCK - 1) // LABEL_BLOCK):
+        start = block * LABEL_BLOCK
+        stop = min(n_values, start + LABEL_BLOCK)
+        segment = _segment_of(offsets, start)
+        while start < stop:
+            end = min(stop, offsets[segment + 1])
+            _label_run(values, start, end, scales[segment], (numpy.int64(segment) << key_shift) + key_bias,
+                       mid_keys[segment * n_mids : (segment + 1) * n_mids], low_keys[segment], shifts[segment],
+                       tables[table_offsets[segment] : table_offsets[segment + 1]], out)
+            start = end
+            segment += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _label_run(values, start, end, scale, tag, mids, low_key, shift, table, out):
+    # The table counts the midpoints below the key's bucket and below the
+    # next one: the answer lies between, usually 0-2 midpoints apart, and a
+    # binary search bounds the worst case (all midpoints in one bucket).
+    n_mids = mids.shape[0]
+    last_bucket = table.shape[0] - 1
+    for index in range(start, end):
+        key = tag + numpy.int64(numpy.rint(numpy.float64(values[index]) * scale))
+        bucket = (key - low_key) >> shift
+        label = numpy.int64(table[bucket])
+        size = (numpy.int64(table[bucket + 1]) if bucket < last_bucket else n_mids) - label
+        while size > 0:
+            half = size >> 1
+            if mids[label + half] < key:
+                label += half + 1
+                size -= half + 1
+            else:
+                size = half
+        out[index] = label

@@ -4,7 +4,9 @@ Why: two steps are cheap on a GPU as array operations but slow in NumPy. The
 DP of optimal.py runs k * log2(B) small array steps per chunk (per-call
 overhead dominates), and labelling searches every value in a table of all
 segments' midpoints (branchy binary search, cache misses). Here each is one
-Numba-compiled loop per segment or per value, parallel over them.
+Numba-compiled loop per segment or per value, parallel over them. The
+per-value steps are fused: one pass turns the sorted values into keys and
+prefix sums, and one pass labels the input values without building their keys.
 
 The array version stays the reference: it is what runs on CuPy, and it is
 what the tests compare these twins with, bit for bit, in CI. A twin therefore
@@ -36,27 +38,6 @@ def _kernels():
     return _numba_kernels
 
 
-def quantized_keys(values, segment_of_value, exponents, key_shift: int, key_bias: int) -> numpy.ndarray:
-    """Return int64 keys (segment << key_shift) + (rint(values * 2**exponent) + key_bias), one pass.
-
-    values: float (N,); segment_of_value: int64 (N,); exponents: int64 (S,).
-    The same numbers as fixedpoint.make_keys(fixedpoint.quantize(...)): ldexp
-    and rint are exact, correctly rounded operations.
-    """
-    exponents = numpy.asarray(exponents, dtype=numpy.int64)
-    if exponents.size and (exponents.min() < -1022 or exponents.max() > 1023):
-        # 2**e is no normal double: only ldexp scales exactly (never for real weights).
-        from .fixedpoint import make_keys, quantize
-
-        return make_keys(quantize(values, exponents[segment_of_value]), segment_of_value)
-    # Multiplying by a normal power of two rounds exactly as ldexp does: one
-    # correctly rounded operation on the same exact product.
-    scales = numpy.ldexp(numpy.ones(exponents.size), exponents.astype(numpy.int32))
-    out = numpy.empty(values.shape[0], dtype=numpy.int64)
-    _kernels()._quantized_keys(values, segment_of_value, scales, int(key_shift), int(key_bias), out)
-    return out
-
-
 def dp_bin_borders(sums, counts, k: int, strides) -> numpy.ndarray:
     """Return int64 (R, k + 1) bin borders of the exact k-clustering of each row's bins.
 
@@ -81,35 +62,6 @@ def band_bin_borders(sums, counts, k: int, lows, width: int) -> numpy.ndarray:
                                  int(k), numpy.ascontiguousarray(lows, dtype=numpy.int64), int(width))
 
 
-# Buckets per segment of the labelling lookup table (int32 each).
-LABEL_BUCKETS = 1 << 12
-
-
-def segment_labels(input_keys, segment_of_value, mid_keys, n_mids: int, low_keys, high_keys) -> numpy.ndarray:
-    """Return int64 labels: for each value, how many of its segment's midpoint keys are below its key.
-
-    input_keys, segment_of_value: int64 (N,); mid_keys: int64 (S * n_mids,),
-    sorted within each segment's block of n_mids; low_keys, high_keys: int64
-    (S,) the least and greatest key of each segment. The same numbers as
-    `searchsorted(mid_keys, input_keys, side="left") - segment * n_mids`,
-    found through a per-segment table of LABEL_BUCKETS equal-width buckets
-    (a binary search is a chain of dependent loads: 3x slower).
-    """
-    low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
-    spans = numpy.asarray(high_keys, dtype=numpy.int64) - low_keys
-    shifts = numpy.zeros(low_keys.shape[0], dtype=numpy.int64)
-    while True:  # the least shift that maps each segment's span into the table
-        wide = (spans >> shifts) >= LABEL_BUCKETS
-        if not wide.any():
-            break
-        shifts += wide
-    kernels = _kernels()
-    tables = kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, LABEL_BUCKETS)
-    out = numpy.empty(input_keys.shape[0], dtype=numpy.int64)
-    kernels._labels(input_keys, segment_of_value, mid_keys, int(n_mids), low_keys, shifts, tables, out)
-    return out
-
-
 def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int):
     """Return (centroids, iterations) of Lloyd's algorithm on every segment: lloyd.lloyd's twin.
 
@@ -122,3 +74,110 @@ def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_b
     iterations = numpy.zeros(out.shape[0], dtype=numpy.int64)
     _kernels()._lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations)
     return out, iterations
+
+
+def _normal_scales(exponents):
+    """Return float64 2**exponents, or None when one is no normal double (only ldexp scales those exactly)."""
+    exponents = numpy.asarray(exponents, dtype=numpy.int64)
+    if exponents.size and (exponents.min() < -1022 or exponents.max() > 1023):
+        return None
+    return numpy.ldexp(numpy.ones(exponents.size), exponents.astype(numpy.int32))
+
+
+def partition(values, pivot, out) -> int:
+    """Write the values below pivot to the front of out and the others to the back; return their count.
+
+    values, out: NumPy arrays (n,) of one dtype; pivot: a scalar. NaN go to
+    the back. Each part keeps no particular order.
+    """
+    return int(_kernels()._partition(values, pivot, out))
+
+
+def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, key_bias: int):
+    """Return (keys int64 (N,), prefix uint64 (N + 1,)) of segments whose values are sorted.
+
+    sorted_values: float32 or float64 (N,), finite, ascending within each
+    segment [offsets[s], offsets[s + 1]); exponents: int64 (S,). keys is
+    fixedpoint.make_keys(fixedpoint.quantize(...)) of the values (sorted
+    too: quantizing is monotone) and prefix is fixedpoint.prefix_sums of
+    their q: one pass instead of a quantize, a key_values and a cumsum.
+    """
+    offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
+    scales = _normal_scales(exponents)
+    if scales is None:  # never for real weights (|x| < 1e-290): the array code
+        from .fixedpoint import key_values, make_keys, prefix_sums, quantize
+
+        sizes = offsets[1:] - offsets[:-1]
+        segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+        keys = make_keys(quantize(numpy.asarray(sorted_values, dtype=numpy.float64),
+                                  numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+        return keys, prefix_sums(key_values(keys))
+    keys = numpy.empty(sorted_values.shape[0], dtype=numpy.int64)
+    prefix = numpy.empty(sorted_values.shape[0] + 1, dtype=numpy.uint64)
+    _kernels()._sorted_keys_and_prefix(sorted_values, offsets, scales, int(key_shift), int(key_bias), keys, prefix)
+    return keys, prefix
+
+
+# Buckets of a segment's labelling table (int32 each): a power of two near
+# its number of values, within these bounds. Fine buckets keep the few
+# midpoints per bucket that make the lookup fast (heavy tails squeeze the
+# core, where most midpoints lie, into few buckets: 4096 buckets labelled a
+# 2 M-value segment at k = 256 2x slower than 65536); sized by the segment,
+# the tables take at most 4 bytes per value beside the minimum.
+MIN_LABEL_BUCKETS = 1 << 6
+MAX_LABEL_BUCKETS = 1 << 16
+
+
+def _bucket_layout(sizes, low_keys, high_keys):
+    """Return (shifts int64 (S,), table_offsets int64 (S + 1,)) of the segments' labelling tables.
+
+    Segment s gets a power-of-two number of buckets and the least shift that
+    maps its key span [low_keys[s], high_keys[s]] into them.
+    """
+    sizes = numpy.asarray(sizes, dtype=numpy.int64)
+    wanted = numpy.clip(sizes, MIN_LABEL_BUCKETS, MAX_LABEL_BUCKETS)
+    buckets = numpy.left_shift(1, numpy.ceil(numpy.log2(wanted)).astype(numpy.int64))
+    spans = numpy.asarray(high_keys, dtype=numpy.int64) - low_keys
+    shifts = numpy.zeros(sizes.shape[0], dtype=numpy.int64)
+    while True:
+        wide = (spans >> shifts) >= buckets
+        if not wide.any():
+            break
+        shifts += wide
+    table_offsets = numpy.zeros(sizes.shape[0] + 1, dtype=numpy.int64)
+    numpy.cumsum(buckets, out=table_offsets[1:])
+    return shifts, table_offsets
+
+
+def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, high_keys, key_shift: int,
+                 key_bias: int, dtype) -> numpy.ndarray:
+    """Return labels in `dtype`: for each value, how many of its segment's midpoint keys are below its key.
+
+    values: float32 or float64 (N,) in input order, segment s at
+    [offsets[s], offsets[s + 1]); exponents: int64 (S,); mid_keys: int64
+    (S * n_mids,), sorted within each segment's block of n_mids; low_keys,
+    high_keys: int64 (S,) the least and greatest key of each segment. The
+    same numbers as `searchsorted(mid_keys, input_keys, side="left") -
+    segment * n_mids` on the keys of fixedpoint.make_keys(fixedpoint.quantize(...)),
+    found without building those keys or a per-value segment array, through
+    a per-segment table of equal-width buckets (a binary search is a chain of
+    dependent loads: 3x slower).
+    """
+    offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
+    scales = _normal_scales(exponents)
+    if scales is None:  # never for real weights: the array code
+        from .fixedpoint import make_keys, quantize
+
+        sizes = offsets[1:] - offsets[:-1]
+        segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+        keys = make_keys(quantize(numpy.asarray(values, dtype=numpy.float64),
+                                  numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+        return (numpy.searchsorted(mid_keys, keys, side="left") - segment * n_mids).astype(dtype)
+    low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
+    shifts, table_offsets = _bucket_layout(offsets[1:] - offsets[:-1], low_keys, high_keys)
+    kernels = _kernels()
+    tables = kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, table_offsets)
+    out = numpy.empty(values.shape[0], dtype=dtype)
+    kernels._value_labels(values, offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
+                          low_keys, shifts, tables, table_offsets, out)
+    return out

@@ -85,10 +85,11 @@ def lloyd(batch: SegmentBatch, centroids, max_iter: int):
     return centroids, iterations
 
 
-def assign_labels(batch: SegmentBatch, centroids):
+def assign_labels(batch: SegmentBatch, centroids, dtype="int64"):
     """Return, for every value in input order, the index of its nearest centroid.
 
-    centroids: int64 (S, k) sorted. Returns int64 (N,) labels in [0, k).
+    centroids: int64 (S, k) sorted. Returns (N,) labels in [0, k) in `dtype`
+    (an integer dtype that holds k - 1).
     """
     xp = array_namespace(centroids)
     n_segments, k = centroids.shape
@@ -96,7 +97,8 @@ def assign_labels(batch: SegmentBatch, centroids):
     # Midpoint keys are sorted across the batch: segment tags dominate.
     mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + KEY_BIAS).ravel()
     if xp is numpy and compiled.available():
-        return compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1,
-                                       batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1])
-    position = xp.searchsorted(mid_keys, batch.input_keys, side="left")
-    return position - batch.segment_of_value * (k - 1)
+        low_keys, high_keys = batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1]
+        return compiled.value_labels(batch.values, batch.offsets, batch.exponents, mid_keys, k - 1,
+                                     low_keys, high_keys, KEY_SHIFT, KEY_BIAS, dtype)
+    position = xp.searchsorted(mid_keys, batch.input_keys(), side="left")
+    return (position - batch.segment_of_value() * (k - 1)).astype(dtype)

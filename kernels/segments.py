@@ -1,6 +1,7 @@
 """A batch of weight segments laid out for the clustering kernels (see fixedpoint.py)."""
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,16 +28,14 @@ class SegmentBatch:
     exponents: int64 (S,), the fixed-point scale of each segment.
     keys: int64 (N,), sorted search keys (segment index in the high bits).
     prefix: uint64 (N + 1,), prefix sums of the sorted q.
-    segment_of_value: int64 (N,), segment index of each value in input order.
-    input_keys: int64 (N,), keys of the values in input order (for labelling).
+    values: float32 or float64 (N,), the values in input order (for labelling).
     """
 
     offsets: object
     exponents: object
     keys: object
     prefix: object
-    segment_of_value: object
-    input_keys: object
+    values: object
 
     @property
     def n_segments(self) -> int:
@@ -49,6 +48,27 @@ class SegmentBatch:
     def sorted_q(self):
         """Return the int64 fixed-point values in sorted order."""
         return key_values(self.keys)
+
+    def segment_of_value(self):
+        """Return the int64 (N,) segment index of each value in input order."""
+        return segment_indices(self.offsets)
+
+    def input_keys(self):
+        """Return the int64 (N,) keys of the values in input order (made again on each call)."""
+        xp = array_namespace(self.keys)
+        segment = self.segment_of_value()
+        return make_keys(quantize(xp.asarray(self.values, dtype=xp.float64), self.exponents[segment]), segment)
+
+
+def segment_indices(offsets):
+    """Return int64 (N,) the segment index of each position, for int64 offsets (S + 1,) on the device."""
+    xp = array_namespace(offsets)
+    sizes = offsets[1:] - offsets[:-1]
+    if xp is numpy:
+        return numpy.repeat(numpy.arange(sizes.shape[0], dtype=numpy.int64), sizes)
+    # cupy.repeat takes no array of counts
+    n_values = int(offsets[-1])
+    return xp.searchsorted(offsets[1:], xp.arange(n_values, dtype=xp.int64), side="right").astype(xp.int64)
 
 
 # Segments below this size are sorted together: a thread per tiny sort costs more than it saves.
@@ -77,13 +97,108 @@ def sort_segments(keys, offsets):
     return out
 
 
+# Segments of at least this many values are split at a pivot into two parts
+# sorted on two threads, so that a lone large segment uses two cores.
+SPLIT_SORT_VALUES = 1 << 16
+# About this many values are sampled to pick the pivot (their median).
+PIVOT_SAMPLE = 1024
+
+
+def _usable_cores() -> int:
+    # The cores this process may run on (taskset, cgroups' cpusets), not the machine's.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_pool = {"pid": None, "executor": None}
+
+
+def _sort_pool() -> ThreadPoolExecutor:
+    # One pool for the process: starting threads for every batch costs ~1 ms
+    # each time, as much as sorting 100 K values. A forked child (whose
+    # copy of the pool has no threads) makes its own.
+    if _pool["pid"] != os.getpid():
+        _pool["executor"] = ThreadPoolExecutor(_usable_cores(), thread_name_prefix="gpucompress-sort")
+        _pool["pid"] = os.getpid()
+    return _pool["executor"]
+
+
+def _sort_task(values, out, runs, copy: bool) -> None:
+    for start, end in runs:
+        if copy:
+            out[start:end] = values[start:end]
+        out[start:end].sort()
+
+
+def _pivot(values):
+    sample = numpy.sort(values[:: max(1, values.shape[0] // PIVOT_SAMPLE)])
+    return sample[sample.shape[0] // 2]
+
+
+def sort_values(values, offsets):
+    """Return a copy of NumPy values (N,) with each segment [offsets[s], offsets[s + 1]) sorted ascending.
+
+    Compiled CPU path (needs Numba); values is not modified. Sorting the
+    values in their own precision, not int64 keys, is the cheap sort (float32
+    sorts ~2x faster) and exact: quantizing is monotone. NaN sorts last. NumPy
+    sorts release the GIL, so segments sort on parallel threads; a segment of
+    SPLIT_SORT_VALUES or more is first split at a sampled median (compiled.
+    partition), and its two parts sort on two threads.
+    """
+    offsets = numpy.asarray(offsets, dtype=numpy.int64)
+    out = numpy.empty_like(values)
+    split = _usable_cores() > 1
+    futures, pending, pending_values = [], [], 0
+    for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        if split and end - start >= SPLIT_SORT_VALUES:
+            segment = values[start:end]
+            middle = start + compiled.partition(segment, _pivot(segment), out[start:end])
+            for part in ((start, middle), (middle, end)):
+                futures.append(_sort_pool().submit(_sort_task, values, out, [part], False))
+            continue
+        pending.append((start, end))
+        pending_values += end - start
+        if pending_values >= SORT_TASK_VALUES:
+            futures.append(_sort_pool().submit(_sort_task, values, out, pending, True))
+            pending, pending_values = [], 0
+    _sort_task(values, out, pending, True)  # small leftovers: the caller's thread
+    for future in futures:
+        future.result()
+    return out
+
+
+def segment_extremes(sorted_values, offsets):
+    """Return float64 (low, high) (S,): the first and last value of each sorted segment.
+
+    After sort_values these are each segment's least and greatest value; a
+    NaN anywhere makes high NaN, an infinity shows as low = -inf or high = inf.
+    """
+    return (sorted_values[offsets[:-1]].astype(numpy.float64),
+            sorted_values[offsets[1:] - 1].astype(numpy.float64))
+
+
+def batch_from_sorted(values, sorted_values, offsets, exponents) -> SegmentBatch:
+    """Return the SegmentBatch of NumPy segments already sorted by sort_values (compiled CPU path).
+
+    values: float32 or float64 (N,) finite, input order (kept for labelling);
+    sorted_values: sort_values(values, offsets); offsets: int64 (S + 1,);
+    exponents: int64 (S,). The keys and prefix sums are those build_batch's
+    array code makes.
+    """
+    offsets = numpy.asarray(offsets, dtype=numpy.int64)
+    exponents = numpy.asarray(exponents, dtype=numpy.int64)
+    keys, prefix = compiled.sorted_keys_and_prefix(sorted_values, offsets, exponents, KEY_SHIFT, KEY_BIAS)
+    return SegmentBatch(offsets, exponents, keys, prefix, values)
+
+
 def build_batch(values, sizes, exponents) -> SegmentBatch:
     """Quantize and sort a flat batch of segments.
 
-    values: float64 (N,) finite values, segments one after the other, on the
-    target device. sizes: int64 (S,) segment lengths (>= 1) and exponents: int64
-    (S,) scales from segment_exponents, both on the same device. Returns a
-    SegmentBatch.
+    values: float32 or float64 (N,) finite values, segments one after the
+    other, on the target device. sizes: int64 (S,) segment lengths (>= 1) and
+    exponents: int64 (S,) scales from segment_exponents, both on the same
+    device. Returns a SegmentBatch.
     """
     xp = array_namespace(values)
     n_segments = int(sizes.shape[0])
@@ -91,16 +206,11 @@ def build_batch(values, sizes, exponents) -> SegmentBatch:
         raise ValueError(f"n_segments={n_segments} should be <= {MAX_SEGMENTS}.")
     offsets = xp.zeros(n_segments + 1, dtype=xp.int64)
     xp.cumsum(sizes, out=offsets[1:])
-    if xp is numpy:
-        segment_of_value = numpy.repeat(numpy.arange(n_segments, dtype=numpy.int64), sizes)
-    else:  # cupy.repeat takes no array of counts
-        segment_of_value = xp.searchsorted(
-            offsets[1:], xp.arange(values.shape[0], dtype=xp.int64), side="right"
-        ).astype(xp.int64)
     if xp is numpy and compiled.available():
-        input_keys = compiled.quantized_keys(values, segment_of_value, exponents, KEY_SHIFT, KEY_BIAS)
-    else:
-        input_keys = make_keys(quantize(values, exponents[segment_of_value]), segment_of_value)
+        return batch_from_sorted(values, sort_values(values, offsets), offsets, exponents)
+    segment_of_value = segment_indices(offsets)
+    input_keys = make_keys(quantize(xp.asarray(values, dtype=xp.float64), exponents[segment_of_value]),
+                           segment_of_value)
     keys = sort_segments(input_keys, offsets) if xp is numpy else xp.sort(input_keys)
     prefix = prefix_sums(key_values(keys))
-    return SegmentBatch(offsets, exponents, keys, prefix, segment_of_value, input_keys)
+    return SegmentBatch(offsets, exponents, keys, prefix, values)

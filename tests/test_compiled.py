@@ -9,11 +9,11 @@ import importlib
 
 import numpy
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpucompress.kernels import compiled, fixedpoint, optimal
-from gpucompress.kernels.segments import build_batch, sort_segments
+from gpucompress.kernels.segments import sort_segments
 
 from .test_optimal import batch_of
 
@@ -30,21 +30,6 @@ def heavy_tailed(n, seed):
     return rng.laplace(scale=0.02, size=n) * numpy.where(rng.random(n) < 0.01, 20.0, 1.0)
 
 
-@settings(max_examples=30, deadline=None)
-@given(arrays=segments)
-def test_quantized_keys_and_segment_sort_match_array_version(arrays):
-    values = [numpy.asarray(a, dtype=numpy.float64) for a in arrays]
-    sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
-    exponents = fixedpoint.segment_exponents(numpy.array([numpy.abs(v).max() for v in values]), sizes)
-    flat = numpy.concatenate(values)
-    segment_of_value = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
-    reference = fixedpoint.make_keys(fixedpoint.quantize(flat, exponents[segment_of_value]), segment_of_value)
-    keys = compiled.quantized_keys(flat, segment_of_value, exponents, fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
-    assert keys.dtype == reference.dtype and numpy.array_equal(keys, reference)
-    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
-    assert numpy.array_equal(sort_segments(keys, offsets), numpy.sort(reference))
-
-
 def test_segment_sort_in_parallel_runs_matches_global_sort(monkeypatch):
     # Small SORT_TASK_VALUES makes several runs, so the thread pool really runs.
     from gpucompress.kernels import segments
@@ -56,23 +41,6 @@ def test_segment_sort_in_parallel_runs_matches_global_sort(monkeypatch):
                               for s, n in enumerate(sizes)])
     offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
     assert numpy.array_equal(sort_segments(keys, offsets), numpy.sort(keys))
-
-
-@settings(max_examples=30, deadline=None)
-@given(arrays=segments, k=st.integers(2, 20))
-def test_labels_match_searchsorted(arrays, k):
-    batch = batch_of(arrays)
-    rng = numpy.random.default_rng(k)
-    n_segments = len(arrays)
-    centroids = numpy.sort(rng.integers(-(1 << 40), 1 << 40, size=(n_segments, k)), axis=1)
-    rows = numpy.arange(n_segments, dtype=numpy.int64)
-    from gpucompress.kernels.lloyd import KEY_BIAS, midpoints, segment_tags
-
-    mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + KEY_BIAS).ravel()
-    reference = numpy.searchsorted(mid_keys, batch.input_keys, side="left") - batch.segment_of_value * (k - 1)
-    labels = compiled.segment_labels(batch.input_keys, batch.segment_of_value, mid_keys, k - 1,
-                                     batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1])
-    assert numpy.array_equal(labels, reference)
 
 
 def test_labels_when_every_centroid_sits_in_one_bucket(monkeypatch):
@@ -145,19 +113,6 @@ def test_compiled_and_array_paths_give_identical_clusterings(monkeypatch):
             assert a.labels.dtype == b.labels.dtype and a.iterations == b.iterations
 
 
-def test_quantized_keys_of_tiny_float64_values_whose_scale_is_no_normal_double():
-    # max |x| = 1e-300 needs a scale of about 2**1040: the multiply shortcut
-    # cannot hold it, the ldexp path must give the same keys.
-    flat = numpy.array([1e-300, -3e-301, 5e-302, 0.0])
-    sizes = numpy.array([4], dtype=numpy.int64)
-    exponents = fixedpoint.segment_exponents(numpy.array([1e-300]), sizes)
-    assert exponents[0] > 1023
-    segment_of_value = numpy.zeros(4, dtype=numpy.int64)
-    reference = fixedpoint.make_keys(fixedpoint.quantize(flat, exponents[segment_of_value]), segment_of_value)
-    keys = compiled.quantized_keys(flat, segment_of_value, exponents, fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
-    assert numpy.array_equal(keys, reference)
-
-
 @settings(max_examples=40, deadline=None)
 @given(arrays=segments, k=st.integers(2, 24), max_iter=st.integers(0, 12), seed=st.integers(0, 3))
 def test_lloyd_matches_array_version(arrays, k, max_iter, seed):
@@ -181,3 +136,198 @@ def test_lloyd_matches_array_version(arrays, k, max_iter, seed):
     finally:
         compiled.available = original
     assert numpy.array_equal(twin[0], reference[0]) and numpy.array_equal(twin[1], reference[1])
+
+
+# Values that stress the sorted-values CPU path: signed zeros (same key, any
+# order), float32 and float64 subnormals, ties, and a wide range of scales.
+special_values = st.sampled_from([0.0, -0.0, 1e-40, -1e-40, 1.4e-45, 5e-324, 1.0, -1.0, 0.5, 3.0, 1e-7, -65504.0])
+mixed_values = st.one_of(special_values, st.floats(-1e4, 1e4, allow_nan=False, width=32))
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+def as_dtype(values, dtype):
+    import ml_dtypes
+
+    target = ml_dtypes.bfloat16 if dtype == "bfloat16" else numpy.dtype(dtype)
+    with numpy.errstate(over="ignore"):  # float16 overflow is filtered below
+        array = numpy.asarray(values, dtype=numpy.float64).astype(target)
+    return numpy.where(numpy.isfinite(array.astype(numpy.float64)), array, array.dtype.type(1.0)).astype(target)
+
+
+@st.composite
+def segment_lists(draw):
+    """Lists of arrays of mixed dtypes: many tiny ones and an occasional large one."""
+    arrays = []
+    for _ in range(draw(st.integers(1, 8))):
+        dtype = draw(st.sampled_from(DTYPES))
+        if draw(st.integers(0, 5)) == 0:  # large: tiles a few drawn values, so ties abound
+            pool = draw(st.lists(mixed_values, min_size=1, max_size=20))
+            size = draw(st.integers(300, 3000))
+            noise = numpy.random.default_rng(size).laplace(size=size)
+            values = numpy.concatenate([numpy.resize(pool, size // 2), noise[size // 2 :]])
+        else:
+            values = draw(st.lists(mixed_values, min_size=1, max_size=12))
+        arrays.append(as_dtype(values, dtype))
+    return arrays
+
+
+def both_paths(monkeypatch, arrays, **options):
+    """Return (compiled CPU path, array path with the compiled twins off) results of cluster_arrays."""
+    from gpucompress.engine import cluster_arrays
+
+    fast = cluster_arrays(arrays, device="cpu", **options)
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "available", lambda: False)
+        slow = cluster_arrays(arrays, device="cpu", **options)
+    return fast, slow
+
+
+def assert_same_results(fast, slow):
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        assert a.codebook.dtype == b.codebook.dtype and a.codebook.tobytes() == b.codebook.tobytes()
+        assert a.labels.dtype == b.labels.dtype and numpy.array_equal(a.labels, b.labels)
+        assert (a.iterations, a.converged) == (b.iterations, b.converged)
+
+
+@pytest.fixture
+def small_sort_tasks(monkeypatch):
+    # Tiny thresholds make the split sort and the shared thread tasks run on small inputs.
+    from gpucompress.kernels import segments
+
+    monkeypatch.setattr(segments, "SPLIT_SORT_VALUES", 64)
+    monkeypatch.setattr(segments, "SORT_TASK_VALUES", 16)
+    monkeypatch.setattr(segments, "_usable_cores", lambda: 2)
+
+
+# The fixtures are constant patches and both_paths restores its own: safe to share between examples.
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrays=segment_lists(), k=st.sampled_from([2, 3, 16, 300]),
+       method_init=st.sampled_from([("optimal", "linear"), ("lloyd", "linear"), ("lloyd", "density"),
+                                    ("lloyd", "kmeans++")]),
+       batch_values=st.sampled_from([None, 1, 50, 2000]), max_iter=st.sampled_from([0, 3, 300]))
+def test_sorted_values_path_matches_array_path(monkeypatch, small_sort_tasks, arrays, k, method_init, batch_values,
+                                               max_iter):
+    method, init = method_init
+    fast, slow = both_paths(monkeypatch, arrays, n_clusters=k, method=method, init=init,
+                            batch_values=batch_values, max_iter=max_iter, seed=3)
+    assert_same_results(fast, slow)
+
+
+def test_sorted_values_path_matches_on_large_split_segments(monkeypatch):
+    # Real thresholds: segments above SPLIT_SORT_VALUES are split at a pivot and sort on two threads.
+    from gpucompress.kernels import segments
+
+    monkeypatch.setattr(segments, "_usable_cores", lambda: 2)
+    rng = numpy.random.default_rng(9)
+    big = heavy_tailed(segments.SPLIT_SORT_VALUES * 2 + 17, seed=5).astype(numpy.float32)
+    big[rng.integers(0, big.size, 500)] = -0.0
+    arrays = [big, heavy_tailed(segments.SPLIT_SORT_VALUES + 1, seed=6), rng.normal(size=40).astype(numpy.float16)]
+    for k in (16, 256, 300):
+        fast, slow = both_paths(monkeypatch, arrays, n_clusters=k, method="optimal")
+        assert_same_results(fast, slow)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrays=segment_lists(), split=st.integers(1, 40), dtype=st.sampled_from(["float32", "float64"]))
+def test_sorted_keys_and_prefix_match_array_version(monkeypatch, arrays, split, dtype):
+    from gpucompress.kernels import segments
+
+    monkeypatch.setattr(segments, "SPLIT_SORT_VALUES", split)
+    monkeypatch.setattr(segments, "_usable_cores", lambda: 2)
+    values = numpy.concatenate([a.astype(dtype) for a in arrays])
+    sizes = numpy.array([a.size for a in arrays], dtype=numpy.int64)
+    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
+    sorted_values = segments.sort_values(values, offsets)
+    wide = values.astype(numpy.float64)
+    for s in range(sizes.size):
+        segment = wide[offsets[s] : offsets[s + 1]]
+        assert numpy.array_equal(sorted_values[offsets[s] : offsets[s + 1]], numpy.sort(segment))
+    low, high = segments.segment_extremes(sorted_values, offsets)
+    exponents = fixedpoint.segment_exponents(numpy.maximum(high, -low), sizes)
+    batch = segments.batch_from_sorted(values, sorted_values, offsets, exponents)
+    segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+    input_keys = fixedpoint.make_keys(fixedpoint.quantize(wide, exponents[segment]), segment)
+    reference = numpy.sort(input_keys)
+    assert batch.keys.dtype == reference.dtype and numpy.array_equal(batch.keys, reference)
+    expected = fixedpoint.prefix_sums(fixedpoint.key_values(reference))
+    assert batch.prefix.dtype == expected.dtype and numpy.array_equal(batch.prefix, expected)
+    assert numpy.array_equal(batch.input_keys(), input_keys)
+
+
+@pytest.mark.parametrize("pivot", [-numpy.inf, -1.0, 0.0, 0.25, numpy.inf, numpy.nan])
+def test_partition_splits_at_the_pivot(pivot):
+    values = numpy.array([3.0, -1.0, 0.0, -0.0, numpy.nan, 0.25, -2.0, 0.25, numpy.inf], dtype=numpy.float32)
+    out = numpy.full_like(values, 7.0)
+    below = compiled.partition(values, numpy.float32(pivot), out)
+    assert below == int((values < pivot).sum())
+    assert (out[:below] < pivot).all() and not (out[below:] < pivot).any()
+    assert numpy.array_equal(numpy.sort(out), numpy.sort(values), equal_nan=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays=segments, k=st.integers(2, 20), dtype=st.sampled_from(["uint8", "uint16", "int64"]))
+def test_value_labels_match_searchsorted(arrays, k, dtype):
+    batch = batch_of([numpy.asarray(a, dtype=numpy.float32) for a in arrays])
+    rng = numpy.random.default_rng(k)
+    n_segments = len(arrays)
+    centroids = numpy.sort(rng.integers(-(1 << 40), 1 << 40, size=(n_segments, k)), axis=1)
+    rows = numpy.arange(n_segments, dtype=numpy.int64)
+    from gpucompress.kernels.lloyd import midpoints, segment_tags
+
+    mid_keys = (segment_tags(rows)[:, None] + midpoints(centroids) + fixedpoint.KEY_BIAS).ravel()
+    reference = numpy.searchsorted(mid_keys, batch.input_keys(), side="left") - batch.segment_of_value() * (k - 1)
+    labels = compiled.value_labels(batch.values, batch.offsets, batch.exponents, mid_keys, k - 1,
+                                   batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1],
+                                   fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS, dtype)
+    assert labels.dtype == numpy.dtype(dtype) and numpy.array_equal(labels, reference)
+
+
+def test_tiny_float64_values_whose_scale_is_no_normal_double(monkeypatch):
+    # max |x| ~ 1e-300 needs a scale of about 2**1040: the kernels' multiply
+    # cannot hold it, and the ldexp fallbacks must give the same clustering.
+    rng = numpy.random.default_rng(2)
+    arrays = [rng.normal(size=500) * 1e-300, numpy.array([1e-300, -3e-301, 5e-302, 0.0, -0.0]), rng.normal(size=30)]
+    fast, slow = both_paths(monkeypatch, arrays, n_clusters=4, method="optimal")
+    assert_same_results(fast, slow)
+    assert numpy.unique(fast[0].labels).size == 4
+
+
+@pytest.mark.parametrize("bad", [numpy.nan, numpy.inf, -numpy.inf])
+@pytest.mark.parametrize("position", [0, 77, 199])
+def test_nonfinite_values_raise_the_array_paths_error(monkeypatch, small_sort_tasks, bad, position):
+    from gpucompress.errors import OptionsError
+
+    good = heavy_tailed(200, seed=1).astype(numpy.float32)
+    poisoned = good.copy()
+    poisoned[position] = bad
+    cases = [
+        [good, poisoned, good],  # in a split segment, in either part
+        [good, good[:5], poisoned, numpy.array([1, 2])],  # before a dtype error: NaN/Inf is reported first
+        [good, numpy.zeros(0), poisoned],  # after a size error: the size error is reported
+        [poisoned.astype(numpy.float16), good],
+    ]
+    for arrays in cases:
+        messages = []
+        for switch in (True, False):
+            with monkeypatch.context() as patch:
+                patch.setattr(compiled, "available", lambda switch=switch: switch)
+                with pytest.raises(OptionsError) as error:
+                    cluster_arrays_cpu(arrays, batch_values=150)
+                messages.append(str(error.value))
+        assert messages[0] == messages[1]
+
+
+def cluster_arrays_cpu(arrays, **options):
+    from gpucompress.engine import cluster_arrays
+
+    return cluster_arrays(arrays, 4, device="cpu", **options)
+
+
+def test_labels_are_views_of_one_batch_array_and_inputs_untouched():
+    arrays = [heavy_tailed(300, seed=s).astype(numpy.float32) for s in range(3)]
+    before = [a.copy() for a in arrays]
+    results = cluster_arrays_cpu(arrays)
+    assert all(numpy.array_equal(a, b) for a, b in zip(arrays, before))
+    assert [r.labels.size for r in results] == [300, 300, 300]
+    assert all(r.labels.dtype == numpy.uint8 for r in results)
