@@ -98,26 +98,29 @@ def peak_memory(function, values, k) -> int:
 def benchmark(tensors, ks):
     rows = []
     run_flash(numpy.linspace(0.0, 1.0, 64), 4)  # Numba compiles on first use: not timed
-    flat = [array.ravel().astype(numpy.float64) for _, array in tensors]
+    # Every method gets the weights as stored (float32, as `compress` reads
+    # them); errors are measured in float64 on the same values.
+    stored = [array.ravel() for _, array in tensors]
+    flat = [values.astype(numpy.float64) for values in stored]
     started = time.perf_counter()
-    for values in flat:
-        numpy.sort(values.astype(numpy.float32))
+    for values in stored:
+        numpy.sort(values)
     sort_seconds = time.perf_counter() - started
     for k in ks:
         fits = [i for i, v in enumerate(flat) if 16 * k * v.size <= MEMORY_LIMIT]
-        optimum = {i: sse(flat[i], run_kmeans1d(flat[i], k)) for i in fits}
+        optimum = {i: sse(flat[i], run_kmeans1d(stored[i], k)) for i in fits}
         for name, function in METHODS.items():
             indices = fits if name == "kmeans1d" else range(len(flat))
-            function(numpy.linspace(-1.0, 1.0, 4096) ** 3, k)  # warm-up: Numba loads its kernels once
+            function(numpy.linspace(-1.0, 1.0, 4096, dtype=numpy.float32) ** 3, k)  # warm-up: Numba loads its kernels once
             ratios, seconds, codebooks = [], 0.0, []
             for i in indices:
                 begin = time.perf_counter()
-                codebook = function(flat[i], k)
+                codebook = function(stored[i], k)
                 seconds += time.perf_counter() - begin
                 codebooks.append(codebook)
                 if i in optimum:
                     ratios.append(sse(flat[i], codebook) / optimum[i])
-            batched = batched_seconds(name, flat, k, codebooks) if name in ("lloyd", "optimal") else None
+            batched = batched_seconds(name, stored, k, codebooks) if name in ("lloyd", "optimal") else None
             largest = max(indices, key=lambda i: flat[i].size)
             rows.append({
                 "k": k, "method": name, "tensors": len(indices),
@@ -126,7 +129,7 @@ def benchmark(tensors, ks):
                 "batched_seconds": batched, "batched_per_sort": None if batched is None else batched / sort_seconds,
                 "sse_ratio_median": statistics.median(ratios), "sse_ratio_worst": max(ratios),
                 "compared_tensors": len(ratios),
-                "peak_bytes_largest": peak_memory(function, flat[largest], k), "largest_n": int(flat[largest].size),
+                "peak_bytes_largest": peak_memory(function, stored[largest], k), "largest_n": int(flat[largest].size),
             })
             batch_note = "" if batched is None else f" (one batched call {batched:.2f} s)"
             print(f"k={k:3d} {name:14s} {seconds:8.2f} s{batch_note}  SSE/opt median {rows[-1]['sse_ratio_median']:.4f} "
@@ -138,7 +141,8 @@ def benchmark(tensors, ks):
 def markdown(meta, rows) -> str:
     lines = [f"# 1-D k-means methods on Inception-ResNet-v1-shaped weights ({meta['date']})", "",
              f"Machine: {meta['cpu']}, {meta['cores']} cores (shared with other jobs: timings are noisy). "
-             f"{meta['tensors']} tensors, {meta['values']} weights; float32 NumPy sort of all of them: "
+             f"{meta['tensors']} tensors, {meta['values']} float32 weights, given to every method as stored; "
+             "float32 NumPy sort of all of them (one call per tensor): "
              f"{meta['sort_seconds']:.3f} s. SSE/optimal over the tensors where kmeans1d fits in "
              f"{MEMORY_LIMIT >> 30} GiB (16 k n bytes); kmeans1d times cover only those. "
              "Peak: tracemalloc peak of one call on the largest tensor it ran (Python and NumPy "
