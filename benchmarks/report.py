@@ -61,7 +61,7 @@ def markdown(results: dict) -> str:
                       [[t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in results["targets"]]))
     floor = results["io_floor"]
     out.append("\n## gpucompress compress, by phase (seconds)\n")
-    out.append(f"Floor (parse {floor['parse']:.2f} + sort every float tensor {floor['sort']:.2f} + "
+    out.append(f"Floor, best of 3 (parse {floor['parse']:.2f} + sort every float tensor as stored {floor['sort']:.2f} + "
                f"re-serialize and write {floor['write']:.2f}) = {floor['total']:.2f} s. "
                f"Peak RSS of `gpucompress compress` (k=256): {results['peak_rss_bytes'] / 1e6:.0f} MB.\n\n")
     out.append(_table(["device", "k", "codebooks", "method", "tensors", "weights", "parse", "select",

@@ -95,19 +95,30 @@ def time_compress(path: Path, devices, workdir: Path) -> list[dict]:
     return rows
 
 
-def time_io_floor(path: Path, workdir: Path) -> dict:
-    """Time what no compressor can avoid: parse the graph, sort every floating tensor, re-serialize, write."""
-    started = time.perf_counter()
-    model = read_model(path)
-    parsed = time.perf_counter()
-    for weight in model.weights():
-        if weight.floating:
-            numpy.sort(weight.load().reshape(-1).astype(numpy.float64))
-    sorted_ = time.perf_counter()
-    model.save(workdir / "floor.pb")
-    written = time.perf_counter()
-    return {"parse": parsed - started, "sort": sorted_ - parsed, "write": written - sorted_,
-            "total": written - started}
+def time_io_floor(path: Path, workdir: Path, runs: int = 3) -> dict:
+    """Time what no compressor can avoid: parse the graph, sort every floating tensor, re-serialize, write.
+
+    The weights are sorted as stored (float32 here), the cheapest sort there
+    is; the best of `runs` runs is kept, so the floor is as low as this
+    machine allows (compress itself is timed once, after a warm-up).
+    """
+    best = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        model = read_model(path)
+        parsed = time.perf_counter()
+        for weight in model.weights():
+            if weight.floating:
+                numpy.sort(weight.load().reshape(-1))
+        sorted_ = time.perf_counter()
+        model.save(workdir / "floor.pb")
+        written = time.perf_counter()
+        run = {"parse": parsed - started, "sort": sorted_ - parsed, "write": written - sorted_,
+               "total": written - started}
+        if best is None or run["total"] < best["total"]:
+            best = run
+        del model
+    return best
 
 
 # VmHWM, not getrusage: Linux carries ru_maxrss across fork and exec, so a
