@@ -44,12 +44,19 @@ def _dp_row(sums, counts, k, strides, splits):
         previous, current = current, previous
 
 @numba.njit(cache=True, parallel=True)
-def _dp_rows(sums, counts, k, strides):
-    n_rows, width = sums.shape
+def _dp_rows(sums, counts, row_starts, k, strides, stride_starts):
+    """Return int64 (R, k + 1) DP borders of R rows of any widths, in parallel over the rows.
+
+    Row r's prefix sums and counts are sums[row_starts[r]:row_starts[r + 1]]
+    (B_r + 1 entries), its stride levels strides[stride_starts[r]:stride_starts[r + 1]].
+    """
+    n_rows = row_starts.shape[0] - 1
     borders = numpy.zeros((n_rows, k + 1), dtype=numpy.int64)
     for row in numba.prange(n_rows):
+        first, last = row_starts[row], row_starts[row + 1]
+        width = last - first
         splits = numpy.empty((k - 1, width), dtype=numpy.int32)
-        _dp_row(sums[row], counts[row], k, strides, splits)
+        _dp_row(sums[first:last], counts[first:last], k, strides[stride_starts[row]:stride_starts[row + 1]], splits)
         borders[row, k] = width - 1
         for c in range(k - 1, 0, -1):
             borders[row, c] = splits[c - 1, borders[row, c + 1]]
@@ -109,13 +116,15 @@ def _band_row(sums, counts, k, lows, width, splits):
 
 
 @numba.njit(cache=True, parallel=True)
-def _band_rows(sums, counts, k, lows, width):
-    n_rows, n_edges = sums.shape
+def _band_rows(sums, counts, row_starts, k, lows, width):
+    """Return int64 (R, k + 1) banded-DP borders of R rows of any widths (layout as _dp_rows)."""
+    n_rows = row_starts.shape[0] - 1
     borders = numpy.zeros((n_rows, k + 1), dtype=numpy.int64)
     for row in numba.prange(n_rows):
+        first, last = row_starts[row], row_starts[row + 1]
         splits = numpy.zeros((k + 1, width + 1), dtype=numpy.int64)
-        _band_row(sums[row], counts[row], k, lows[row], width, splits)
-        borders[row, k] = n_edges - 1
+        _band_row(sums[first:last], counts[first:last], k, lows[row], width, splits)
+        borders[row, k] = last - first - 1
         for c in range(k, 1, -1):
             borders[row, c - 1] = splits[c, borders[row, c] - lows[row, c]]
     return borders

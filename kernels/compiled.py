@@ -38,28 +38,64 @@ def _kernels():
     return _numba_kernels
 
 
+def _ragged(tables):
+    """Return (flat sums, flat counts, row starts) of a list of (sums (R_g, W_g), counts (R_g, W_g)) groups."""
+    sums = numpy.concatenate([numpy.asarray(table[0], dtype=numpy.int64).ravel() for table in tables])
+    counts = numpy.concatenate([numpy.asarray(table[1], dtype=numpy.float64).ravel() for table in tables])
+    widths = numpy.concatenate([numpy.full(table[0].shape[0], table[0].shape[1], dtype=numpy.int64)
+                                for table in tables])
+    return sums, counts, numpy.concatenate([[0], numpy.cumsum(widths)]).astype(numpy.int64)
+
+
+def _split_rows(borders, tables) -> list:
+    bounds = numpy.cumsum([0] + [table[0].shape[0] for table in tables])
+    return [borders[bounds[g]:bounds[g + 1]] for g in range(len(tables))]
+
+
+def dp_groups_borders(groups, k: int) -> list:
+    """Return the DP borders (R_g, k + 1) of every group of rows in one parallel call.
+
+    groups: [(sums, counts, strides)], sums int64 (R_g, B_g + 1) exact prefix
+    sums at the bin edges (first column 0), counts float64 the matching
+    counts, strides the stride levels of optimal._strides(B_g). Each row's
+    borders are the ones optimal.dp_bin_borders gives it (same values, same
+    first-index ties); rows of different widths share the cores.
+    """
+    if not groups:
+        return []
+    sums, counts, row_starts = _ragged(groups)
+    strides = [numpy.asarray(group[2], dtype=numpy.int64) for group in groups for _ in range(group[0].shape[0])]
+    stride_starts = numpy.concatenate([[0], numpy.cumsum([level.size for level in strides])]).astype(numpy.int64)
+    borders = _kernels()._dp_rows(sums, counts, row_starts, int(k), numpy.concatenate(strides), stride_starts)
+    return _split_rows(borders, groups)
+
+
 def dp_bin_borders(sums, counts, k: int, strides) -> numpy.ndarray:
     """Return int64 (R, k + 1) bin borders of the exact k-clustering of each row's bins.
 
-    sums: int64 (R, B + 1) exact prefix sums at the bin edges (first column 0);
-    counts: float64 (R, B + 1) prefix counts; strides: the stride levels of
-    optimal._strides(B). Identical to the borders optimal.dp_centroids
-    backtracks from its array DP (same values, same first-index ties).
+    One group of dp_groups_borders: identical to optimal.dp_bin_borders.
     """
-    return _kernels()._dp_rows(numpy.ascontiguousarray(sums, dtype=numpy.int64),
-                    numpy.ascontiguousarray(counts, dtype=numpy.float64),
-                    int(k), numpy.asarray(strides, dtype=numpy.int64))
+    return dp_groups_borders([(sums, counts, strides)], k)[0]
+
+
+def band_groups_borders(groups, k: int, width: int) -> list:
+    """Return the banded-DP borders (R_g, k + 1) of every group of rows in one parallel call.
+
+    groups: [(sums, counts, lows)], lows int64 (R_g, k + 1) from
+    optimal.band_lows; width: the band width. Each row's borders are the ones
+    optimal.band_bin_borders gives it, bit for bit.
+    """
+    if not groups:
+        return []
+    sums, counts, row_starts = _ragged(groups)
+    lows = numpy.ascontiguousarray(numpy.concatenate([group[2] for group in groups]), dtype=numpy.int64)
+    borders = _kernels()._band_rows(sums, counts, row_starts, int(k), lows, int(width))
+    return _split_rows(borders, groups)
 
 
 def band_bin_borders(sums, counts, k: int, lows, width: int) -> numpy.ndarray:
-    """Return int64 (R, k + 1) bin borders of the banded DP: optimal.band_bin_borders' twin, bit for bit.
-
-    sums, counts: as dp_bin_borders; lows: int64 (R, k + 1) first bin of each
-    layer's band (optimal.band_lows); width: the band width (bins per band - 1).
-    """
-    return _kernels()._band_rows(numpy.ascontiguousarray(sums, dtype=numpy.int64),
-                                 numpy.ascontiguousarray(counts, dtype=numpy.float64),
-                                 int(k), numpy.ascontiguousarray(lows, dtype=numpy.int64), int(width))
+    """Return int64 (R, k + 1) bin borders of the banded DP: optimal.band_bin_borders' twin, bit for bit."""
+    return band_groups_borders([(sums, counts, lows)], k, width)[0]
 
 
 def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int):

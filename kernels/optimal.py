@@ -382,33 +382,54 @@ def band_bin_borders(sums, counts, k: int, lows):
 
 
 def _borders(sums, counts, k: int, n_bins: int):
-    """Return the DP's bin borders (R, k + 1): banded when banded(n_bins, k), compiled on the CPU."""
+    """Return the DP's bin borders (R, k + 1) of one group of rows (array version): banded when banded(n_bins, k)."""
     xp = array_namespace(sums)
-    fast = xp is numpy and compiled.available()
     if not banded(n_bins, k):
-        if fast:
-            return compiled.dp_bin_borders(sums, counts, k, _strides(n_bins))
         return dp_bin_borders(sums, counts, k, n_bins)
     coarse = _borders(xp.ascontiguousarray(sums[:, ::BAND_COARSENING]),
                       xp.ascontiguousarray(counts[:, ::BAND_COARSENING]), k, n_bins // BAND_COARSENING)
-    lows = band_lows(coarse, n_bins)
-    if fast:
-        return compiled.band_bin_borders(sums, counts, k, lows, BAND_WIDTH)
-    return band_bin_borders(sums, counts, k, lows)
+    return band_bin_borders(sums, counts, k, band_lows(coarse, n_bins))
 
 
-def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
-    """Return int64 centroids (R, k), sorted, of the exact k-clustering of the bins of `rows`.
+def _compiled_borders(tables, k: int) -> list:
+    """Return what _borders gives each (sums, counts, n_bins) table, from two parallel compiled calls.
+
+    All full DPs (and the coarse DPs of banded tables) share one call, all
+    banded DPs another: rows of every size keep every core busy, where one
+    call per bin count ran small tensors' DPs one after another.
+    """
+    full, plan = [], []
+    for sums, counts, n_bins in tables:
+        if banded(n_bins, k):
+            full.append((numpy.ascontiguousarray(sums[:, ::BAND_COARSENING]),
+                         numpy.ascontiguousarray(counts[:, ::BAND_COARSENING]),
+                         _strides(n_bins // BAND_COARSENING)))
+        else:
+            full.append((sums, counts, _strides(n_bins)))
+        plan.append(banded(n_bins, k))
+    full_borders = compiled.dp_groups_borders(full, k)
+    band = [(sums, counts, band_lows(coarse, n_bins))
+            for (sums, counts, n_bins), coarse, is_banded in zip(tables, full_borders, plan) if is_banded]
+    band_borders = iter(compiled.band_groups_borders(band, k, BAND_WIDTH))
+    return [next(band_borders) if is_banded else borders for borders, is_banded in zip(full_borders, plan)]
+
+
+def _bin_tables(batch: SegmentBatch, rows, n_bins: int):
+    """Return (edges, sums, counts) of the bins of segments `rows`: positions, exact sums and counts from each start."""
+    xp = array_namespace(batch.keys)
+    edges = bin_edges(batch, rows, n_bins)
+    starts = edges[:, :1]
+    sums = range_sums(batch.prefix, xp.broadcast_to(starts, edges.shape), edges)
+    return edges, sums, (edges - starts).astype(xp.float64)
+
+
+def _border_centroids(batch: SegmentBatch, rows, edges, borders):
+    """Return int64 centroids (R, k), sorted: the means of the clusters that bin borders (R, k + 1) make.
 
     Empty clusters (only when a segment has fewer than k nonempty bins) take
     the value just below their position, or the segment minimum.
     """
     xp = array_namespace(batch.keys)
-    edges = bin_edges(batch, rows, n_bins)
-    starts = edges[:, :1]
-    sums = range_sums(batch.prefix, xp.broadcast_to(starts, edges.shape), edges)
-    counts = (edges - starts).astype(xp.float64)
-    borders = _borders(sums, counts, k, n_bins)
     row_index = xp.arange(edges.shape[0], dtype=xp.int64)
     positions = edges[row_index[:, None], borders]
     cluster_counts = positions[:, 1:] - positions[:, :-1]
@@ -419,6 +440,12 @@ def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
     # every centroid above, so centroids stay sorted.
     below = xp.maximum(positions[:, :-1] - 1, batch.offsets[rows][:, None])
     return xp.where(cluster_counts > 0, means, key_values(batch.keys[below]))
+
+
+def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
+    """Return int64 centroids (R, k), sorted, of the DP's k-clustering of the bins of `rows` (array version)."""
+    edges, sums, counts = _bin_tables(batch, rows, n_bins)
+    return _border_centroids(batch, rows, edges, _borders(sums, counts, k, n_bins))
 
 
 def _chunks(rows_host, k: int, n_bins: int):
@@ -442,6 +469,16 @@ def optimal(batch: SegmentBatch, initial_centroids, max_iter: int, bins_per_clus
     for row, size in enumerate(sizes_host):
         groups.setdefault(bin_count(size, k, bins_per_cluster), []).append(row)
     centroids = xp.empty_like(initial_centroids)
+    if xp is numpy and compiled.available():
+        # Every group's DP in the same two parallel calls (see _compiled_borders).
+        chunks = [(numpy.asarray(chunk, dtype=numpy.int64), n_bins) for n_bins, rows_host in sorted(groups.items())
+                  for chunk in _chunks(rows_host, k, n_bins)]
+        tables = [_bin_tables(batch, rows, n_bins) for rows, n_bins in chunks]
+        borders = _compiled_borders([(sums, counts, n_bins) for (_, sums, counts), (_, n_bins) in zip(tables, chunks)],
+                                    k)
+        for (rows, _), (edges, _, _), row_borders in zip(chunks, tables, borders):
+            centroids[rows] = _border_centroids(batch, rows, edges, row_borders)
+        return lloyd(batch, centroids, max_iter)
     for n_bins, rows_host in sorted(groups.items()):
         for chunk in _chunks(rows_host, k, n_bins):
             rows = xp.asarray(chunk, dtype=xp.int64)

@@ -99,6 +99,21 @@ def test_band_borders_match_array_band_dp(k, n):
     assert (numpy.diff(reference, axis=1) >= 0).all() and (reference[:, -1] == n_bins).all()
 
 
+def test_one_parallel_dp_call_for_every_bin_count_matches_the_array_path(monkeypatch):
+    # At k=256 these sizes make three DP groups in one batch: 2,048 bins
+    # (banded, two rows), 1,500 and 700 bins (full DPs, one bin per value).
+    from gpucompress.engine import cluster_arrays
+
+    arrays = [heavy_tailed(30000, seed=5), heavy_tailed(1500, seed=6), heavy_tailed(700, seed=7),
+              heavy_tailed(5000, seed=8).astype(numpy.float32)]
+    fast = cluster_arrays(arrays, 256, method="optimal", device="cpu")
+    monkeypatch.setattr(compiled, "available", lambda: False)
+    slow = cluster_arrays(arrays, 256, method="optimal", device="cpu")
+    for a, b in zip(fast, slow):
+        assert numpy.array_equal(a.codebook, b.codebook) and numpy.array_equal(a.labels, b.labels)
+        assert a.iterations == b.iterations
+
+
 def test_compiled_and_array_paths_give_identical_clusterings(monkeypatch):
     from gpucompress.engine import cluster_arrays
 
