@@ -6,6 +6,24 @@ import numpy
 
 
 @numba.njit(cache=True, nogil=True)
+def _best_split(previous, previous_low, sums, counts, low, high, end):
+    """Return (first argmax, max) of previous[i - previous_low] + gain(i, end) over i in [low, high]."""
+    end_sum = sums[end]
+    end_count = counts[end]
+    best_value = -numpy.inf
+    best_split = low
+    for split in range(low, high + 1):
+        # An empty cluster has a sum of exactly 0, so its gain is 0 without a
+        # branch (a third faster), as in the array version.
+        cluster_sum = numpy.float64(end_sum - sums[split])
+        value = previous[split - previous_low] + cluster_sum * cluster_sum / max(end_count - counts[split], 1.0)
+        if value > best_value:
+            best_value = value
+            best_split = split
+    return best_split, best_value
+
+
+@numba.njit(cache=True, nogil=True)
 def _dp_row(sums, counts, k, strides, splits):
     """Fill splits (k - 1, B + 1) of one row; see optimal._layer for the recurrence."""
     width = sums.shape[0]
@@ -27,20 +45,7 @@ def _dp_row(sums, counts, k, strides, splits):
                 high = table[end + stride] if end + stride <= n_bins else end
                 high = min(high, end)
                 low = min(low, high)
-                end_sum = sums[end]
-                end_count = counts[end]
-                best_value = -numpy.inf
-                best_split = low
-                for split in range(low, high + 1):
-                    # An empty cluster has a sum of exactly 0, so its gain is 0
-                    # without a branch (a third faster), as in the array version.
-                    cluster_sum = numpy.float64(end_sum - sums[split])
-                    value = previous[split] + cluster_sum * cluster_sum / max(end_count - counts[split], 1.0)
-                    if value > best_value:
-                        best_value = value
-                        best_split = split
-                table[end] = best_split
-                current[end] = best_value
+                table[end], current[end] = _best_split(previous, 0, sums, counts, low, high, end)
         previous, current = current, previous
 
 @numba.njit(cache=True, parallel=True)
@@ -61,22 +66,6 @@ def _dp_rows(sums, counts, row_starts, k, strides, stride_starts):
         for c in range(k - 1, 0, -1):
             borders[row, c] = splits[c - 1, borders[row, c + 1]]
     return borders
-
-
-@numba.njit(cache=True, nogil=True)
-def _band_best(previous, previous_low, sums, counts, low, high, end):
-    """Return (first argmax, max) of previous[i - previous_low] + gain(i, end) over i in [low, high]."""
-    end_sum = sums[end]
-    end_count = counts[end]
-    best_value = -numpy.inf
-    best_split = low
-    for split in range(low, high + 1):
-        cluster_sum = numpy.float64(end_sum - sums[split])
-        value = previous[split - previous_low] + cluster_sum * cluster_sum / max(end_count - counts[split], 1.0)
-        if value > best_value:
-            best_value = value
-            best_split = split
-    return best_split, best_value
 
 
 @numba.njit(cache=True, nogil=True)
@@ -108,7 +97,7 @@ def _band_row(sums, counts, k, lows, width, splits):
                 else:
                     high = min(table[relative + stride], high)
                     low = min(table[relative - stride], high)
-                table[relative], current[relative] = _band_best(previous, floor, sums, counts, low, high, end)
+                table[relative], current[relative] = _best_split(previous, floor, sums, counts, low, high, end)
             stride = width // 2 if stride == 0 else stride // 2
             if stride == 0:
                 break

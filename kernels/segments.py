@@ -92,8 +92,7 @@ def sort_segments(keys, offsets):
     if len(bounds) <= 2:
         out.sort()
         return out
-    with ThreadPoolExecutor() as pool:
-        list(pool.map(lambda pair: out[pair[0]:pair[1]].sort(), zip(bounds[:-1], bounds[1:])))
+    list(_sort_pool().map(lambda pair: out[pair[0]:pair[1]].sort(), zip(bounds[:-1], bounds[1:])))
     return out
 
 
