@@ -26,11 +26,11 @@ Large DPs (k >= 128) run in bands: the bins merged four to one make a coarse
 DP with half the candidates per layer, whose borders say roughly where each
 optimal border lies; the DP on all bins then keeps layer c only on the
 BAND_WIDTH + 1 bins around the coarse border c (band_bin_borders). That cuts
-the DP's work about three-fold at k=256. Measured on the tensors of
-benchmarks/optimal.py, the SSE after Lloyd is the full DP's (median 1.00467
-and worst 1.01149 of the optimum, both ways, at k=256); a band of 64 bins lost
-0.1% (median), one of 32 bins 0.3%. It is a restriction, not a proof: an
-optimum whose border leaves its band is not found.
+the DP's time about three-fold at k=256 (0.67 s -> 0.23 s on 32 tensors).
+Measured by benchmarks/band.py on the tensors of benchmarks/optimal.py, the
+SSE after Lloyd equals the full DP's on every banded tensor at k=128 and 256;
+a band of 64 bins is up to 0.5% worse, one of 32 bins up to 3%. It is a
+restriction, not a proof: an optimum whose border leaves its band is not found.
 
 Device independence: sums and counts are exact integers; the DP values are
 float64 built from elementwise +, *, / (correctly rounded IEEE on both array
