@@ -5,7 +5,7 @@ import numba
 import numpy
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _best_split(previous, previous_low, sums, counts, low, high, end):
     """Return (first argmax, max) of previous[i - previous_low] + gain(i, end) over i in [low, high]."""
     end_sum = sums[end]
@@ -17,9 +17,11 @@ def _best_split(previous, previous_low, sums, counts, low, high, end):
         # branch (a third faster), as in the array version.
         cluster_sum = numpy.float64(end_sum - sums[split])
         value = previous[split - previous_low] + cluster_sum * cluster_sum / max(end_count - counts[split], 1.0)
-        if value > best_value:
-            best_value = value
-            best_split = split
+        # Selects, not a branch: which candidate wins is data-dependent, and a
+        # mispredicted branch per window cost 40% of the DP's time.
+        better = value > best_value
+        best_split = split if better else best_split
+        best_value = value if better else best_value
     return best_split, best_value
 
 
