@@ -23,10 +23,11 @@ on NumPy and CuPy. On the CPU, compiled.dp_bin_borders runs the same windows
 and arithmetic as one compiled loop per segment (bit for bit the same).
 
 Large DPs (k >= 128) run in bands: the bins merged four to one make a coarse
-DP with half the candidates per layer, whose borders say roughly where each
-optimal border lies; the DP on all bins then keeps layer c only on the
-BAND_WIDTH + 1 bins around the coarse border c (band_bin_borders). That cuts
-the DP's time about three-fold at k=256 (0.67 s -> 0.23 s on 32 tensors).
+DP, whose borders say roughly where each optimal border lies; the DP on all
+bins then keeps layer c only on the BAND_WIDTH + 1 bins around the coarse
+border c (band_bin_borders). The coarse DP itself is exact but skips the
+positions no clustering of nonempty clusters uses (feasible_band), half of
+them at k=256. That cuts the DP's time about three-fold at k=256.
 Measured by benchmarks/band.py on the tensors of benchmarks/optimal.py, the
 SSE after Lloyd equals the full DP's on every banded tensor at k=128 and 256;
 a band of 64 bins is up to 0.5% worse, one of 32 bins up to 3%. It is a
@@ -355,18 +356,18 @@ def _band_layer(previous, previous_low, low_c, sums, counts):
     return current, splits
 
 
-def band_bin_borders(sums, counts, k: int, lows):
+def band_bin_borders(sums, counts, k: int, lows, width: int = BAND_WIDTH):
     """Return int64 (R, k + 1) bin borders of the best k-clustering whose c-th border lies in band c.
 
-    sums, counts: as dp_bin_borders; lows: int64 (R, k + 1) from band_lows.
-    Layer c keeps D_c only on bins [lows[c], lows[c] + BAND_WIDTH] and takes
-    its splits from layer c - 1's band; each layer is the same divide and
-    conquer as _layer, over the band. compiled.band_bin_borders is its CPU
-    twin, bit for bit.
+    sums, counts: as dp_bin_borders; lows: int64 (R, k + 1) from band_lows
+    or feasible_band; width: a power of two. Layer c keeps D_c only on bins
+    [lows[c], lows[c] + width] and takes its splits from layer c - 1's band;
+    each layer is the same divide and conquer as _layer, over the band.
+    compiled.band_bin_borders is its CPU twin, bit for bit.
     """
     xp = array_namespace(sums)
     n_rows, n_edges = sums.shape
-    relative = xp.arange(BAND_WIDTH + 1, dtype=xp.int64)
+    relative = xp.arange(width + 1, dtype=xp.int64)
     rows = xp.arange(n_rows, dtype=xp.int64)
     first = sums[rows[:, None], lows[:, 1:2] + relative[None, :]].astype(xp.float64)
     first_counts = counts[rows[:, None], lows[:, 1:2] + relative[None, :]]
@@ -381,37 +382,93 @@ def band_bin_borders(sums, counts, k: int, lows):
     return borders
 
 
+def feasible_band(n_bins: int, k: int):
+    """Return (width, lows int64 (k + 1,)) of the bands that hold every clustering into k clusters of >= 1 bin.
+
+    Border c of such a clustering lies in [c, n_bins - k + c]; the bands are
+    the least power of two wide that covers that. Splitting off a bin never
+    lowers sum_c S_c**2 / n_c (Cauchy-Schwarz), so when n_bins >= k the best
+    clustering in these bands is as good as the best one with empty clusters
+    allowed: band_bin_borders on them is exact, with fewer positions per layer
+    (half at the coarse pass of k=256: 257 of 513). Returns None where the
+    bands would not be narrower than the bins.
+    """
+    if n_bins < k:
+        return None
+    width = 1 << max(int(n_bins - k), 1).bit_length() - 1
+    width = width if width >= n_bins - k else 2 * width
+    if width >= n_bins:
+        return None
+    lows = numpy.minimum(numpy.arange(k + 1, dtype=numpy.int64), n_bins - width)
+    return width, lows
+
+
+def coarse_table(table):
+    """Return the columns of a (R, B + 1) sums or counts table at every BAND_COARSENING-th edge, contiguous."""
+    xp = array_namespace(table)
+    return xp.ascontiguousarray(table[:, ::BAND_COARSENING])
+
+
+def _full_borders(sums, counts, k: int, n_bins: int):
+    """Return dp_bin_borders, through band_bin_borders on feasible_band's bands where those are narrower."""
+    xp = array_namespace(sums)
+    band = feasible_band(n_bins, k)
+    if band is None:
+        return dp_bin_borders(sums, counts, k, n_bins)
+    width, lows = band
+    return band_bin_borders(sums, counts, k, xp.broadcast_to(xp.asarray(lows), (sums.shape[0], k + 1)), width)
+
+
 def _borders(sums, counts, k: int, n_bins: int):
     """Return the DP's bin borders (R, k + 1) of one group of rows (array version): banded when banded(n_bins, k)."""
-    xp = array_namespace(sums)
     if not banded(n_bins, k):
-        return dp_bin_borders(sums, counts, k, n_bins)
-    coarse = _borders(xp.ascontiguousarray(sums[:, ::BAND_COARSENING]),
-                      xp.ascontiguousarray(counts[:, ::BAND_COARSENING]), k, n_bins // BAND_COARSENING)
+        return _full_borders(sums, counts, k, n_bins)
+    coarse = _full_borders(coarse_table(sums), coarse_table(counts), k, n_bins // BAND_COARSENING)
     return band_bin_borders(sums, counts, k, band_lows(coarse, n_bins))
 
 
-def _compiled_borders(tables, k: int) -> list:
-    """Return what _borders gives each (sums, counts, n_bins) table, from two parallel compiled calls.
+def _compiled_band_borders(groups, k: int) -> list:
+    """Return compiled band DP borders of groups [(sums, counts, lows, width)], one parallel call per width."""
+    borders = [None] * len(groups)
+    for width in sorted({group[3] for group in groups}):
+        members = [g for g, group in enumerate(groups) if group[3] == width]
+        results = compiled.band_groups_borders([groups[g][:3] for g in members], k, width)
+        for g, result in zip(members, results):
+            borders[g] = result
+    return borders
 
-    All full DPs (and the coarse DPs of banded tables) share one call, all
-    banded DPs another: rows of every size keep every core busy, where one
-    call per bin count ran small tensors' DPs one after another.
-    """
-    full, plan = [], []
+
+def _compiled_full_borders(tables, k: int) -> list:
+    """Return what _full_borders gives each (sums, counts, n_bins) table, from parallel compiled calls."""
+    plain, bands = [], []
     for sums, counts, n_bins in tables:
-        if banded(n_bins, k):
-            full.append((numpy.ascontiguousarray(sums[:, ::BAND_COARSENING]),
-                         numpy.ascontiguousarray(counts[:, ::BAND_COARSENING]),
-                         _strides(n_bins // BAND_COARSENING)))
+        band = feasible_band(n_bins, k)
+        if band is None:
+            plain.append((sums, counts, _strides(n_bins)))
         else:
-            full.append((sums, counts, _strides(n_bins)))
-        plan.append(banded(n_bins, k))
-    full_borders = compiled.dp_groups_borders(full, k)
-    band = [(sums, counts, band_lows(coarse, n_bins))
-            for (sums, counts, n_bins), coarse, is_banded in zip(tables, full_borders, plan) if is_banded]
-    band_borders = iter(compiled.band_groups_borders(band, k, BAND_WIDTH))
-    return [next(band_borders) if is_banded else borders for borders, is_banded in zip(full_borders, plan)]
+            width, lows = band
+            bands.append((sums, counts, numpy.broadcast_to(lows, (sums.shape[0], k + 1)), width))
+    plain_borders = iter(compiled.dp_groups_borders(plain, k))
+    band_borders = iter(_compiled_band_borders(bands, k))
+    return [next(plain_borders) if feasible_band(n_bins, k) is None else next(band_borders)
+            for _, _, n_bins in tables]
+
+
+def _compiled_borders(tables, k: int) -> list:
+    """Return what _borders gives each (sums, counts, n_bins) table, from a few parallel compiled calls.
+
+    The full DPs (and the coarse DPs of banded tables) of every table share
+    one call per kind, the banded DPs another: rows of every size keep every
+    core busy, where one call per bin count ran small tensors' DPs one after another.
+    """
+    full = [(coarse_table(sums), coarse_table(counts), n_bins // BAND_COARSENING) if banded(n_bins, k)
+            else (sums, counts, n_bins) for sums, counts, n_bins in tables]
+    full_borders = _compiled_full_borders(full, k)
+    band = [(sums, counts, band_lows(coarse, n_bins), BAND_WIDTH)
+            for (sums, counts, n_bins), coarse in zip(tables, full_borders) if banded(n_bins, k)]
+    band_borders = iter(_compiled_band_borders(band, k))
+    return [next(band_borders) if banded(n_bins, k) else borders
+            for (_, _, n_bins), borders in zip(tables, full_borders)]
 
 
 def _bin_tables(batch: SegmentBatch, rows, n_bins: int):

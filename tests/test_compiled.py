@@ -346,3 +346,20 @@ def test_labels_are_views_of_one_batch_array_and_inputs_untouched():
     assert all(numpy.array_equal(a, b) for a, b in zip(arrays, before))
     assert [r.labels.size for r in results] == [300, 300, 300]
     assert all(r.labels.dtype == numpy.uint8 for r in results)
+
+
+@pytest.mark.parametrize("k,n_bins", [(256, 512), (128, 256), (40, 100), (7, 8)])
+def test_feasible_band_borders_match_array_band_dp(k, n_bins):
+    # The coarse pass of a banded DP (and any full DP much larger than k)
+    # runs in optimal.feasible_band's bands.
+    rng = numpy.random.default_rng(n_bins)
+    # Bins of sorted values: each bin's values equal, rising from bin to bin.
+    bin_counts = rng.integers(0, 30, size=(2, n_bins))
+    bin_sums = bin_counts * numpy.sort(rng.integers(-1000, 1000, size=(2, n_bins)), axis=1)
+    sums = numpy.concatenate([numpy.zeros((2, 1), numpy.int64), numpy.cumsum(bin_sums, axis=1)], axis=1)
+    counts = numpy.concatenate([numpy.zeros((2, 1)), numpy.cumsum(bin_counts, axis=1)], axis=1)
+    width, lows = optimal.feasible_band(n_bins, k)
+    lows = numpy.broadcast_to(lows, (2, k + 1))
+    reference = optimal.band_bin_borders(sums, counts, k, lows, width)
+    twin = compiled.band_bin_borders(sums, counts, k, lows, width)
+    assert numpy.array_equal(twin, reference)

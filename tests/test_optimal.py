@@ -145,3 +145,41 @@ def test_banded_dp_loses_almost_nothing_against_the_full_dp(monkeypatch, k):
     full = cluster_arrays(arrays, k, method="optimal")
     for values, a, b in zip(arrays, banded, full):
         assert sse(values, a.codebook) <= 1.005 * sse(values, b.codebook)
+
+
+def bin_objective(sums, counts, borders):
+    """Return sum_c S_c**2 / n_c of bin borders, as an exact fraction."""
+    from fractions import Fraction
+
+    total = Fraction(0)
+    for a, b in zip(borders[:-1], borders[1:]):
+        count = int(counts[b] - counts[a])
+        if count:
+            total += Fraction(int(sums[b] - sums[a]) ** 2, count)
+    return total
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(2, 24), spare=st.integers(0, 40))
+def test_feasible_bands_reach_the_full_dps_optimum(seed, k, spare):
+    # Clusters of >= 1 bin lose nothing (splitting never lowers the
+    # objective), so the narrower DP is exact, empty bins and ties included.
+    rng = numpy.random.default_rng(seed)
+    n_bins = k + spare
+    # Bins are runs of sorted values (the DP's monotone splits need that),
+    # with empty bins and repeated values.
+    bin_counts = rng.integers(0, 4, size=n_bins) * (rng.random(n_bins) < 0.8)
+    values = numpy.sort(rng.integers(-20, 20, size=int(bin_counts.sum())))
+    prefix = numpy.concatenate([[0], numpy.cumsum(values)])
+    positions = numpy.concatenate([[0], numpy.cumsum(bin_counts)])
+    sums = prefix[positions].astype(numpy.int64)[None, :]
+    counts = positions.astype(numpy.float64)[None, :]
+    full = optimal.dp_bin_borders(sums, counts, k, n_bins)[0]
+    band = optimal.feasible_band(n_bins, k)
+    narrow = optimal._full_borders(sums, counts, k, n_bins)[0]
+    if band is not None:
+        width, lows = band
+        assert width < n_bins and width >= n_bins - k
+        assert ((narrow[1:k] >= lows[1:k]) & (narrow[1:k] <= lows[1:k] + width)).all()
+    assert narrow[0] == 0 and narrow[-1] == n_bins and (numpy.diff(narrow) >= 0).all()
+    assert bin_objective(sums[0], counts[0], narrow) == bin_objective(sums[0], counts[0], full)
