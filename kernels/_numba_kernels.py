@@ -98,7 +98,10 @@ def _band_row(sums, counts, k, lows, width, splits):
                     low = floor
                 else:
                     high = min(table[relative + stride], high)
-                    low = min(table[relative - stride], high)
+                    low = table[relative - stride]
+                if end - floor <= width:
+                    low = max(low, splits[c - 1, end - floor])
+                low = min(low, high)
                 table[relative], current[relative] = _best_split(previous, floor, sums, counts, low, high, end)
             stride = width // 2 if stride == 0 else stride // 2
             if stride == 0:

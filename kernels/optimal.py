@@ -322,12 +322,15 @@ def _band_levels(width: int):
     return levels
 
 
-def _band_layer(previous, previous_low, low_c, sums, counts):
+def _band_layer(previous, previous_splits, previous_low, low_c, sums, counts):
     """Return (D_c, splits) on layer c's band from D_{c-1} on layer c - 1's band, for every row.
 
-    previous: float64 (R, W + 1), D_{c-1} at bins previous_low + r; low_c:
+    previous: float64 (R, W + 1), D_{c-1} at bins previous_low + r, and
+    previous_splits int64 (R, W + 1) its splits (zeros for c = 2); low_c:
     int64 (R,) the first bin of layer c's band. A j below previous_low has no
     split in band (value -inf, split previous_low). Splits are absolute bins.
+    As in _layer, a split is no lower than layer c - 1's split at the same j
+    where the previous band holds j.
     """
     xp = array_namespace(previous)
     n_rows, band = previous.shape
@@ -346,7 +349,10 @@ def _band_layer(previous, previous_low, low_c, sums, counts):
             low, high = xp.broadcast_to(floor, ends.shape), ceiling
         else:
             high = xp.minimum(splits[:, relative + stride], ceiling)
-            low = xp.minimum(splits[:, relative - stride], high)
+            low = splits[:, relative - stride]
+        in_previous = ends - floor <= width
+        below = previous_splits[rows, xp.clip(ends - floor, 0, width)]
+        low = xp.minimum(xp.where(in_previous, xp.maximum(low, below), low), high)
         valid = ends >= floor
         low = xp.where(valid, low, floor)
         high = xp.where(valid, high, floor)
@@ -372,9 +378,9 @@ def band_bin_borders(sums, counts, k: int, lows, width: int = BAND_WIDTH):
     first = sums[rows[:, None], lows[:, 1:2] + relative[None, :]].astype(xp.float64)
     first_counts = counts[rows[:, None], lows[:, 1:2] + relative[None, :]]
     layer = xp.where(first_counts > 0, first * first / xp.maximum(first_counts, 1.0), 0.0)
-    tables = {}
+    tables = {1: xp.zeros((n_rows, width + 1), dtype=xp.int64)}
     for c in range(2, k + 1):
-        layer, tables[c] = _band_layer(layer, lows[:, c - 1], lows[:, c], sums, counts)
+        layer, tables[c] = _band_layer(layer, tables[c - 1], lows[:, c - 1], lows[:, c], sums, counts)
     borders = xp.zeros((n_rows, k + 1), dtype=xp.int64)
     borders[:, k] = n_edges - 1
     for c in range(k, 1, -1):
