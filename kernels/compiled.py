@@ -154,12 +154,12 @@ def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, ke
     return keys, prefix
 
 
-# Buckets of a segment's labelling table (int32 each): a power of two near
+# Buckets of a segment's labelling table (_table_dtype each): a power of two near
 # its number of values, within these bounds. Fine buckets keep the few
 # midpoints per bucket that make the lookup fast (heavy tails squeeze the
 # core, where most midpoints lie, into few buckets: 4096 buckets labelled a
 # 2 M-value segment at k = 256 2x slower than 65536); sized by the segment,
-# the tables take at most 4 bytes per value beside the minimum.
+# the tables take at most 4 bytes per value (1 at k <= 256) beside the minimum.
 MIN_LABEL_BUCKETS = 1 << 6
 MAX_LABEL_BUCKETS = 1 << 16
 
@@ -181,8 +181,17 @@ def _bucket_layout(sizes, low_keys, high_keys):
             break
         shifts += wide
     table_offsets = numpy.zeros(sizes.shape[0] + 1, dtype=numpy.int64)
-    numpy.cumsum(buckets, out=table_offsets[1:])
+    numpy.cumsum(buckets + 1, out=table_offsets[1:])  # each table ends with its total
     return shifts, table_offsets
+
+
+def _table_dtype(n_mids: int):
+    # The narrowest type that holds 0..n_mids: at k <= 256 a byte per bucket,
+    # so a 65,536-bucket table stays in the core's cache.
+    for dtype in (numpy.uint8, numpy.uint16):
+        if n_mids <= numpy.iinfo(dtype).max:
+            return dtype
+    return numpy.int32
 
 
 def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, high_keys, key_shift: int,
@@ -212,7 +221,11 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
     low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
     shifts, table_offsets = _bucket_layout(offsets[1:] - offsets[:-1], low_keys, high_keys)
     kernels = _kernels()
-    tables = kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, table_offsets)
+    tables = numpy.empty(int(table_offsets[-1]), dtype=_table_dtype(n_mids))
+    kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, table_offsets, tables)
+    # A key above every other after the last segment's midpoints: the lookup
+    # compares with the entry after a segment's own without a bounds check.
+    mid_keys = numpy.append(numpy.asarray(mid_keys, dtype=numpy.int64), numpy.iinfo(numpy.int64).max)
     out = numpy.empty(values.shape[0], dtype=dtype)
     kernels._value_labels(values, offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
                           low_keys, shifts, tables, table_offsets, out)
