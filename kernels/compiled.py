@@ -172,14 +172,12 @@ def _bucket_layout(sizes, low_keys, high_keys):
     """
     sizes = numpy.asarray(sizes, dtype=numpy.int64)
     wanted = numpy.clip(sizes, MIN_LABEL_BUCKETS, MAX_LABEL_BUCKETS)
-    buckets = numpy.left_shift(1, numpy.ceil(numpy.log2(wanted)).astype(numpy.int64))
-    spans = numpy.asarray(high_keys, dtype=numpy.int64) - low_keys
-    shifts = numpy.zeros(sizes.shape[0], dtype=numpy.int64)
-    while True:
-        wide = (spans >> shifts) >= buckets
-        if not wide.any():
-            break
-        shifts += wide
+    bucket_bits = [(int(n) - 1).bit_length() for n in wanted.tolist()]
+    buckets = numpy.left_shift(1, numpy.array(bucket_bits, dtype=numpy.int64))
+    spans = (numpy.asarray(high_keys, dtype=numpy.int64) - low_keys).tolist()
+    # span >> shift < 2**bits exactly when span < 2**(bits + shift).
+    shifts = numpy.array([max(0, int(span).bit_length() - bits) for span, bits in zip(spans, bucket_bits)],
+                         dtype=numpy.int64)
     table_offsets = numpy.zeros(sizes.shape[0] + 1, dtype=numpy.int64)
     numpy.cumsum(buckets + 1, out=table_offsets[1:])  # each table ends with its total
     return shifts, table_offsets
