@@ -26,6 +26,14 @@ def _best_split(previous, previous_low, sums, counts, low, high, end):
 
 
 @numba.njit(cache=True, nogil=True)
+def _offset(first_layer):
+    # D_1 less its maximum, in place: see optimal._offset.
+    largest = first_layer.max()
+    for j in range(first_layer.shape[0]):
+        first_layer[j] = first_layer[j] - largest
+
+
+@numba.njit(cache=True, nogil=True)
 def _dp_row(sums, counts, k, strides, splits):
     """Fill splits (k - 1, B + 1) of one row; see optimal._layer for the recurrence."""
     width = sums.shape[0]
@@ -35,6 +43,7 @@ def _dp_row(sums, counts, k, strides, splits):
     for j in range(width):
         total = numpy.float64(sums[j])
         previous[j] = total * total / max(counts[j], 1.0) if counts[j] > 0 else 0.0
+    _offset(previous)
     for layer in range(k - 1):
         table = splits[layer]
         table[:] = 0
@@ -71,14 +80,15 @@ def _dp_rows(sums, counts, row_starts, k, strides, stride_starts):
 
 
 @numba.njit(cache=True, nogil=True)
-def _band_row(sums, counts, k, lows, width, splits):
-    """Fill splits (k + 1, width + 1) of one row; see optimal.band_bin_borders for the recurrence."""
+def _band_row(sums, counts, k, lows, width, splits, last):
+    """Fill splits (k + 1, width + 1) of one row and last (width + 1) with D_k; see optimal.band_bin_borders."""
     previous = numpy.empty(width + 1, dtype=numpy.float64)
     current = numpy.empty(width + 1, dtype=numpy.float64)
     for r in range(width + 1):
         total = numpy.float64(sums[lows[1] + r])
         count = counts[lows[1] + r]
         previous[r] = total * total / max(count, 1.0) if count > 0 else 0.0
+    _offset(previous)
     for c in range(2, k + 1):
         floor = lows[c - 1]
         low_c = lows[c]
@@ -107,20 +117,53 @@ def _band_row(sums, counts, k, lows, width, splits):
             if stride == 0:
                 break
         previous, current = current, previous
+    last[:] = previous
 
 
 @numba.njit(cache=True, parallel=True)
 def _band_rows(sums, counts, row_starts, k, lows, width):
-    """Return int64 (R, k + 1) banded-DP borders of R rows of any widths (layout as _dp_rows)."""
+    """Return int64 (R, k + 1) banded-DP borders of R rows of any widths (layout as _dp_rows).
+
+    Each row's two halves (forward, and mirrored: optimal.band_bin_borders)
+    run as parallel tasks, so even one row keeps two cores busy.
+    """
     n_rows = row_starts.shape[0] - 1
+    k_forward = k // 2
+    k_backward = k - k_forward
+    splits = numpy.zeros((2 * n_rows, k_backward + 1, width + 1), dtype=numpy.int32)
+    last = numpy.empty((2 * n_rows, width + 1), dtype=numpy.float64)
+    for half in numba.prange(2 * n_rows):
+        row = half // 2
+        first, stop = row_starts[row], row_starts[row + 1]
+        if half % 2 == 0:
+            _band_row(sums[first:stop], counts[first:stop], k_forward, lows[row], width, splits[half], last[half])
+        else:
+            n_bins = stop - first - 1
+            mirror_sums = numpy.empty(n_bins + 1, dtype=numpy.int64)
+            mirror_counts = numpy.empty(n_bins + 1, dtype=numpy.float64)
+            for j in range(n_bins + 1):
+                mirror_sums[j] = sums[stop - 1 - j] - sums[stop - 1]
+                mirror_counts[j] = counts[stop - 1] - counts[stop - 1 - j]
+            mirror_lows = numpy.empty(k + 1, dtype=numpy.int64)
+            for c in range(k + 1):
+                mirror_lows[c] = n_bins - width - lows[row, k - c]
+            _band_row(mirror_sums, mirror_counts, k_backward, mirror_lows, width, splits[half], last[half])
     borders = numpy.zeros((n_rows, k + 1), dtype=numpy.int64)
     for row in numba.prange(n_rows):
-        first, last = row_starts[row], row_starts[row + 1]
-        splits = numpy.zeros((k + 1, width + 1), dtype=numpy.int64)
-        _band_row(sums[first:last], counts[first:last], k, lows[row], width, splits)
-        borders[row, k] = last - first - 1
-        for c in range(k, 1, -1):
-            borders[row, c - 1] = splits[c, borders[row, c] - lows[row, c]]
+        n_bins = row_starts[row + 1] - row_starts[row] - 1
+        best, best_value = 0, -numpy.inf
+        for r in range(width + 1):
+            value = last[2 * row, r] + last[2 * row + 1, width - r]
+            if value > best_value:
+                best, best_value = r, value
+        borders[row, k] = n_bins
+        borders[row, k_forward] = lows[row, k_forward] + best
+        for c in range(k_forward, 1, -1):
+            borders[row, c - 1] = splits[2 * row, c, borders[row, c] - lows[row, c]]
+        mirror_border = n_bins - borders[row, k_forward]
+        for c in range(k_backward, 1, -1):
+            mirror_border = splits[2 * row + 1, c, mirror_border - (n_bins - width - lows[row, k - c])]
+            borders[row, k - c + 1] = n_bins - mirror_border
     return borders
 
 

@@ -78,6 +78,10 @@ def dp_bin_borders(sums, counts, k: int, strides) -> numpy.ndarray:
     return dp_groups_borders([(sums, counts, strides)], k)[0]
 
 
+# Bytes of split tables one call of the banded DP kernel may hold.
+BAND_TABLE_BYTES = 1 << 25
+
+
 def band_groups_borders(groups, k: int, width: int) -> list:
     """Return the banded-DP borders (R_g, k + 1) of every group of rows in one parallel call.
 
@@ -89,8 +93,17 @@ def band_groups_borders(groups, k: int, width: int) -> list:
         return []
     sums, counts, row_starts = _ragged(groups)
     lows = numpy.ascontiguousarray(numpy.concatenate([group[2] for group in groups]), dtype=numpy.int64)
-    borders = _kernels()._band_rows(sums, counts, row_starts, int(k), lows, int(width))
-    return _split_rows(borders, groups)
+    # The kernel keeps every row's split tables until the halves meet: bound
+    # them by calling it on runs of rows.
+    per_call = max(1, BAND_TABLE_BYTES // (2 * 4 * (k - k // 2 + 1) * (width + 1)))
+    n_rows = row_starts.shape[0] - 1
+    borders = []
+    for first in range(0, n_rows, per_call):
+        last = min(n_rows, first + per_call)
+        starts = row_starts[first : last + 1]
+        borders.append(_kernels()._band_rows(sums[starts[0] : starts[-1]], counts[starts[0] : starts[-1]],
+                                             starts - starts[0], int(k), lows[first:last], int(width)))
+    return _split_rows(numpy.concatenate(borders), groups)
 
 
 def band_bin_borders(sums, counts, k: int, lows, width: int) -> numpy.ndarray:

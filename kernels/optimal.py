@@ -27,14 +27,16 @@ DP, whose borders say roughly where each optimal border lies; the DP on all
 bins then keeps layer c only on the BAND_WIDTH + 1 bins around the coarse
 border c (band_bin_borders). The coarse DP itself is exact but skips the
 positions no clustering of nonempty clusters uses (feasible_band), half of
-them at k=256. That cuts the DP's time about three-fold at k=256.
+them at k=256. Banded DPs meet in the middle: the first half of the clusters
+is solved forward and the second on the mirrored bins, as two rows, so one
+tensor's DP runs on two cores.
 Measured by benchmarks/band.py on the tensors of benchmarks/optimal.py, the
 SSE after Lloyd equals the full DP's on every banded tensor at k=128 and 256;
 a band of 64 bins is up to 0.5% worse, one of 32 bins up to 3%. It is a
 restriction, not a proof: an optimum whose border leaves its band is not found.
 
 Device independence: sums and counts are exact integers; the DP values are
-float64 built from elementwise +, *, / (correctly rounded IEEE on both array
+float64 built from elementwise +, -, *, / (correctly rounded IEEE on both array
 libraries) and max/argmax with the first index winning ties. No float sum
 whose order could differ between devices decides anything.
 
@@ -264,6 +266,19 @@ def _layer(previous, previous_splits, sums, counts, n_bins: int, strides):
     return current, splits
 
 
+def _offset(first_layer):
+    """Return D_1 (R, W) less its row maximum: the same splits, and values that keep their precision.
+
+    An extreme value at the DP's start (an outlier 10**7 times the weights'
+    scale) makes every D_c hold its huge S**2 / n, and the gains of the other
+    clusters vanish in its rounding: borders came out at random and clusters
+    empty. Less that constant (exact: it is D_1 of the outlier alone), the
+    values stay on the scale of the gains. A maximum is exact on any device.
+    """
+    xp = array_namespace(first_layer)
+    return first_layer - xp.max(first_layer, axis=1, keepdims=True)
+
+
 def dp_bin_borders(sums, counts, k: int, n_bins: int):
     """Return int64 (R, k + 1) bin borders of the exact k-clustering of each row's bins (array version).
 
@@ -274,7 +289,7 @@ def dp_bin_borders(sums, counts, k: int, n_bins: int):
     """
     xp = array_namespace(sums)
     sums_float = sums.astype(xp.float64)
-    layer = xp.where(counts > 0, sums_float * sums_float / xp.maximum(counts, 1.0), 0.0)
+    layer = _offset(xp.where(counts > 0, sums_float * sums_float / xp.maximum(counts, 1.0), 0.0))
     strides = _strides(n_bins)
     tables = []
     splits = xp.zeros(sums.shape, dtype=xp.int64)
@@ -362,6 +377,16 @@ def _band_layer(previous, previous_splits, previous_low, low_c, sums, counts):
     return current, splits
 
 
+def mirrored(sums, counts):
+    """Return (sums, counts) (R, B + 1) of each row's bins in reverse order, values negated.
+
+    Bin j of the mirror is bin B - 1 - j; its sums are sums[B - j] - sums[B]
+    (exact integers). A cluster's mirrored sum is the negated sum and its
+    count the same, so its gain S**2 / n is bit for bit the same.
+    """
+    return sums[:, ::-1] - sums[:, -1:], counts[:, -1:] - counts[:, ::-1]
+
+
 def band_bin_borders(sums, counts, k: int, lows, width: int = BAND_WIDTH):
     """Return int64 (R, k + 1) bin borders of the best k-clustering whose c-th border lies in band c.
 
@@ -369,22 +394,47 @@ def band_bin_borders(sums, counts, k: int, lows, width: int = BAND_WIDTH):
     or feasible_band; width: a power of two. Layer c keeps D_c only on bins
     [lows[c], lows[c] + width] and takes its splits from layer c - 1's band;
     each layer is the same divide and conquer as _layer, over the band.
+
+    The DP meets in the middle: the first k // 2 clusters run forward, the
+    last k - k // 2 as the same DP on the mirrored bins (mirrored), both as
+    rows of one DP (on the CPU, on two cores), and border k // 2 is the
+    first position of its band that maximizes the sum of the two halves.
     compiled.band_bin_borders is its CPU twin, bit for bit.
     """
     xp = array_namespace(sums)
     n_rows, n_edges = sums.shape
+    n_bins = n_edges - 1
+    k_forward, k_backward = k // 2, k - k // 2
+    mirror_sums, mirror_counts = mirrored(sums, counts)
+    # Mirrored border c is border k - c: its band is band k - c, reversed.
+    mirror_lows = n_bins - width - lows[:, ::-1]
+    all_sums = xp.ascontiguousarray(xp.concatenate([sums, mirror_sums]))
+    all_counts = xp.ascontiguousarray(xp.concatenate([counts, mirror_counts]))
+    all_lows = xp.concatenate([lows, mirror_lows])
     relative = xp.arange(width + 1, dtype=xp.int64)
-    rows = xp.arange(n_rows, dtype=xp.int64)
-    first = sums[rows[:, None], lows[:, 1:2] + relative[None, :]].astype(xp.float64)
-    first_counts = counts[rows[:, None], lows[:, 1:2] + relative[None, :]]
-    layer = xp.where(first_counts > 0, first * first / xp.maximum(first_counts, 1.0), 0.0)
-    tables = {1: xp.zeros((n_rows, width + 1), dtype=xp.int64)}
-    for c in range(2, k + 1):
-        layer, tables[c] = _band_layer(layer, tables[c - 1], lows[:, c - 1], lows[:, c], sums, counts)
+    rows = xp.arange(2 * n_rows, dtype=xp.int64)
+    first = all_sums[rows[:, None], all_lows[:, 1:2] + relative[None, :]].astype(xp.float64)
+    first_counts = all_counts[rows[:, None], all_lows[:, 1:2] + relative[None, :]]
+    layer = _offset(xp.where(first_counts > 0, first * first / xp.maximum(first_counts, 1.0), 0.0))
+    tables = {1: xp.zeros((2 * n_rows, width + 1), dtype=xp.int64)}
+    forward = layer[:n_rows]
+    for c in range(2, k_backward + 1):  # forward rows run one layer too many for odd k: unused
+        layer, tables[c] = _band_layer(layer, tables[c - 1], all_lows[:, c - 1], all_lows[:, c], all_sums,
+                                       all_counts)
+        if c == k_forward:
+            forward = layer[:n_rows]
+    # Border k // 2 at lows[k // 2] + r is mirrored border k - k // 2 at its band's position width - r.
+    meet = lows[:, k_forward] + xp.argmax(forward + layer[n_rows:, ::-1], axis=1)
     borders = xp.zeros((n_rows, k + 1), dtype=xp.int64)
-    borders[:, k] = n_edges - 1
-    for c in range(k, 1, -1):
-        borders[:, c - 1] = tables[c][rows, borders[:, c] - lows[:, c]]
+    borders[:, k] = n_bins
+    borders[:, k_forward] = meet
+    row_index = rows[:n_rows]
+    for c in range(k_forward, 1, -1):
+        borders[:, c - 1] = tables[c][row_index, borders[:, c] - lows[:, c]]
+    mirror_border = n_bins - meet
+    for c in range(k_backward, 1, -1):
+        mirror_border = tables[c][row_index + n_rows, mirror_border - mirror_lows[:, c]]
+        borders[:, k - c + 1] = n_bins - mirror_border
     return borders
 
 

@@ -43,12 +43,15 @@ def test_segment_sort_in_parallel_runs_matches_global_sort(monkeypatch):
     assert numpy.array_equal(sort_segments(keys, offsets), numpy.sort(keys))
 
 
-def test_labels_when_every_centroid_sits_in_one_bucket(monkeypatch):
+@pytest.mark.parametrize("outlier", [1e6, -1e6])
+def test_labels_when_every_centroid_sits_in_one_bucket(monkeypatch, outlier):
     # One huge outlier stretches the lookup buckets: the whole core, and all
-    # but one midpoint, fall in the first bucket, where the search must still be exact.
+    # but one midpoint, fall in one bucket, where the search must still be
+    # exact. At either end of the DP, the outlier must not drown the core's
+    # gains in rounding (optimal._offset): every cluster is used.
     from gpucompress.engine import cluster_arrays
 
-    values = numpy.concatenate([heavy_tailed(50000, seed=4), [1e6]])
+    values = numpy.concatenate([heavy_tailed(50000, seed=4), [outlier]])
     fast = cluster_arrays([values], 256, method="optimal", device="cpu")[0]
     monkeypatch.setattr(compiled, "available", lambda: False)
     slow = cluster_arrays([values], 256, method="optimal", device="cpu")[0]
@@ -75,7 +78,7 @@ def test_dp_borders_match_array_dp(k, n):
 
 
 @pytest.mark.parametrize("k,n", [(128, 20000), (256, 30000)])
-def test_band_borders_match_array_band_dp(k, n):
+def test_band_borders_match_array_band_dp(monkeypatch, k, n):
     # Two rows of one bin count with different data: bands differ per row.
     batch = batch_of([heavy_tailed(n, seed=k), heavy_tailed(n + 11, seed=n)])
     rows = numpy.array([0, 1], dtype=numpy.int64)
@@ -92,6 +95,8 @@ def test_band_borders_match_array_band_dp(k, n):
     reference = optimal.band_bin_borders(sums, counts, k, lows)
     twin = compiled.band_bin_borders(sums, counts, k, lows, optimal.BAND_WIDTH)
     assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
+    monkeypatch.setattr(compiled, "BAND_TABLE_BYTES", 1)  # one row per kernel call
+    assert numpy.array_equal(compiled.band_bin_borders(sums, counts, k, lows, optimal.BAND_WIDTH), reference)
     # Every border lies in its layer's band, and the borders are a partition of the bins.
     inner = slice(1, k)
     assert (reference[:, inner] >= lows[:, inner]).all()
