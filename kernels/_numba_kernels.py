@@ -266,6 +266,93 @@ def _lloyd(keys, prefix, offsets, centroids, max_iter, key_shift, key_bias, iter
 
 
 @numba.njit(cache=True, nogil=True)
+def _lower_bound(keys, low, high, key):
+    # The first position in [low, high) whose key is >= key (searchsorted, side="left").
+    while low < high:
+        middle = (low + high) >> 1
+        if keys[middle] < key:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@numba.njit(cache=True, nogil=True)
+def _equal_width_positions(keys, start, end, tag, value_mask, key_bias, n_cells, out):
+    # out[s - 1] for s in 1..n_cells - 1: optimal.equal_width_positions of one segment.
+    low = (keys[start] & value_mask) - key_bias
+    high = (keys[end - 1] & value_mask) - key_bias
+    position = start
+    for step in range(1, n_cells):
+        query = tag + low + ((high - low) * step) // n_cells + key_bias
+        position = _lower_bound(keys, position, end, query)  # thresholds ascend
+        out[step - 1] = position
+
+
+@numba.njit(cache=True, nogil=True)
+def _integer_cube_root(x):
+    root = numpy.int64(numpy.floor(numpy.cbrt(numpy.float64(x))))
+    if (root + 1) ** 3 <= x:
+        root += 1
+    if root**3 > x:
+        root -= 1
+    return root
+
+
+@numba.njit(cache=True, nogil=True)
+def _density_positions(keys, start, end, tag, value_mask, key_bias, n_bins, fine_per_bin, cube_shift, out):
+    # out[0..n_bins]: optimal.density_edges of one segment.
+    n_cells = fine_per_bin * n_bins
+    cell_edges = numpy.empty(n_cells + 1, dtype=numpy.int64)
+    cell_edges[0] = start
+    cell_edges[n_cells] = end
+    _equal_width_positions(keys, start, end, tag, value_mask, key_bias, n_cells, cell_edges[1:n_cells])
+    weights = numpy.empty(n_cells, dtype=numpy.int64)
+    cumulative = numpy.empty(n_cells + 1, dtype=numpy.int64)
+    cumulative[0] = 0
+    for cell in range(n_cells):
+        weights[cell] = _integer_cube_root((cell_edges[cell + 1] - cell_edges[cell]) << cube_shift)
+        cumulative[cell + 1] = cumulative[cell] + weights[cell]
+    total = cumulative[n_cells]
+    cell = 0
+    for edge in range(n_bins + 1):
+        target = (edge * total) // n_bins
+        # The last cell whose cumulative weight is <= target (searchsorted right, less one).
+        while cell + 1 <= n_cells and cumulative[cell + 1] <= target:
+            cell += 1
+        chosen = min(cell, n_cells - 1)
+        within = target - cumulative[chosen]
+        count = cell_edges[chosen + 1] - cell_edges[chosen]
+        position = cell_edges[chosen] + (within * count) // max(weights[chosen], 1)
+        out[edge] = min(position, end)
+    out[0] = start
+    out[n_bins] = end
+
+
+@numba.njit(cache=True, parallel=True)
+def _bin_edges(keys, offsets, rows, n_bins, key_shift, value_mask, key_bias, fine_per_bin, cube_shift):
+    """Return int64 (R, n_bins + 1): optimal.bin_edges of segments larger than n_bins, bit for bit."""
+    n_rows = rows.shape[0]
+    count_bins = n_bins // 3
+    density_bins = n_bins // 3
+    width_bins = n_bins - count_bins - density_bins
+    edges = numpy.empty((n_rows, n_bins + 1), dtype=numpy.int64)
+    for index in numba.prange(n_rows):
+        row = rows[index]
+        start, end = offsets[row], offsets[row + 1]
+        tag = numpy.int64(row) << key_shift
+        union = edges[index]
+        for step in range(count_bins + 1):
+            union[step] = start + (step * (end - start)) // count_bins
+        _equal_width_positions(keys, start, end, tag, value_mask, key_bias, width_bins,
+                               union[count_bins + 1 : count_bins + width_bins])
+        _density_positions(keys, start, end, tag, value_mask, key_bias, density_bins, fine_per_bin, cube_shift,
+                           union[count_bins + width_bins :])
+        union.sort()
+    return edges
+
+
+@numba.njit(cache=True, nogil=True)
 def _partition(values, pivot, out):
     # Values below pivot to the front of out, the others to the back (NaN
     # among them). Each value is written to both free ends and only one end

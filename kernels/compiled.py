@@ -133,6 +133,19 @@ def _normal_scales(exponents):
     return numpy.ldexp(numpy.ones(exponents.size), exponents.astype(numpy.int32))
 
 
+def bin_edges(keys, offsets, rows, n_bins: int, key_shift: int, value_mask: int, key_bias: int,
+              fine_per_bin: int, cube_shift: int) -> numpy.ndarray:
+    """Return int64 (R, n_bins + 1) DP bin edges of segments `rows`, each larger than n_bins: optimal.bin_edges' twin.
+
+    keys: int64 (N,) sorted; offsets: int64 (S + 1,); rows: int64 (R,). The
+    same integer thresholds, searches, cube roots and union, one compiled
+    loop per segment in parallel instead of some forty array steps.
+    """
+    return _kernels()._bin_edges(keys, numpy.ascontiguousarray(offsets, dtype=numpy.int64),
+                                 numpy.ascontiguousarray(rows, dtype=numpy.int64), int(n_bins), int(key_shift),
+                                 int(value_mask), int(key_bias), int(fine_per_bin), int(cube_shift))
+
+
 def partition(values, pivot, out) -> int:
     """Write the values below pivot to the front of out and the others to the back; return their count.
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy
 
 from . import compiled
-from .fixedpoint import KEY_BIAS, array_namespace, key_values, range_sums, rounded_mean
+from .fixedpoint import KEY_BIAS, KEY_SHIFT, KEY_VALUE_MASK, array_namespace, key_values, range_sums, rounded_mean
 from .lloyd import lloyd, segment_tags
 from .segments import SegmentBatch
 
@@ -530,7 +530,12 @@ def _compiled_borders(tables, k: int) -> list:
 def _bin_tables(batch: SegmentBatch, rows, n_bins: int):
     """Return (edges, sums, counts) of the bins of segments `rows`: positions, exact sums and counts from each start."""
     xp = array_namespace(batch.keys)
-    edges = bin_edges(batch, rows, n_bins)
+    sizes = batch.offsets[rows + 1] - batch.offsets[rows]
+    if xp is numpy and compiled.available() and int(sizes.min()) > n_bins:
+        edges = compiled.bin_edges(batch.keys, batch.offsets, rows, n_bins, KEY_SHIFT, KEY_VALUE_MASK, KEY_BIAS,
+                                   FINE_PER_BIN, CUBE_SHIFT)
+    else:
+        edges = bin_edges(batch, rows, n_bins)
     starts = edges[:, :1]
     sums = range_sums(batch.prefix, xp.broadcast_to(starts, edges.shape), edges)
     return edges, sums, (edges - starts).astype(xp.float64)

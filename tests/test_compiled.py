@@ -369,3 +369,19 @@ def test_feasible_band_borders_match_array_band_dp(k, n_bins):
     reference = optimal.band_bin_borders(sums, counts, k, lows, width)
     twin = compiled.band_bin_borders(sums, counts, k, lows, width)
     assert numpy.array_equal(twin, reference)
+
+
+@pytest.mark.parametrize("n_bins", [256, 683, 2048])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bin_edges_match_array_bin_edges(n_bins, dtype):
+    # Heavy tails, an extreme outlier, many ties, a segment of mostly zeros.
+    arrays = [heavy_tailed(n, seed=i) for i, n in enumerate([3000, 70000, n_bins + 1])]
+    arrays.append(numpy.concatenate([heavy_tailed(20000, seed=9), [1e6]]))
+    arrays.append(numpy.round(heavy_tailed(30000, seed=10) * 50) / 50)
+    arrays.append(numpy.concatenate([numpy.zeros(5000), [1.0, 2.0, 3.0]]))
+    batch = batch_of([a.astype(dtype) for a in arrays])
+    rows = numpy.array([i for i, a in enumerate(arrays) if a.size > n_bins], dtype=numpy.int64)
+    reference = optimal.bin_edges(batch, rows, n_bins)
+    twin = compiled.bin_edges(batch.keys, batch.offsets, rows, n_bins, fixedpoint.KEY_SHIFT,
+                              fixedpoint.KEY_VALUE_MASK, fixedpoint.KEY_BIAS, optimal.FINE_PER_BIN, optimal.CUBE_SHIFT)
+    assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
