@@ -14,6 +14,7 @@ import numpy
 
 from . import device as devices
 from . import engine
+from .kernels import compiled
 from .models.weights import Weight
 from .options import CompressOptions
 from .select import CLUSTER, Decision, decide_with_values, decide_without_values
@@ -101,8 +102,7 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
 def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) -> TensorOutcome:
     weight, mask = pending.weight, pending.finite_mask
     codebook = codebook64.astype(pending.values.dtype)
-    finite = pending.finite.astype(numpy.float64)
-    errors = finite - codebook[labels_finite].astype(numpy.float64)
+    sse, sum_squares = _error_sums(pending.finite, codebook, labels_finite)
     if mask is None:
         labels, nonfinite_index, nonfinite_values = labels_finite, None, None
     else:
@@ -114,9 +114,21 @@ def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) 
         name=weight.name, dtype=weight.dtype, shape=weight.shape, clustered=True, reason=CLUSTER,
         codebook=codebook, labels=labels, nonfinite_index=nonfinite_index,
         nonfinite_values=nonfinite_values, iterations=result.iterations,
-        converged=result.converged, sse=float(numpy.dot(errors, errors)), codebook_id=codebook_id,
-        sum_squares=float(numpy.dot(finite, finite)),
+        converged=result.converged, sse=sse, codebook_id=codebook_id, sum_squares=sum_squares,
     )
+
+
+def _error_sums(finite: numpy.ndarray, codebook: numpy.ndarray, labels: numpy.ndarray) -> tuple[float, float]:
+    """Return float64 (SSE of finite against codebook[labels], sum of finite**2).
+
+    One compiled pass for float32/float64 (the float64 temporaries of the
+    array version cost a quarter of a second on a 23 M-weight model).
+    """
+    if finite.dtype in (numpy.float32, numpy.float64) and compiled.available():
+        return compiled.error_sums(finite, codebook, labels)
+    wide = finite.astype(numpy.float64)
+    errors = wide - codebook[labels].astype(numpy.float64)
+    return float(numpy.dot(errors, errors)), float(numpy.dot(wide, wide))
 
 
 def _exact_common_dtype(pending: list[_Pending]) -> numpy.dtype:

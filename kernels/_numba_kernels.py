@@ -353,6 +353,21 @@ def _bin_edges(keys, offsets, rows, n_bins, key_shift, value_mask, key_bias, fin
 
 
 @numba.njit(cache=True, nogil=True)
+def _error_sums(values, codebook, labels):
+    # Four running sums each, in a fixed order: the adds overlap (a single
+    # chain waits on every add) and the result is the same on every run.
+    errors = numpy.zeros(4, dtype=numpy.float64)
+    squares = numpy.zeros(4, dtype=numpy.float64)
+    n_values = values.shape[0]
+    for index in range(n_values):
+        value = numpy.float64(values[index])
+        error = value - numpy.float64(codebook[labels[index]])
+        errors[index & 3] += error * error
+        squares[index & 3] += value * value
+    return (errors[0] + errors[1]) + (errors[2] + errors[3]), (squares[0] + squares[1]) + (squares[2] + squares[3])
+
+
+@numba.njit(cache=True, nogil=True)
 def _partition(values, pivot, out):
     # Values below pivot to the front of out, the others to the back (NaN
     # among them). Each value is written to both free ends and only one end

@@ -146,6 +146,16 @@ def bin_edges(keys, offsets, rows, n_bins: int, key_shift: int, value_mask: int,
                                  int(value_mask), int(key_bias), int(fine_per_bin), int(cube_shift))
 
 
+def error_sums(values, codebook, labels):
+    """Return float64 (sum of (values - codebook[labels])**2, sum of values**2), one pass, no temporaries.
+
+    values: float32 or float64 (n,); codebook: (k,) of the same dtype;
+    labels: (n,) integer indices into it. Sums run in a fixed order, so the
+    same inputs give the same bits on every run.
+    """
+    return tuple(float(total) for total in _kernels()._error_sums(values, codebook, labels))
+
+
 def partition(values, pivot, out) -> int:
     """Write the values below pivot to the front of out and the others to the back; return their count.
 

@@ -385,3 +385,18 @@ def test_bin_edges_match_array_bin_edges(n_bins, dtype):
     twin = compiled.bin_edges(batch.keys, batch.offsets, rows, n_bins, fixedpoint.KEY_SHIFT,
                               fixedpoint.KEY_VALUE_MASK, fixedpoint.KEY_BIAS, optimal.FINE_PER_BIN, optimal.CUBE_SHIFT)
     assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("label_dtype", ["uint8", "int64"])
+def test_error_sums_match_numpy(dtype, label_dtype):
+    rng = numpy.random.default_rng(12)
+    values = heavy_tailed(100003, seed=12).astype(dtype)
+    codebook = numpy.sort(rng.choice(values, 200, replace=False))
+    labels = rng.integers(0, 200, size=values.size).astype(label_dtype)
+    sse, energy = compiled.error_sums(values, codebook, labels)
+    wide = values.astype(numpy.float64)
+    errors = wide - codebook[labels].astype(numpy.float64)
+    assert sse == pytest.approx(float(errors @ errors), rel=1e-12)
+    assert energy == pytest.approx(float(wide @ wide), rel=1e-12)
+    assert (sse, energy) == compiled.error_sums(values, codebook, labels)
