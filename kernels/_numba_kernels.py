@@ -226,6 +226,12 @@ def _upper_bound_near(keys, low, high, key, hint):
 
 @numba.njit(cache=True, parallel=True)
 def _lloyd(keys, prefix, offsets, centroids, max_iter, key_shift, key_bias, iterations):
+    # Only what can change is recomputed: border j (the midpoint search
+    # between clusters j and j + 1) when centroid j or j + 1 moved in the last
+    # step, and cluster j's mean when one of its borders moved. The rest would
+    # come out the same (same query, same search; same range, same mean), so
+    # the results are those of recomputing everything; late steps, where a
+    # few centroids still move, cost a few searches instead of k.
     n_segments, k = centroids.shape
     for segment in numba.prange(n_segments):
         current = centroids[segment]
@@ -233,31 +239,44 @@ def _lloyd(keys, prefix, offsets, centroids, max_iter, key_shift, key_bias, iter
         tag = numpy.int64(segment) << key_shift
         first = offsets[segment]
         last = offsets[segment + 1]
-        borders = numpy.empty(k, dtype=numpy.int64)  # the last step's cluster ends: search hints
+        borders = numpy.empty(k, dtype=numpy.int64)  # cluster j ends at borders[j]
+        borders[k - 1] = last
+        moved = numpy.ones(k, dtype=numpy.bool_)
+        border_moved = numpy.ones(k, dtype=numpy.bool_)
+        border_moved[k - 1] = False
         steps = 0
         for step in range(max_iter):
-            start = first
-            changed = False
-            for j in range(k):
-                end = last
-                if j < k - 1:
+            for j in range(k - 1):
+                if step == 0 or moved[j] or moved[j + 1]:
                     midpoint = (current[j] + current[j + 1]) >> 1
                     query = tag + midpoint + key_bias
+                    low = borders[j - 1] if j > 0 else first
                     if step == 0:
-                        end = _upper_bound(keys, start, last, query)
+                        end = _upper_bound(keys, low, last, query)
                     else:
-                        end = _upper_bound_near(keys, start, last, query, borders[j])
+                        end = _upper_bound_near(keys, low, last, query, borders[j])
+                    border_moved[j] = step == 0 or end != borders[j]
                     borders[j] = end
-                count = end - start
-                value = current[j]
-                if count > 0:
-                    # Same-width casts reinterpret and int64 subtraction wraps:
-                    # the sum comes out modulo 2**64, exact as in range_sums.
-                    total = numpy.int64(prefix[end]) - numpy.int64(prefix[start])
-                    value = (2 * total + count) // (2 * count)
-                changed = changed or value != current[j]
-                updated[j] = value
-                start = end
+                else:
+                    border_moved[j] = False
+            changed = False
+            for j in range(k):
+                if step == 0 or border_moved[j] or (j > 0 and border_moved[j - 1]):
+                    start = borders[j - 1] if j > 0 else first
+                    end = borders[j]
+                    count = end - start
+                    value = current[j]
+                    if count > 0:
+                        # Same-width casts reinterpret and int64 subtraction wraps:
+                        # the sum comes out modulo 2**64, exact as in range_sums.
+                        total = numpy.int64(prefix[end]) - numpy.int64(prefix[start])
+                        value = (2 * total + count) // (2 * count)
+                    moved[j] = value != current[j]
+                    changed = changed or moved[j]
+                    updated[j] = value
+                else:
+                    moved[j] = False
+                    updated[j] = current[j]
             if not changed:
                 break
             current[:] = updated
