@@ -349,12 +349,12 @@ def _density_positions(keys, start, end, tag, value_mask, key_bias, n_bins, fine
 
 
 @numba.njit(cache=True, parallel=True)
-def _bin_edges(keys, offsets, rows, n_bins, key_shift, value_mask, key_bias, fine_per_bin, cube_shift):
+def _bin_edges(keys, offsets, rows, n_bins, key_shift, value_mask, key_bias, fine_per_bin, cube_shift, extremes):
     """Return int64 (R, n_bins + 1): optimal.bin_edges of segments larger than n_bins, bit for bit."""
     n_rows = rows.shape[0]
     count_bins = n_bins // 3
     density_bins = n_bins // 3
-    width_bins = n_bins - count_bins - density_bins
+    width_bins = n_bins - count_bins - density_bins - 2 * extremes
     edges = numpy.empty((n_rows, n_bins + 1), dtype=numpy.int64)
     for index in numba.prange(n_rows):
         row = rows[index]
@@ -363,10 +363,15 @@ def _bin_edges(keys, offsets, rows, n_bins, key_shift, value_mask, key_bias, fin
         union = edges[index]
         for step in range(count_bins + 1):
             union[step] = start + (step * (end - start)) // count_bins
-        _equal_width_positions(keys, start, end, tag, value_mask, key_bias, width_bins,
-                               union[count_bins + 1 : count_bins + width_bins])
-        _density_positions(keys, start, end, tag, value_mask, key_bias, density_bins, fine_per_bin, cube_shift,
-                           union[count_bins + width_bins :])
+        filled = count_bins + 1
+        for rank in range(1, extremes + 1):
+            union[filled] = start + rank
+            union[filled + 1] = end - rank
+            filled += 2
+        _equal_width_positions(keys, start + extremes, end - extremes, tag, value_mask, key_bias, width_bins,
+                               union[filled : filled + width_bins - 1])
+        _density_positions(keys, start + extremes, end - extremes, tag, value_mask, key_bias, density_bins,
+                           fine_per_bin, cube_shift, union[filled + width_bins - 1 :])
         union.sort()
     return edges
 

@@ -134,7 +134,7 @@ def _normal_scales(exponents):
 
 
 def bin_edges(keys, offsets, rows, n_bins: int, key_shift: int, value_mask: int, key_bias: int,
-              fine_per_bin: int, cube_shift: int) -> numpy.ndarray:
+              fine_per_bin: int, cube_shift: int, extremes: int) -> numpy.ndarray:
     """Return int64 (R, n_bins + 1) DP bin edges of segments `rows`, each larger than n_bins: optimal.bin_edges' twin.
 
     keys: int64 (N,) sorted; offsets: int64 (S + 1,); rows: int64 (R,). The
@@ -143,7 +143,7 @@ def bin_edges(keys, offsets, rows, n_bins: int, key_shift: int, value_mask: int,
     """
     return _kernels()._bin_edges(keys, numpy.ascontiguousarray(offsets, dtype=numpy.int64),
                                  numpy.ascontiguousarray(rows, dtype=numpy.int64), int(n_bins), int(key_shift),
-                                 int(value_mask), int(key_bias), int(fine_per_bin), int(cube_shift))
+                                 int(value_mask), int(key_bias), int(fine_per_bin), int(cube_shift), int(extremes))
 
 
 def error_sums(values, codebook, labels):

@@ -61,6 +61,15 @@ MIN_BINS = 256
 # that keeps the cube roots of cell counts fine-grained (counts < 2**42).
 FINE_PER_BIN = 4
 CUBE_SHIFT = 18
+# One bin in this many, and at least this many at each end, go to the extreme
+# values, one value each (bin_edges).
+EXTREME_DIVISOR = 64
+MIN_EXTREMES = 8
+
+
+def extreme_bins(n_bins: int) -> int:
+    """Return how many of the least (and of the greatest) values get a bin each, of a segment with n_bins bins."""
+    return max(MIN_EXTREMES, n_bins // EXTREME_DIVISOR)
 # Large DPs run in bands (band_bin_borders): a DP on bins merged BAND_COARSENING
 # to one finds each border roughly, and the DP on all bins then looks for border
 # c only within BAND_WIDTH bins around it.
@@ -90,29 +99,38 @@ def integer_cube_root(x):
     return xp.where(root**3 > x, root - 1, root)
 
 
-def equal_width_positions(batch: SegmentBatch, rows, n_cells: int):
+def _span(batch: SegmentBatch, rows, span):
+    """Return (first, stop) int64 (R,) sorted positions: span, or each segment's whole range."""
+    if span is not None:
+        return span
+    return batch.offsets[rows], batch.offsets[rows + 1]
+
+
+def equal_width_positions(batch: SegmentBatch, rows, n_cells: int, span=None):
     """Return int64 (R, n_cells - 1) sorted positions of the inner edges of n_cells equal-width cells.
 
-    The cells split each segment's value range [min, max] evenly (integer
-    thresholds in its fixed point); a position is the first value at or above
-    its threshold, found by one searchsorted for every row.
+    The cells split the value range of each row's sorted positions [first,
+    stop) (span; default the whole segment) evenly, by integer thresholds in
+    its fixed point; a position is the first value at or above its threshold
+    (and at or after first), found by one searchsorted for every row.
     """
     xp = array_namespace(batch.keys)
-    starts = batch.offsets[rows]
-    ends = batch.offsets[rows + 1]
-    low = key_values(batch.keys[starts])
-    high = key_values(batch.keys[ends - 1])
+    first, stop = _span(batch, rows, span)
+    low = key_values(batch.keys[first])
+    high = key_values(batch.keys[stop - 1])
     steps = xp.arange(1, n_cells, dtype=xp.int64)
     thresholds = low[:, None] + ((high - low)[:, None] * steps[None, :]) // n_cells
     queries = segment_tags(rows)[:, None] + thresholds + KEY_BIAS
     positions = xp.searchsorted(batch.keys, queries.ravel(), side="left").reshape(thresholds.shape)
-    return positions.astype(xp.int64)
+    # Values equal to the span's first may precede it: positions stay in the span.
+    return xp.maximum(positions.astype(xp.int64), first[:, None])
 
 
-def density_edges(batch: SegmentBatch, rows, n_bins: int):
+def density_edges(batch: SegmentBatch, rows, n_bins: int, span=None):
     """Return sorted global positions (R, n_bins + 1) of bin edges spread by the cube root of the density.
 
-    Every row's first edge is its segment's start and its last edge its end;
+    Over each row's sorted positions [first, stop) (span; default the whole
+    segment): every row's first edge is first and its last edge stop;
     the bins are spread with density proportional to p**(1/3), p the density of
     the values: the point density of optimal quantizers (Panter and Dite), so
     each optimal cluster spans about the same number of bins, in the dense
@@ -122,11 +140,10 @@ def density_edges(batch: SegmentBatch, rows, n_bins: int):
     which the DP handles. Meant for segments larger than n_bins (bin_edges).
     """
     xp = array_namespace(batch.keys)
-    starts = batch.offsets[rows]
-    ends = batch.offsets[rows + 1]
+    starts, ends = _span(batch, rows, span)
     n_rows = int(rows.shape[0])
     n_cells = FINE_PER_BIN * n_bins
-    inner = equal_width_positions(batch, rows, n_cells)
+    inner = equal_width_positions(batch, rows, n_cells, (starts, ends))
     cell_edges = xp.concatenate([starts[:, None], inner, ends[:, None]], axis=1)
     cell_counts = cell_edges[:, 1:] - cell_edges[:, :-1]
     weights = integer_cube_root(cell_counts << CUBE_SHIFT)
@@ -160,6 +177,12 @@ def bin_edges(batch: SegmentBatch, rows, n_bins: int):
     lands within 0.5% of the optimum (median; benchmarks/optimal.py), where
     the union of the first two alone was at 1.1% at k=256. Repeated positions
     are empty bins, which the DP handles.
+
+    The extreme_bins(n_bins) least and greatest values get a bin each,
+    and the equal-width and density edges span the values between them: one
+    outlier far out (400x the rest of the range) otherwise stretched those
+    grids over empty space, left the core only its equal-count bins, and the
+    result at 4x the optimum's SSE (216x for an outlier 400,000x out).
     """
     xp = array_namespace(batch.keys)
     starts = batch.offsets[rows]
@@ -167,14 +190,19 @@ def bin_edges(batch: SegmentBatch, rows, n_bins: int):
     sizes = ends - starts
     if int(sizes.max()) <= n_bins:  # one bin per value (all rows have n_bins values)
         return starts[:, None] + xp.arange(n_bins + 1, dtype=xp.int64)[None, :]
+    extremes = extreme_bins(n_bins)
     count_bins = n_bins // 3
     density_bins = n_bins // 3
-    width_bins = n_bins - count_bins - density_bins  # (count + 1) + (width - 1) + (density + 1) edges
+    # (count + 1) + 2 extremes + (width - 1) + (density + 1) edges
+    width_bins = n_bins - count_bins - density_bins - 2 * extremes
     steps = xp.arange(count_bins + 1, dtype=xp.int64)
     by_count = starts[:, None] + (steps[None, :] * sizes[:, None]) // count_bins
-    by_width = equal_width_positions(batch, rows, width_bins)
-    by_density = density_edges(batch, rows, density_bins)
-    return xp.sort(xp.concatenate([by_count, by_width, by_density], axis=1), axis=1)
+    ranks = xp.arange(1, extremes + 1, dtype=xp.int64)[None, :]
+    singles = xp.concatenate([starts[:, None] + ranks, ends[:, None] - ranks], axis=1)
+    inner = (starts + extremes, ends - extremes)
+    by_width = equal_width_positions(batch, rows, width_bins, inner)
+    by_density = density_edges(batch, rows, density_bins, inner)
+    return xp.sort(xp.concatenate([by_count, singles, by_width, by_density], axis=1), axis=1)
 
 
 def _strides(n_bins: int) -> list[int]:
@@ -322,7 +350,8 @@ def band_lows(coarse_borders, n_bins: int):
     c-th border and kept inside [0, B]; the last layer's band ends at B.
     """
     xp = array_namespace(coarse_borders)
-    lows = xp.clip(coarse_borders * BAND_COARSENING - BAND_WIDTH // 2, 0, n_bins - BAND_WIDTH)
+    fine = xp.asarray(coarse_columns(n_bins))[coarse_borders]
+    lows = xp.clip(fine - BAND_WIDTH // 2, 0, n_bins - BAND_WIDTH)
     lows[:, -1] = n_bins - BAND_WIDTH
     return lows
 
@@ -459,10 +488,29 @@ def feasible_band(n_bins: int, k: int):
     return width, lows
 
 
-def coarse_table(table):
-    """Return the columns of a (R, B + 1) sums or counts table at every BAND_COARSENING-th edge, contiguous."""
+def coarse_columns(n_bins: int) -> numpy.ndarray:
+    """Return int64 the edges (of B + 1) that the coarse DP keeps: every BAND_COARSENING-th, and all at the ends.
+
+    bin_edges gives the most extreme values a bin each; merged four to one
+    they would force the coarse clustering to give each extreme cluster four
+    bins, and its borders would land outside the bands where the fine
+    optimum puts them. So the extremes' edges stay single.
+    """
+    extremes = extreme_bins(n_bins)
+    middle = numpy.arange(extremes, n_bins - extremes, BAND_COARSENING, dtype=numpy.int64)
+    return numpy.concatenate([numpy.arange(extremes, dtype=numpy.int64), middle,
+                              numpy.arange(n_bins - extremes, n_bins + 1, dtype=numpy.int64)])
+
+
+def coarse_table(table, n_bins: int):
+    """Return the columns of a (R, B + 1) sums or counts table at the coarse_columns(B) edges, contiguous."""
     xp = array_namespace(table)
-    return xp.ascontiguousarray(table[:, ::BAND_COARSENING])
+    return xp.ascontiguousarray(table[:, xp.asarray(coarse_columns(n_bins))])
+
+
+def coarse_bins(n_bins: int) -> int:
+    """Return the number of bins of the coarse DP of n_bins bins."""
+    return int(coarse_columns(n_bins).shape[0]) - 1
 
 
 def _full_borders(sums, counts, k: int, n_bins: int):
@@ -475,12 +523,31 @@ def _full_borders(sums, counts, k: int, n_bins: int):
     return band_bin_borders(sums, counts, k, xp.broadcast_to(xp.asarray(lows), (sums.shape[0], k + 1)), width)
 
 
+def band_edge_rows(borders, lows, n_bins: int):
+    """Return bool (R,): rows whose banded borders (R, k + 1) touch an inner edge of their band (lows (R, k + 1)).
+
+    A border pressed against its band's edge may have been held there by the
+    band rather than by the data: those rows get the full DP instead, so a
+    coarse guide that lands too far off costs time, never the result.
+    """
+    xp = array_namespace(borders)
+    inner, low = borders[:, 1:-1], lows[:, 1:-1]
+    at_low = (inner == low) & (low > 0)
+    at_high = (inner == low + BAND_WIDTH) & (low + BAND_WIDTH < n_bins)
+    return xp.any(at_low | at_high, axis=1)
+
+
 def _borders(sums, counts, k: int, n_bins: int):
     """Return the DP's bin borders (R, k + 1) of one group of rows (array version): banded when banded(n_bins, k)."""
     if not banded(n_bins, k):
         return _full_borders(sums, counts, k, n_bins)
-    coarse = _full_borders(coarse_table(sums), coarse_table(counts), k, n_bins // BAND_COARSENING)
-    return band_bin_borders(sums, counts, k, band_lows(coarse, n_bins))
+    coarse = _full_borders(coarse_table(sums, n_bins), coarse_table(counts, n_bins), k, coarse_bins(n_bins))
+    lows = band_lows(coarse, n_bins)
+    borders = band_bin_borders(sums, counts, k, lows)
+    redo = band_edge_rows(borders, lows, n_bins)
+    if bool(redo.any()):
+        borders[redo] = _full_borders(sums[redo], counts[redo], k, n_bins)
+    return borders
 
 
 def _compiled_band_borders(groups, k: int) -> list:
@@ -517,13 +584,23 @@ def _compiled_borders(tables, k: int) -> list:
     one call per kind, the banded DPs another: rows of every size keep every
     core busy, where one call per bin count ran small tensors' DPs one after another.
     """
-    full = [(coarse_table(sums), coarse_table(counts), n_bins // BAND_COARSENING) if banded(n_bins, k)
+    full = [(coarse_table(sums, n_bins), coarse_table(counts, n_bins), coarse_bins(n_bins)) if banded(n_bins, k)
             else (sums, counts, n_bins) for sums, counts, n_bins in tables]
     full_borders = _compiled_full_borders(full, k)
     band = [(sums, counts, band_lows(coarse, n_bins), BAND_WIDTH)
             for (sums, counts, n_bins), coarse in zip(tables, full_borders) if banded(n_bins, k)]
-    band_borders = iter(_compiled_band_borders(band, k))
-    return [next(band_borders) if banded(n_bins, k) else borders
+    band_borders = _compiled_band_borders(band, k)
+    # Rows whose borders touch a band's edge: the full DP instead (band_edge_rows).
+    banded_tables = [table for table in tables if banded(table[2], k)]
+    redo = [band_edge_rows(borders, group[2], table[2]) for borders, group, table in zip(band_borders, band,
+                                                                                         banded_tables)]
+    again = [(table[0][rows], table[1][rows], table[2]) for table, rows in zip(banded_tables, redo) if rows.any()]
+    full_again = iter(_compiled_full_borders(again, k))
+    for borders, rows in zip(band_borders, redo):
+        if rows.any():
+            borders[rows] = next(full_again)
+    band_iter = iter(band_borders)
+    return [next(band_iter) if banded(n_bins, k) else borders
             for (_, _, n_bins), borders in zip(tables, full_borders)]
 
 
@@ -533,7 +610,7 @@ def _bin_tables(batch: SegmentBatch, rows, n_bins: int):
     sizes = batch.offsets[rows + 1] - batch.offsets[rows]
     if xp is numpy and compiled.available() and int(sizes.min()) > n_bins:
         edges = compiled.bin_edges(batch.keys, batch.offsets, rows, n_bins, KEY_SHIFT, KEY_VALUE_MASK, KEY_BIAS,
-                                   FINE_PER_BIN, CUBE_SHIFT)
+                                   FINE_PER_BIN, CUBE_SHIFT, extreme_bins(n_bins))
     else:
         edges = bin_edges(batch, rows, n_bins)
     starts = edges[:, :1]

@@ -88,8 +88,8 @@ def test_band_borders_match_array_band_dp(monkeypatch, k, n):
     starts = edges[:, :1]
     sums = fixedpoint.range_sums(batch.prefix, numpy.broadcast_to(starts, edges.shape), edges)
     counts = (edges - starts).astype(numpy.float64)
-    coarse = optimal.dp_bin_borders(sums[:, ::optimal.BAND_COARSENING], counts[:, ::optimal.BAND_COARSENING],
-                                    k, n_bins // optimal.BAND_COARSENING)
+    coarse = optimal.dp_bin_borders(optimal.coarse_table(sums, n_bins), optimal.coarse_table(counts, n_bins),
+                                    k, optimal.coarse_bins(n_bins))
     lows = optimal.band_lows(coarse, n_bins)
     assert not numpy.array_equal(lows[0], lows[1])
     reference = optimal.band_bin_borders(sums, counts, k, lows)
@@ -383,7 +383,8 @@ def test_bin_edges_match_array_bin_edges(n_bins, dtype):
     rows = numpy.array([i for i, a in enumerate(arrays) if a.size > n_bins], dtype=numpy.int64)
     reference = optimal.bin_edges(batch, rows, n_bins)
     twin = compiled.bin_edges(batch.keys, batch.offsets, rows, n_bins, fixedpoint.KEY_SHIFT,
-                              fixedpoint.KEY_VALUE_MASK, fixedpoint.KEY_BIAS, optimal.FINE_PER_BIN, optimal.CUBE_SHIFT)
+                              fixedpoint.KEY_VALUE_MASK, fixedpoint.KEY_BIAS, optimal.FINE_PER_BIN, optimal.CUBE_SHIFT,
+                              optimal.extreme_bins(n_bins))
     assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
 
 

@@ -183,3 +183,19 @@ def test_feasible_bands_reach_the_full_dps_optimum(seed, k, spare):
         assert ((narrow[1:k] >= lows[1:k]) & (narrow[1:k] <= lows[1:k] + width)).all()
     assert narrow[0] == 0 and narrow[-1] == n_bins and (numpy.diff(narrow) >= 0).all()
     assert bin_objective(sums[0], counts[0], narrow) == bin_objective(sums[0], counts[0], full)
+
+
+@pytest.mark.parametrize("k", [16, 256])
+@pytest.mark.parametrize("outliers", [[1e3], [-1e6, 1e6], [1e3] * 5, list(numpy.linspace(100.0, 1000.0, 20))])
+def test_far_outliers_keep_the_core_near_optimal(k, outliers):
+    # A few values far beyond the rest once stretched the equal-width and
+    # density bins over empty space: one outlier 400x out gave 4x the optimum's
+    # SSE at k=256. The extremes now get bins of their own (bin_edges).
+    import kmeans1d
+
+    rng = numpy.random.default_rng(4)
+    core = rng.laplace(scale=0.02, size=30000) * numpy.where(rng.random(30000) < 0.01, 20.0, 1.0)
+    values = numpy.concatenate([core, outliers])
+    result = cluster_arrays([values], k, method="optimal")[0]
+    optimum = sse(values, numpy.array(kmeans1d.cluster(values, k)[1]))
+    assert sse(values, result.codebook) <= optimum * 1.05
