@@ -4,7 +4,8 @@ Why: Lloyd's algorithm lands far from the optimum on heavy-tailed weights, and
 the exact solvers need O(k n) memory. Here each sorted segment is compressed
 into B bins, contiguous runs of sorted values with exact integer counts and
 sums (prefix-sum differences). Bin edges are the union of equal-count,
-equal-width and cube-root-density edges (see bin_edges). An exact dynamic
+equal-width and cube-root-density edges, and single bins for the most
+extreme values (see bin_edges). An exact dynamic
 program over the bins then picks the best k groups of bins, and Lloyd's
 algorithm (lloyd.py) refines that on the full data.
 
@@ -188,8 +189,22 @@ def bin_edges(batch: SegmentBatch, rows, n_bins: int):
     starts = batch.offsets[rows]
     ends = batch.offsets[rows + 1]
     sizes = ends - starts
-    if int(sizes.max()) <= n_bins:  # one bin per value (all rows have n_bins values)
-        return starts[:, None] + xp.arange(n_bins + 1, dtype=xp.int64)[None, :]
+    # Rows of n_bins values get one bin per value, whatever else is in the
+    # group (bin_count gives n_bins to every larger segment too): a segment's
+    # bins never depend on its batch.
+    edges = starts[:, None] + xp.arange(n_bins + 1, dtype=xp.int64)[None, :]
+    larger = sizes > n_bins
+    if bool(larger.any()):
+        edges[larger] = _binned_edges(batch, rows[larger], n_bins)
+    return edges
+
+
+def _binned_edges(batch: SegmentBatch, rows, n_bins: int):
+    """Return bin_edges of segments `rows`, each larger than n_bins."""
+    xp = array_namespace(batch.keys)
+    starts = batch.offsets[rows]
+    ends = batch.offsets[rows + 1]
+    sizes = ends - starts
     extremes = extreme_bins(n_bins)
     count_bins = n_bins // 3
     density_bins = n_bins // 3
@@ -608,9 +623,13 @@ def _bin_tables(batch: SegmentBatch, rows, n_bins: int):
     """Return (edges, sums, counts) of the bins of segments `rows`: positions, exact sums and counts from each start."""
     xp = array_namespace(batch.keys)
     sizes = batch.offsets[rows + 1] - batch.offsets[rows]
-    if xp is numpy and compiled.available() and int(sizes.min()) > n_bins:
-        edges = compiled.bin_edges(batch.keys, batch.offsets, rows, n_bins, KEY_SHIFT, KEY_VALUE_MASK, KEY_BIAS,
-                                   FINE_PER_BIN, CUBE_SHIFT, extreme_bins(n_bins))
+    if xp is numpy and compiled.available():
+        edges = batch.offsets[rows][:, None] + numpy.arange(n_bins + 1, dtype=numpy.int64)[None, :]
+        larger = sizes > n_bins
+        if larger.any():
+            edges[larger] = compiled.bin_edges(batch.keys, batch.offsets, rows[larger], n_bins, KEY_SHIFT,
+                                               KEY_VALUE_MASK, KEY_BIAS, FINE_PER_BIN, CUBE_SHIFT,
+                                               extreme_bins(n_bins))
     else:
         edges = bin_edges(batch, rows, n_bins)
     starts = edges[:, :1]
