@@ -125,6 +125,17 @@ def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_b
     return out, iterations
 
 
+def _array_keys(values, offsets, exponents):
+    """Return (keys, segment of each value) int64 (N,) by the array code, for scales no normal double holds."""
+    from .fixedpoint import make_keys, quantize
+
+    sizes = offsets[1:] - offsets[:-1]
+    segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+    keys = make_keys(quantize(numpy.asarray(values, dtype=numpy.float64),
+                              numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+    return keys, segment
+
+
 def _normal_scales(exponents):
     """Return float64 2**exponents, or None when one is no normal double (only ldexp scales those exactly)."""
     exponents = numpy.asarray(exponents, dtype=numpy.int64)
@@ -177,12 +188,9 @@ def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, ke
     offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
     scales = _normal_scales(exponents)
     if scales is None:  # never for real weights (|x| < 1e-290): the array code
-        from .fixedpoint import key_values, make_keys, prefix_sums, quantize
+        from .fixedpoint import key_values, prefix_sums
 
-        sizes = offsets[1:] - offsets[:-1]
-        segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
-        keys = make_keys(quantize(numpy.asarray(sorted_values, dtype=numpy.float64),
-                                  numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+        keys, _ = _array_keys(sorted_values, offsets, exponents)
         return keys, prefix_sums(key_values(keys))
     keys = numpy.empty(sorted_values.shape[0], dtype=numpy.int64)
     prefix = numpy.empty(sorted_values.shape[0] + 1, dtype=numpy.uint64)
@@ -245,12 +253,7 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
     offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
     scales = _normal_scales(exponents)
     if scales is None:  # never for real weights: the array code
-        from .fixedpoint import make_keys, quantize
-
-        sizes = offsets[1:] - offsets[:-1]
-        segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
-        keys = make_keys(quantize(numpy.asarray(values, dtype=numpy.float64),
-                                  numpy.asarray(exponents, dtype=numpy.int64)[segment]), segment)
+        keys, segment = _array_keys(values, offsets, exponents)
         return (numpy.searchsorted(mid_keys, keys, side="left") - segment * n_mids).astype(dtype)
     low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
     shifts, table_offsets = _bucket_layout(offsets[1:] - offsets[:-1], low_keys, high_keys)

@@ -166,8 +166,11 @@ def density_edges(batch: SegmentBatch, rows, n_bins: int, span=None):
     return edges
 
 
-def bin_edges(batch: SegmentBatch, rows, n_bins: int):
+def bin_edges(batch: SegmentBatch, rows, n_bins: int, binned=None):
     """Return sorted global positions (R, n_bins + 1) of the bin edges of segments `rows`.
+
+    binned(batch, rows, n_bins) makes the edges of the rows larger than
+    n_bins (default: the array version; _bin_tables passes the compiled twin).
 
     Every row's first edge is its segment's start and its last edge its end.
     Segments of exactly n_bins values get one bin per value. Larger segments
@@ -195,7 +198,7 @@ def bin_edges(batch: SegmentBatch, rows, n_bins: int):
     edges = starts[:, None] + xp.arange(n_bins + 1, dtype=xp.int64)[None, :]
     larger = sizes > n_bins
     if bool(larger.any()):
-        edges[larger] = _binned_edges(batch, rows[larger], n_bins)
+        edges[larger] = (binned or _binned_edges)(batch, rows[larger], n_bins)
     return edges
 
 
@@ -578,18 +581,13 @@ def _compiled_band_borders(groups, k: int) -> list:
 
 def _compiled_full_borders(tables, k: int) -> list:
     """Return what _full_borders gives each (sums, counts, n_bins) table, from parallel compiled calls."""
-    plain, bands = [], []
-    for sums, counts, n_bins in tables:
-        band = feasible_band(n_bins, k)
-        if band is None:
-            plain.append((sums, counts, _strides(n_bins)))
-        else:
-            width, lows = band
-            bands.append((sums, counts, numpy.broadcast_to(lows, (sums.shape[0], k + 1)), width))
+    bands = [feasible_band(n_bins, k) for _, _, n_bins in tables]
+    plain = [(sums, counts, _strides(n_bins)) for (sums, counts, n_bins), band in zip(tables, bands) if band is None]
+    narrow = [(sums, counts, numpy.broadcast_to(band[1], (sums.shape[0], k + 1)), band[0])
+              for (sums, counts, _), band in zip(tables, bands) if band is not None]
     plain_borders = iter(compiled.dp_groups_borders(plain, k))
-    band_borders = iter(_compiled_band_borders(bands, k))
-    return [next(plain_borders) if feasible_band(n_bins, k) is None else next(band_borders)
-            for _, _, n_bins in tables]
+    narrow_borders = iter(_compiled_band_borders(narrow, k))
+    return [next(plain_borders) if band is None else next(narrow_borders) for band in bands]
 
 
 def _compiled_borders(tables, k: int) -> list:
@@ -599,39 +597,38 @@ def _compiled_borders(tables, k: int) -> list:
     one call per kind, the banded DPs another: rows of every size keep every
     core busy, where one call per bin count ran small tensors' DPs one after another.
     """
-    full = [(coarse_table(sums, n_bins), coarse_table(counts, n_bins), coarse_bins(n_bins)) if banded(n_bins, k)
-            else (sums, counts, n_bins) for sums, counts, n_bins in tables]
-    full_borders = _compiled_full_borders(full, k)
-    band = [(sums, counts, band_lows(coarse, n_bins), BAND_WIDTH)
-            for (sums, counts, n_bins), coarse in zip(tables, full_borders) if banded(n_bins, k)]
-    band_borders = _compiled_band_borders(band, k)
-    # Rows whose borders touch a band's edge: the full DP instead (band_edge_rows).
-    banded_tables = [table for table in tables if banded(table[2], k)]
-    redo = [band_edge_rows(borders, group[2], table[2]) for borders, group, table in zip(band_borders, band,
-                                                                                         banded_tables)]
-    again = [(table[0][rows], table[1][rows], table[2]) for table, rows in zip(banded_tables, redo) if rows.any()]
-    full_again = iter(_compiled_full_borders(again, k))
-    for borders, rows in zip(band_borders, redo):
+    is_banded = [banded(n_bins, k) for _, _, n_bins in tables]
+    borders = _compiled_full_borders(
+        [(coarse_table(sums, n_bins), coarse_table(counts, n_bins), coarse_bins(n_bins)) if band
+         else (sums, counts, n_bins) for (sums, counts, n_bins), band in zip(tables, is_banded)], k)
+    indices = [i for i, band in enumerate(is_banded) if band]
+    lows = {i: band_lows(borders[i], tables[i][2]) for i in indices}
+    results = _compiled_band_borders([(tables[i][0], tables[i][1], lows[i], BAND_WIDTH) for i in indices], k)
+    redo = {}
+    for i, result in zip(indices, results):
+        borders[i] = result
+        rows = band_edge_rows(result, lows[i], tables[i][2])
         if rows.any():
-            borders[rows] = next(full_again)
-    band_iter = iter(band_borders)
-    return [next(band_iter) if banded(n_bins, k) else borders
-            for (_, _, n_bins), borders in zip(tables, full_borders)]
+            redo[i] = rows
+    # Rows whose borders touch a band's edge: the full DP instead (band_edge_rows).
+    again = _compiled_full_borders([(tables[i][0][rows], tables[i][1][rows], tables[i][2])
+                                    for i, rows in redo.items()], k)
+    for (i, rows), result in zip(redo.items(), again):
+        borders[i][rows] = result
+    return borders
+
+
+def _compiled_binned_edges(batch: SegmentBatch, rows, n_bins: int):
+    """Return _binned_edges from its compiled twin (NumPy batches)."""
+    return compiled.bin_edges(batch.keys, batch.offsets, rows, n_bins, KEY_SHIFT, KEY_VALUE_MASK, KEY_BIAS,
+                              FINE_PER_BIN, CUBE_SHIFT, extreme_bins(n_bins))
 
 
 def _bin_tables(batch: SegmentBatch, rows, n_bins: int):
     """Return (edges, sums, counts) of the bins of segments `rows`: positions, exact sums and counts from each start."""
     xp = array_namespace(batch.keys)
-    sizes = batch.offsets[rows + 1] - batch.offsets[rows]
-    if xp is numpy and compiled.available():
-        edges = batch.offsets[rows][:, None] + numpy.arange(n_bins + 1, dtype=numpy.int64)[None, :]
-        larger = sizes > n_bins
-        if larger.any():
-            edges[larger] = compiled.bin_edges(batch.keys, batch.offsets, rows[larger], n_bins, KEY_SHIFT,
-                                               KEY_VALUE_MASK, KEY_BIAS, FINE_PER_BIN, CUBE_SHIFT,
-                                               extreme_bins(n_bins))
-    else:
-        edges = bin_edges(batch, rows, n_bins)
+    on_cpu = xp is numpy and compiled.available()
+    edges = bin_edges(batch, rows, n_bins, _compiled_binned_edges if on_cpu else None)
     starts = edges[:, :1]
     sums = range_sums(batch.prefix, xp.broadcast_to(starts, edges.shape), edges)
     return edges, sums, (edges - starts).astype(xp.float64)
