@@ -185,8 +185,8 @@ def bin_edges(batch: SegmentBatch, rows, n_bins: int, binned=None):
     The extreme_bins(n_bins) least and greatest values get a bin each,
     and the equal-width and density edges span the values between them: one
     outlier far out (400x the rest of the range) otherwise stretched those
-    grids over empty space, left the core only its equal-count bins, and the
-    result at 4x the optimum's SSE (216x for an outlier 400,000x out).
+    grids over empty space and left the core only its equal-count bins
+    (benchmarks/outliers.py measures the cases).
     """
     xp = array_namespace(batch.keys)
     starts = batch.offsets[rows]

@@ -189,8 +189,8 @@ def test_feasible_bands_reach_the_full_dps_optimum(seed, k, spare):
 @pytest.mark.parametrize("outliers", [[1e3], [-1e6, 1e6], [1e3] * 5, list(numpy.linspace(100.0, 1000.0, 20))])
 def test_far_outliers_keep_the_core_near_optimal(k, outliers):
     # A few values far beyond the rest once stretched the equal-width and
-    # density bins over empty space: one outlier 400x out gave 4x the optimum's
-    # SSE at k=256. The extremes now get bins of their own (bin_edges).
+    # density bins over empty space and left the core its equal-count bins
+    # only. The extremes now get bins of their own (bin_edges).
     import kmeans1d
 
     rng = numpy.random.default_rng(4)
@@ -204,7 +204,7 @@ def test_far_outliers_keep_the_core_near_optimal(k, outliers):
 @pytest.mark.xfail(strict=True, reason="known limit: more far outliers at one end than bins for the extremes")
 def test_many_equal_far_outliers_are_a_known_limit():
     # 40 equal values 400x beyond the rest at k=256 (32 single bins per end):
-    # about 2x the optimum's SSE. Strict: this test fails loudly once fixed.
+    # 1.6x the optimum's SSE (benchmarks/outliers.py). Strict: this test fails loudly once fixed.
     import kmeans1d
 
     rng = numpy.random.default_rng(4)
