@@ -11,7 +11,7 @@ from pathlib import Path
 from . import device as devices
 from .clustering import ClusteringRun, cluster_weights
 from .errors import InputError, OptionsError
-from .files import check_output_path
+from .files import check_output_path, overwriting
 from .models import GraphDefModel, default_output, model_format, read_model, write_model
 from .options import CompressOptions
 
@@ -129,7 +129,8 @@ def compress_file(
     # (peak memory: the loaded weights never all exist at once).
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
                           on_tensor=lambda t: model.replace_values({t.name: t.values()}))
-    output_bytes = write_model(model, output_path)
+    with overwriting(overwrite):
+        output_bytes = write_model(model, output_path)
     written = time.perf_counter()
     summary = CompressionSummary(
         input_path=input_path, output_path=output_path, device=device, run=run,

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 
 from . import __version__
@@ -36,8 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = create_parser()
     arguments = parser.parse_args(argv)
     _configure_logging(arguments.verbose, arguments.quiet)
+    from .files import OS_REASONS, overwriting
+    from .limits import max_memory
+
     try:
-        return arguments.handler(arguments)
+        with max_memory(arguments.max_memory), overwriting(getattr(arguments, "overwrite", False)):
+            code = arguments.handler(arguments)
+        sys.stdout.flush()  # a full disk or a closed pipe on stdout shows here, not at exit
+        return code
+    except BrokenPipeError as error:
+        if error.filename is None:  # stdout closed (`gpucompress inspect m.pb | head`): stop quietly
+            _silence_stdout()
+            return EXIT_ERROR
+        print(f"gpucompress: error: cannot write {error.filename}: broken pipe", file=sys.stderr)
+        return EXIT_ERROR
     except GpucompressError as error:
         print(f"gpucompress: error: {error}", file=sys.stderr)
         return EXIT_ERROR
@@ -47,12 +61,31 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("gpucompress: error: out of memory", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:
+        if error.errno not in OS_REASONS or arguments.verbose >= 2:
+            raise
+        where = error.filename if error.filename is not None else "standard output"
+        written = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EPIPE)
+        verb = "write" if error.errno in written else "access"
+        print(f"gpucompress: error: cannot {verb} {where}: {OS_REASONS[error.errno]}", file=sys.stderr)
+        if error.filename is None:
+            _silence_stdout()
+        return EXIT_ERROR
     except Exception as error:  # a bug: one line, the traceback only with -vv
         if arguments.verbose >= 2:
             raise
         print(f"gpucompress: internal error: {type(error).__name__}: {error} (rerun with -vv for details)",
               file=sys.stderr)
         return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

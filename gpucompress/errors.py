@@ -22,3 +22,7 @@ class OptionsError(GpucompressError, ValueError):
 
 class DeviceError(GpucompressError):
     """The device asked for is not usable here (no CuPy, no CUDA device)."""
+
+
+class OutputError(GpucompressError):
+    """An output cannot be written: no space, a read-only or forbidden folder, or it appeared meanwhile."""

@@ -25,7 +25,7 @@ from .clustering import ClusteringRun, TensorOutcome, cluster_weights
 from .codec import archive as archives
 from .codec import entropy
 from .errors import FormatError, GpucompressError, InputError, OptionsError
-from .files import check_input_file, check_output_path, write_atomic
+from .files import check_input_file, check_output_path, overwriting, write_atomic
 from .models import HDF5_SUFFIXES, default_output, model_class, read_model
 from .options import CompressOptions
 from .select import CLUSTER
@@ -160,11 +160,14 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
     (a Counter), "coded" (tensors indexed), "bound" and "rest" (bytes, see PackSummary).
     """
     weights = {w.name: w for w in model.weights()}
-    candidates = []
+    candidates, fills = [], 0
     for outcome in run.tensors:
+        weight = weights[outcome.name]
         if outcome.reason == CLUSTER:
             candidates.append(_from_outcome(outcome))
-        elif outcome.reason == ALREADY_FEW and weights[outcome.name].floating:
+        elif outcome.reason == ALREADY_FEW and weight.floating and weight.max_distinct < weight.size:
+            fills += 1  # a fill (few values repeated to the shape) stays a fill: never expanded
+        elif outcome.reason == ALREADY_FEW and weight.floating:
             tensor = index_exactly(outcome.name, outcome.dtype, weights[outcome.name].load())
             if tensor is not None:
                 candidates.append(tensor)
@@ -179,7 +182,7 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
     bound = sum(entropy.entropy_bytes(t.indices, t.codebook.size) for t in candidates)
     bound += sum(len(key[1]) for key in users)
     coders = Counter(archive.coders.values())
-    coders["kept"] = len(candidates) - len(coded)
+    coders["kept"] = len(candidates) - len(coded) + fills
     return data, {"coders": coders, "coded": len(coded), "bound": int(round(bound)),
                   "rest": len(entropy.zstd_compress(rest_skeleton, archives.SKELETON_ZSTD_LEVEL))}
 
@@ -267,7 +270,7 @@ def pack_file(
     expected = model.to_bytes()
     if decode_archive(data, source=str(output_path)).to_bytes() != expected:
         raise GpucompressError(f"{output_path}: the archive does not decode to the compressed model (a bug)")
-    write_atomic(output_path, data)
+    write_atomic(output_path, data, overwrite=overwrite)
     verified = time.perf_counter()
     min_bytes, min_zip = _content_sizes(model, expected, zip_sizes)
     sizes = {"original": path_bytes(input_path), "min": min_bytes, "archive": len(data),
@@ -311,4 +314,5 @@ def unpack_file(
     check_output_path(output_path, [archive_path], overwrite=overwrite,
                       directory=archive.format_name == "savedmodel")
     model = model_from_archive(archive, source=str(archive_path))
-    return output_path, model.save(output_path)
+    with overwriting(overwrite):
+        return output_path, model.save(output_path)

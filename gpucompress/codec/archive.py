@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
+from .. import limits
 from ..errors import FormatError
 from . import bitpack, entropy
 
@@ -172,10 +173,13 @@ def _read(view: memoryview, source: str) -> Archive:
                           f"{len(view) - HEADER.size} bytes follow the header)")
     if raw_bytes > MAX_MANIFEST_BYTES:
         raise FormatError(f"manifest of {raw_bytes} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
+    limits.check(raw_bytes, len(view), "the manifest")
     stored = view[HEADER.size : HEADER.size + stored_bytes]
     if zlib.crc32(stored) != manifest_crc:
         raise FormatError("manifest checksum mismatch (corrupt archive)")
     manifest = _parse_manifest(entropy.zstd_decompress(stored, raw_bytes))
+    # Checked before any section is decoded: what the skeleton, the indices and the values will take.
+    limits.check(decoding_bytes(manifest), len(view), "decoding the archive")
     offset = HEADER.size + stored_bytes
     lengths = [length for length, _ in manifest["sections"]]
     if offset + sum(lengths) != len(view):
@@ -226,6 +230,19 @@ def _nonfinite(data: memoryview, count: int, n: int, dtype: numpy.dtype):
     if positions[-1] >= n or numpy.any(numpy.diff(positions.astype(numpy.int64)) <= 0) or positions[0] >= n:
         raise FormatError("non-finite positions are not increasing within the tensor")
     return positions.astype(numpy.int64), numpy.frombuffer(data[8 * count :], dtype=dtype).copy()
+
+
+def decoding_bytes(manifest: dict) -> int:
+    """Return the bytes that decoding a (parsed) manifest's archive allocates: the skeleton, and
+    per tensor its indices (1 or 2 bytes a value) and its values (the dtype's size a value)."""
+    total = manifest["skeleton"]["bytes"]
+    for entry in manifest["tensors"]:
+        n = 1
+        for d in entry["shape"]:
+            n *= d
+        index_bytes = 1 if manifest["codebooks"][entry["codebook"]]["size"] <= 256 else 2
+        total += n * (index_bytes + numpy_dtype(entry["dtype"]).itemsize)
+    return total
 
 
 def _reject_constant(name):

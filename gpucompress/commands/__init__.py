@@ -16,7 +16,19 @@ def common_parser() -> argparse.ArgumentParser:
                         help="more log lines on stderr (-vv: debug, and tracebacks)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print only errors (no summary, no progress)")
+    parser.add_argument("--max-memory", "--max_memory", type=_size, default=None, metavar="SIZE",
+                        help="memory budget for what one input may make us allocate (e.g. 8G; default "
+                        "min(16G, max(64M, 64 x the input's size)), see FORMAT.md)")
     return parser
+
+
+def _size(text: str) -> int:
+    from ..limits import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def new_parser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:

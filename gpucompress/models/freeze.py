@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..errors import FormatError, InputError
+from ..files import check_tree
 from .graphdef import GraphDefModel
 from .savedmodel import _check_graph, _tf, is_saved_model_dir
 
@@ -39,6 +40,7 @@ def freeze_saved_model(path: str | os.PathLike, signature: str = DEFAULT_SIGNATU
     path = Path(path)
     if not is_saved_model_dir(path):
         raise InputError(f"{path}: --to-graphdef needs a SavedModel folder (with saved_model.pb)")
+    check_tree(path)  # TensorFlow would follow links out of the folder
     _check_graph(path, str(path))
     tf = _tf()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy
 from google.protobuf.message import DecodeError
 
+from .. import limits
 from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
 from . import tensor_proto
@@ -50,8 +51,10 @@ class GraphDefModel:
 
     format_name = "graphdef"
 
-    def __init__(self, graph_def):
+    def __init__(self, graph_def, *, input_bytes: int | None = None):
         self.graph_def = graph_def
+        # What the memory budget is measured against (limits.py): the serialized size by default.
+        self._input_bytes = input_bytes
         self._nodes = {}
         # Skeleton tensors waiting for their values: name -> ("content",) or ("values", count).
         self._missing: dict[str, tuple] = {}
@@ -87,7 +90,7 @@ class GraphDefModel:
             raise FormatError(f"{source}: not a TensorFlow GraphDef (no nodes)")
         if any(not node.op or not node.name for node in graph_def.node):
             raise FormatError(f"{source}: not a TensorFlow GraphDef (a node has no name or op)")
-        return cls(graph_def)
+        return cls(graph_def, input_bytes=len(data))
 
     def weights(self) -> list[Weight]:
         """Return every Const tensor as a Weight, in graph order (main graph, then functions)."""
@@ -108,10 +111,19 @@ class GraphDefModel:
                     shape=shape,
                     floating=floating,
                     max_distinct=max_distinct,
-                    load=(lambda t=tensor: tensor_proto.to_numpy(t)),
+                    load=(lambda t=tensor, n=name: self._load(n, t)),
                 )
             )
         return result
+
+    def _load(self, name: str, tensor) -> numpy.ndarray:
+        # A few stored values can fill a huge shape: bound what they expand to before expanding.
+        size = int(numpy.prod(tensor_proto.tensor_shape(tensor), dtype=numpy.int64))
+        if self._input_bytes is None:
+            self._input_bytes = self.graph_def.ByteSize()
+        limits.check(size * tensor_proto.float_numpy_dtype(tensor.dtype).itemsize, self._input_bytes,
+                     f"Const {name!r}")
+        return tensor_proto.to_numpy(tensor)
 
     def replace_values(self, values: dict[str, numpy.ndarray]) -> None:
         """Write new values for the named weights into this model's GraphDef.

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy
 
+from .. import limits
 from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
+from ..hdf5 import HDF5_SIGNATURE, h5py_module, open_hdf5
 from .tensor_proto import MAX_TENSOR_VALUES
 from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight
 
@@ -34,18 +36,25 @@ WEIGHTS_ENTRY = "model.weights.h5"
 CONFIG_ENTRY = "config.json"
 # Zip entries are rewritten with this timestamp (the earliest zip allows).
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-# Largest zip entry we inflate into memory (checked before reading it).
+# Largest zip entry we inflate into memory (checked before reading it, with the memory budget).
 MAX_ENTRY_BYTES = 1 << 36
 OPTIMIZER_GROUPS = ("optimizer", "optimizer_weights")
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise InputError("Keras and HDF5 models need h5py (pip install 'gpucompress[tf]')") from None
-    return h5py
+    return h5py_module()
+
+
+def check_entry_name(name: str, source: str) -> None:
+    """Raise FormatError for a zip entry name that could land outside a folder it is extracted to.
+
+    Refused: an empty name, an absolute path (`/x`, `\\x`, `C:x`), a `..`
+    component, a backslash or a NUL character.
+    """
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in parts
+            or (len(name) > 1 and name[1] == ":")):
+        raise FormatError(f"{source}: unsafe zip entry name {name!r} (absolute, '..', or a backslash)")
 
 
 class _HDF5Weights:
@@ -64,10 +73,7 @@ class _HDF5Weights:
 
     def _open(self):
         if self._file is None:
-            try:
-                self._file = _h5py().File(io.BytesIO(self.data), "r")
-            except (OSError, ValueError) as error:
-                raise FormatError(f"{self.label}: not a readable HDF5 file ({error})") from None
+            self._file = open_hdf5(io.BytesIO(self.data), self.label)
         return self._file
 
     def datasets(self) -> dict[str, tuple[tuple[int, ...], numpy.dtype]]:
@@ -77,7 +83,7 @@ class _HDF5Weights:
             found = {}
 
             def visit(name, item):
-                if isinstance(item, h5py.Dataset) and not item.is_virtual and item.shape is not None:
+                if isinstance(item, h5py.Dataset) and item.shape is not None:
                     found[name] = (tuple(int(size) for size in item.shape), item.dtype)
 
             try:
@@ -96,6 +102,8 @@ class _HDF5Weights:
             if floating and size > MAX_TENSOR_VALUES:
                 raise FormatError(f"{self.label}: dataset {name} of {size} values exceeds the limit "
                                   f"of {MAX_TENSOR_VALUES}")
+            if floating:  # a chunked, compressed dataset can inflate far beyond the file
+                limits.check(size * dtype.itemsize, len(self.data), f"{self.label}: dataset {name}")
             parts = name.split("/", 2)
             role = ROLE_OPTIMIZER if parts[0] in OPTIMIZER_GROUPS else ROLE_VARIABLE
             # legacy .h5: model_weights/LAYER/dense/kernel also answers to dense/kernel
@@ -130,7 +138,7 @@ class _HDF5Weights:
         if not values:
             return self.data
         buffer = io.BytesIO(self.data)
-        with _h5py().File(buffer, "r+") as handle:
+        with open_hdf5(buffer, self.label, "r+") as handle:
             for name in sorted(values):
                 dataset = handle[name]
                 dataset[...] = numpy.asarray(values[name], dtype=dataset.dtype)
@@ -231,6 +239,7 @@ class KerasModel(_HDF5Backed):
         with zipfile.ZipFile(buffer, "w") as archive:
             for name in sorted(self._entries):
                 compress_type, data = self._entries[name]
+                check_entry_name(name, self.source)
                 if name == WEIGHTS_ENTRY:
                     data = self._hdf5.rewritten(values)
                 info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
@@ -249,7 +258,10 @@ def _read_zip(data: bytes, source: str) -> dict[str, tuple[int, bytes]]:
     entries = {}
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            budget = limits.budget(len(data))
+            inflated = 0
             for info in archive.infolist():
+                check_entry_name(info.filename, source)
                 if info.filename in entries:
                     raise FormatError(f"{source}: corrupt zip (entry {info.filename} appears twice)")
                 if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -257,6 +269,9 @@ def _read_zip(data: bytes, source: str) -> dict[str, tuple[int, bytes]]:
                 if info.file_size > MAX_ENTRY_BYTES:
                     raise FormatError(f"{source}: zip entry {info.filename} of {info.file_size} bytes "
                                       f"exceeds the limit of {MAX_ENTRY_BYTES}")
+                inflated += info.file_size
+                if inflated > budget:  # a zip bomb: checked before inflating anything more
+                    limits.check(inflated, len(data), f"{source}: zip entries up to {info.filename}")
                 entries[info.filename] = (info.compress_type, archive.read(info))
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as error:
         raise FormatError(f"{source}: not a Keras model (corrupt zip: {error})") from None

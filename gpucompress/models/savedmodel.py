@@ -29,7 +29,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy
 
+from .. import limits
 from ..errors import FormatError, InputError
+from ..files import check_tree, fix_modes, replace_directory, temporary_directory
 from .tensor_proto import MAX_TENSOR_VALUES
 from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight
 
@@ -78,6 +80,8 @@ class SavedModel:
         self.source = source or str(directory)
         self._keep = keep
         self._values: dict[str, numpy.ndarray] = {}
+        # Symlinks, hard links, devices and FIFOs are refused before anything is read.
+        self._input_bytes = check_tree(self.directory, self.source)
         _check_graph(self.directory, self.source)
         self._reader = None
         self._keys: dict[str, str] = {}  # weight name -> checkpoint key
@@ -124,6 +128,8 @@ class SavedModel:
             if floating and size > MAX_TENSOR_VALUES:
                 raise FormatError(f"{self.source}: variable {name} of {size} values exceeds the limit "
                                   f"of {MAX_TENSOR_VALUES}")
+            if floating:
+                limits.check(size * dtype.size, self._input_bytes, f"{self.source}: variable {name}")
             alias = aliases.get(key)
             result.append(Weight(
                 name=name, dtype=dtype.name, shape=shape, floating=floating,
@@ -178,6 +184,7 @@ class SavedModel:
             if {k: tuple(s) for k, s in check.items()} != self._shapes:
                 raise FormatError(f"{target}: rewritten checkpoint does not read back")
             _update_fingerprint(target)
+        fix_modes(target)
         return sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
 
     def save(self, path: str | os.PathLike) -> int:
@@ -187,11 +194,10 @@ class SavedModel:
         `path` (the caller checked it may be replaced) is swapped out and removed.
         """
         path = Path(path)
-        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        temporary = temporary_directory(path)
         try:
-            os.chmod(temporary, 0o755)
             written = self._write_directory(temporary, self._values)
-            _replace_directory(temporary, path)
+            replace_directory(temporary, path)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
@@ -279,16 +285,6 @@ def _update_fingerprint(directory: Path) -> None:
     fingerprint.write_bytes(new.SerializeToString(deterministic=True))
 
 
-def _replace_directory(temporary: Path, path: Path) -> None:
-    if path.is_dir():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, old / "model")
-        os.replace(temporary, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temporary, path)
-
-
 def _tar_directory(folder: Path) -> bytes:
     """Return a tar of a folder's files with fixed metadata: same files, same bytes."""
     buffer = io.BytesIO()
@@ -317,6 +313,7 @@ def _untar_directory(data: bytes, target: Path) -> None:
                     raise FormatError(f"skeleton: unsafe tar entry {member.name!r}")
             target.mkdir()
             archive.extractall(target, members=members, filter="data")
+            fix_modes(target)  # no exec bits (nor other modes) from the archive
     except (tarfile.TarError, EOFError) as error:
         raise FormatError(f"skeleton: corrupt tar ({error})") from None
 
