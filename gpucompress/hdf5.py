@@ -38,8 +38,16 @@ def open_hdf5(buffer: io.BytesIO, label: str, mode: str = "r"):
     dataset with external storage or a virtual dataset.
     """
     h5py = h5py_module()
-    if not buffer.getbuffer()[:8].tobytes() == HDF5_SIGNATURE:
-        raise FormatError(f"{label}: not an HDF5 file (no HDF5 signature at offset 0)")
+    view = buffer.getbuffer()
+    if view[:8].tobytes() != HDF5_SIGNATURE:
+        offset = 512  # HDF5 looks for its signature at 0, 512, 1024, 2048 ...: a user block before it
+        while offset + 8 <= len(view) and view[offset : offset + 8].tobytes() != HDF5_SIGNATURE:
+            offset *= 2
+        del view
+        if offset + 8 <= len(buffer.getbuffer()):
+            raise FormatError(f"{label}: HDF5 file has a user block of {offset} bytes (refused)")
+        raise FormatError(f"{label}: not an HDF5 file (no HDF5 signature)")
+    del view
     try:
         handle = h5py.File(buffer, mode)
     except (OSError, ValueError) as error:

@@ -64,8 +64,8 @@ class _HDF5Weights:
     """
 
     def __init__(self, data: bytes, label: str):
-        if not data.startswith(HDF5_SIGNATURE):
-            raise FormatError(f"{label}: not an HDF5 file (no HDF5 signature)")
+        if not data.startswith(HDF5_SIGNATURE):  # a user block, or not HDF5 at all: open_hdf5 says which
+            open_hdf5(io.BytesIO(data), label).close()
         self.data = data
         self.label = label
         self._file = None
