@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import untrusted_files as craft  # noqa: E402
+from untrusted_files import run_cli  # noqa: E402
 
 from gpucompress.limits import parse_size  # noqa: E402
 
@@ -50,46 +51,6 @@ def snapshot(paths: list[Path]) -> dict[str, tuple]:
             else:
                 found[str(item)] = (oct(info.st_mode), info.st_size, info.st_mtime_ns, digest)
     return found
-
-
-# Runs the CLI with RLIMIT_AS from the environment and writes its VmHWM (peak RSS since exec) at exit.
-LAUNCHER = """
-import atexit, os, resource, runpy, sys
-limit = int(os.environ.pop("UNTRUSTED_AS_LIMIT", "0"))
-if limit:
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-def report(path=os.environ.pop("UNTRUSTED_HWM_FILE")):
-    with open("/proc/self/status") as status, open(path, "w") as out:
-        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
-atexit.register(report)
-sys.argv = ["gpucompress", *sys.argv[1:]]
-runpy.run_module("gpucompress", run_name="__main__")
-"""
-
-
-def run_cli(arguments: list[str], checkout: Path, as_limit: int | None, cwd: Path,
-            stdout=None) -> tuple[int, str, int]:
-    """Run `python -m gpucompress ARGUMENTS`; returns (exit code, first stderr line, peak RSS bytes).
-
-    Peak RSS is the process's VmHWM at exit (ru_maxrss when it died before writing it).
-    """
-    with tempfile.TemporaryDirectory() as folder:
-        hwm = Path(folder) / "hwm"
-        environment = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "3",
-                       "UNTRUSTED_AS_LIMIT": str(as_limit or 0), "UNTRUSTED_HWM_FILE": str(hwm)}
-        errors = Path(folder) / "stderr"
-        with open(errors, "wb") as stream:
-            process = subprocess.Popen([sys.executable, "-c", LAUNCHER, *arguments], cwd=cwd, env=environment,
-                                       stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=stream)
-            _, status, usage = os.wait4(process.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        lines = [line for line in errors.read_text("utf-8", "replace").splitlines() if line.strip()]
-        peak = int(hwm.read_text()) * 1024 if hwm.exists() else usage.ru_maxrss * 1024
-    ours = [line for line in lines if line.startswith("gpucompress")]
-    first = (ours or lines or [""])[0]
-    if "Traceback" in first or (not ours and len(lines) > 1 and "Traceback" in "".join(lines)):
-        first = f"{lines[-1]} (a traceback, {len(lines)} lines)"
-    return code, first, peak
 
 
 def cases(folder: Path, outside: Path, saved: Path | None, checkout: Path):

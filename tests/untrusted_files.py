@@ -12,6 +12,9 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -340,3 +343,55 @@ def savedmodel_archive_exec_bits(archive_path: Path, folder: Path) -> Path:
     path = folder / "exec.gpcz"
     path.write_bytes(archives.write_archive(original))
     return path
+
+
+# Runs the CLI with RLIMIT_AS from the environment and writes its VmHWM (peak RSS since exec) at exit.
+LAUNCHER = """
+import atexit, os, resource, runpy, sys
+limit = int(os.environ.pop("UNTRUSTED_AS_LIMIT", "0"))
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def report(path=os.environ.pop("UNTRUSTED_HWM_FILE")):
+    with open("/proc/self/status") as status, open(path, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+atexit.register(report)
+sys.argv = ["gpucompress", *sys.argv[1:]]
+runpy.run_module("gpucompress", run_name="__main__")
+"""
+
+
+def run_cli(arguments: list[str], checkout: Path, as_limit: int | None, cwd: Path,
+            stdout=None) -> tuple[int, str, int]:
+    """Run `python -m gpucompress ARGUMENTS`; returns (exit code, first stderr line, peak RSS bytes).
+
+    The first line is the first of gpucompress's own, else the first at all
+    (a traceback's last line). See run_cli_lines.
+    """
+    code, lines, peak = run_cli_lines(arguments, checkout, as_limit, cwd, stdout)
+    ours = [line for line in lines if line.startswith("gpucompress")]
+    first = (ours or lines or [""])[0]
+    if "Traceback" in first or (not ours and len(lines) > 1 and "Traceback" in "".join(lines)):
+        first = f"{lines[-1]} (a traceback, {len(lines)} lines)"
+    return code, first, peak
+
+
+def run_cli_lines(arguments: list[str], checkout: Path, as_limit: int | None, cwd: Path,
+                  stdout=None) -> tuple[int, list[str], int]:
+    """Run `python -m gpucompress ARGUMENTS` from `checkout` under RLIMIT_AS `as_limit` (None: none),
+    stdout to `stdout` (default /dev/null); returns (exit code, non-blank stderr lines, peak RSS bytes).
+
+    Peak RSS is the process's VmHWM at exit (ru_maxrss when it died before writing it).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        hwm = Path(folder) / "hwm"
+        environment = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "3",
+                       "UNTRUSTED_AS_LIMIT": str(as_limit or 0), "UNTRUSTED_HWM_FILE": str(hwm)}
+        errors = Path(folder) / "stderr"
+        with open(errors, "wb") as stream:
+            process = subprocess.Popen([sys.executable, "-c", LAUNCHER, *arguments], cwd=cwd, env=environment,
+                                       stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=stream)
+            _, status, usage = os.wait4(process.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        lines = [line for line in errors.read_text("utf-8", "replace").splitlines() if line.strip()]
+        peak = int(hwm.read_text()) * 1024 if hwm.exists() and hwm.read_text() else usage.ru_maxrss * 1024
+    return code, lines, peak
