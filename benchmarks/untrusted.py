@@ -113,7 +113,7 @@ def cases(folder: Path, outside: Path, saved: Path | None, checkout: Path):
     here = sub("dotdot")
     yield (".keras with a ../ entry (compress)",
            ["compress", str(craft.keras_dotdot_entry(here)), "-o", str(here / "o.keras")], here / "o.keras",
-           False, {})
+           False, {"zip name": "../escaped.txt"})
     if saved is not None:
         for kind in ("symlink", "loop", "hardlink", "fifo", "device"):
             here = sub(f"sm-{kind}")
@@ -125,7 +125,7 @@ def cases(folder: Path, outside: Path, saved: Path | None, checkout: Path):
                 print(f"  (skipped SavedModel {kind}: {error})", file=sys.stderr)
                 continue
             yield (f"SavedModel with a {kind} (compress)", ["compress", str(model), "-o", str(here / "o")],
-                   here / "o", True, {})
+                   here / "o", True, {"leak": b"private key material"})
         here = sub("sm-exec")
         packed = here / "good.gpcz"
         done = run_cli(["pack", str(saved), "-o", str(packed), "--n_clusters=16", "-q"], ROOT, None, here)
@@ -203,6 +203,14 @@ def main() -> int:
             after = snapshot([case_folder, outside])
             changed = _changes(before, after, output, extra)
             made = "-" if output is None else ("written" if os.path.lexists(output) else "none")
+            if "leak" in extra and output is not None and Path(output).is_dir():
+                if any(p.is_file() and extra["leak"] in p.read_bytes() for p in Path(output).rglob("*")):
+                    made += " (holds the outside file's bytes)"
+            if "zip name" in extra and output is not None and Path(output).is_file():
+                import zipfile
+
+                if extra["zip name"] in zipfile.ZipFile(output).namelist():
+                    made += f" (holds entry {extra['zip name']})"
             if "modes" in extra and os.path.lexists(output):
                 modes = sorted({oct(p.stat().st_mode & 0o7777) for p in Path(output).rglob("*") if p.is_file()})
                 made += f" (file modes {', '.join(modes)})"
