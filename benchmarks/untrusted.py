@@ -162,7 +162,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", default=str(ROOT), help="the gpucompress checkout to run (PYTHONPATH)")
     parser.add_argument("--as-limit", default="6G", help="RLIMIT_AS of non-TensorFlow cases (default 6G)")
-    parser.add_argument("--only", default="", help="run only cases whose name contains this")
+    parser.add_argument("--only", default="", help="run only cases whose name contains one of these "
+                        "comma-separated strings")
     parser.add_argument("--no-savedmodel", action="store_true", help="skip the SavedModel cases (no TensorFlow)")
     arguments = parser.parse_args()
     checkout = Path(arguments.checkout).resolve()
@@ -183,7 +184,7 @@ def main() -> int:
         if not arguments.no_savedmodel:
             saved = craft.tiny_saved_model(scratch)
         for name, command, output, uses_tf, extra in cases(folder, outside, saved, checkout):
-            if arguments.only and arguments.only not in name:
+            if arguments.only and not any(part in name for part in arguments.only.split(",")):
                 continue
             case_folder = Path(command[1]).parent
             before = snapshot([case_folder, outside])
@@ -216,7 +217,24 @@ def main() -> int:
                 made += f" (file modes {', '.join(modes)})"
             first = first.replace("|", "/")[:150]
             print(f"| {name} | {code} | {first} | {peak / 2**20:,.0f} MiB | {made} | {changed} |", flush=True)
+        if not arguments.only or "race" in arguments.only:
+            print(race(scratch, checkout))
     return 0
+
+
+def race(scratch: Path, checkout: Path) -> str:
+    """Two runs into one output at the same moment, without --overwrite: a table row of their exit codes."""
+    folder = scratch / "race"
+    folder.mkdir()
+    model = craft.small_pb(folder)
+    environment = {**os.environ, "PYTHONPATH": str(checkout)}
+    runs = [subprocess.Popen([sys.executable, "-m", "gpucompress", "compress", str(model), "-o",
+                              str(folder / "o.pb"), "-q", "--n_clusters", str(k)], env=environment,
+                             stderr=subprocess.PIPE, text=True) for k in (4, 8)]
+    results = sorted((process.wait(), process.stderr.read().strip().splitlines()) for process in runs)
+    codes = " and ".join(str(code) for code, _ in results)
+    message = next((lines[0] for code, lines in results if code and lines), "")[:150]
+    return f"| two concurrent compress runs, one output (race) | {codes} | {message} | - | written | - |"
 
 
 def _changes(before: dict, after: dict, output: Path | None, extra: dict) -> str:
