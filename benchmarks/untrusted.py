@@ -149,6 +149,10 @@ def cases(folder: Path, outside: Path, saved: Path | None, checkout: Path):
         locked = Path("/sys")
     yield ("forbidden output folder (compress)", ["compress", str(model), "-o", str(locked / "o.pb")],
            locked / "o.pb", False, {})
+    here = sub("efbig")
+    model = craft.small_pb(here)
+    yield ("write failing midway (RLIMIT_FSIZE 1000 bytes: EFBIG, as ENOSPC)",
+           ["compress", str(model), "-o", str(here / "o.pb")], here / "o.pb", False, {"fsize": 1000})
     here = sub("stale")
     model = craft.small_pb(here)
     stale = here / ".gpucompress-tmp.999999999.o.pb.abc123.tmp"
@@ -196,7 +200,8 @@ def main() -> int:
                 reader, writer = os.pipe()
                 os.close(reader)
                 stdout = writer
-            code, first, peak = run_cli(command, checkout, None if uses_tf else as_limit, case_folder, stdout)
+            code, first, peak = run_cli(command, checkout, None if uses_tf else as_limit, case_folder, stdout,
+                                        extra.get("fsize", 0))
             if hasattr(stdout, "close"):
                 stdout.close()
             elif stdout is not None:

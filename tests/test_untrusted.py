@@ -245,6 +245,16 @@ def test_forbidden_output_folder_fails_before_clustering(tmp_path):
     assert not any("engine batches" in line for line in lines)  # nothing was clustered
 
 
+def test_write_failing_midway_is_one_line_and_leaves_nothing(tmp_path):
+    """A write that fails half-way (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) is one line
+    and leaves neither the output nor a temporary file."""
+    model = craft.small_pb(tmp_path)
+    code, lines, _ = craft.run_cli_lines(["compress", str(model), "-o", str(tmp_path / "o.pb")], ROOT, AS_LIMIT,
+                                         tmp_path, file_size_limit=1000)
+    assert code == 1 and lines == [f"gpucompress: error: cannot write {tmp_path / 'o.pb'}: file too large"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.pb"]
+
+
 @pytest.mark.parametrize("number, reason", [(errno.ENOSPC, "no space left on device"),
                                             (errno.EROFS, "read-only file system"),
                                             (errno.EACCES, "permission denied"),

@@ -351,6 +351,11 @@ import atexit, os, resource, runpy, sys
 limit = int(os.environ.pop("UNTRUSTED_AS_LIMIT", "0"))
 if limit:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+size = int(os.environ.pop("UNTRUSTED_FSIZE_LIMIT", "0"))
+if size:  # writes past `size` bytes fail with EFBIG (a full disk without needing one)
+    import signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 def report(path=os.environ.pop("UNTRUSTED_HWM_FILE")):
     with open("/proc/self/status") as status, open(path, "w") as out:
         out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
@@ -361,13 +366,13 @@ runpy.run_module("gpucompress", run_name="__main__")
 
 
 def run_cli(arguments: list[str], checkout: Path, as_limit: int | None, cwd: Path,
-            stdout=None) -> tuple[int, str, int]:
+            stdout=None, file_size_limit: int = 0) -> tuple[int, str, int]:
     """Run `python -m gpucompress ARGUMENTS`; returns (exit code, first stderr line, peak RSS bytes).
 
     The first line is the first of gpucompress's own, else the first at all
     (a traceback's last line). See run_cli_lines.
     """
-    code, lines, peak = run_cli_lines(arguments, checkout, as_limit, cwd, stdout)
+    code, lines, peak = run_cli_lines(arguments, checkout, as_limit, cwd, stdout, file_size_limit)
     ours = [line for line in lines if line.startswith("gpucompress")]
     first = (ours or lines or [""])[0]
     if "Traceback" in first or (not ours and len(lines) > 1 and "Traceback" in "".join(lines)):
@@ -376,16 +381,18 @@ def run_cli(arguments: list[str], checkout: Path, as_limit: int | None, cwd: Pat
 
 
 def run_cli_lines(arguments: list[str], checkout: Path, as_limit: int | None, cwd: Path,
-                  stdout=None) -> tuple[int, list[str], int]:
+                  stdout=None, file_size_limit: int = 0) -> tuple[int, list[str], int]:
     """Run `python -m gpucompress ARGUMENTS` from `checkout` under RLIMIT_AS `as_limit` (None: none),
-    stdout to `stdout` (default /dev/null); returns (exit code, non-blank stderr lines, peak RSS bytes).
+    stdout to `stdout` (default /dev/null), files it writes cut at `file_size_limit` bytes
+    (RLIMIT_FSIZE; 0: no limit); returns (exit code, non-blank stderr lines, peak RSS bytes).
 
     Peak RSS is the process's VmHWM at exit (ru_maxrss when it died before writing it).
     """
     with tempfile.TemporaryDirectory() as folder:
         hwm = Path(folder) / "hwm"
         environment = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "3",
-                       "UNTRUSTED_AS_LIMIT": str(as_limit or 0), "UNTRUSTED_HWM_FILE": str(hwm)}
+                       "UNTRUSTED_AS_LIMIT": str(as_limit or 0),
+                       "UNTRUSTED_FSIZE_LIMIT": str(file_size_limit), "UNTRUSTED_HWM_FILE": str(hwm)}
         errors = Path(folder) / "stderr"
         with open(errors, "wb") as stream:
             process = subprocess.Popen([sys.executable, "-c", LAUNCHER, *arguments], cwd=cwd, env=environment,
