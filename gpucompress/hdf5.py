@@ -88,7 +88,7 @@ def _check_self_contained(handle, label: str) -> None:
                     _check_dataset(h5py, item, item_path, label)
     except FormatError:
         raise
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
         raise FormatError(f"{label}: corrupt HDF5 file ({error})") from None
 
 
