@@ -201,12 +201,17 @@ class HDF5Model(_HDF5Backed):
     format_name = "h5"
 
     def __init__(self, data: bytes, *, source: str = "input"):
+        self.source = source
         self._hdf5 = _HDF5Weights(data, source)
         self._hdf5.datasets()
         self._values: dict[str, numpy.ndarray] = {}
 
     def _serialized(self, values) -> bytes:
         return self._hdf5.rewritten(values)
+
+    def holds_model_config(self) -> bool:
+        """Return whether the file holds a whole model (a `model_config` attribute), not weights only."""
+        return "model_config" in self._hdf5._open().attrs
 
 
 class KerasModel(_HDF5Backed):
