@@ -103,8 +103,46 @@ def add_subparser(subparsers) -> None:
                         help="SavedModel input: freeze its serving_default signature into a frozen GraphDef "
                         "and write that, clustered (default output SAVED_MODEL_DIR.min.pb)")
     add_report_arguments(parser)
+    add_verify_arguments(parser)
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_compress)
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --verify and the options verify needs (inputs, SavedModel signature, architecture)."""
+    group = parser.add_argument_group("verify (after writing; needs TensorFlow)")
+    group.add_argument("--verify", action="store_true",
+                       help="run the input and the output on the same inputs and print the output error "
+                       "(as `gpucompress verify`); skipped, with a line saying so, without TensorFlow")
+    group.add_argument("--inputs", metavar="NPZ", help="--verify: NumPy .npz with one array per model input "
+                       "(default: generated from the input signature)")
+    group.add_argument("--signature", metavar="NAME",
+                       help="--verify, SavedModel: the signature to run (default serving_default)")
+    group.add_argument("--architecture", metavar="MODEL",
+                       help="--verify, weights-only .weights.h5: the .keras or .h5 model they belong to")
+
+
+def verify_line(arguments, output) -> str:
+    """Return the summary line of `compress --verify`: the output error, or why verify was skipped.
+
+    Raises what verify_models raises (a model TensorFlow cannot load, a run that fails).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return "verify: skipped (TensorFlow is not installed: pip install 'gpucompress[tf]')"
+    if arguments.to_graphdef:
+        return ("verify: skipped (--to-graphdef writes another format than the input's; run "
+                "`gpucompress verify` on a frozen graph of the input)")
+    from ..verify import verify_models
+
+    verification = verify_models(arguments.model, output, inputs=arguments.inputs,
+                                 signature=arguments.signature, architecture=arguments.architecture)
+    worst = max(verification.outputs, key=lambda o: (o.relative_error != o.relative_error, o.relative_error))
+    top1 = "" if worst.top1_agreement is None else f", top-1 agree {100 * worst.top1_agreement:.1f}%"
+    return (f"verify: output error {worst.relative_error:.3g} relative L2 (worst of {len(verification.outputs)} "
+            f"outputs: {worst.name}), max abs {worst.max_abs_error:.3g}{top1}, on {verification.samples} "
+            f"samples, inputs {verification.inputs_source}")
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,9 +155,11 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compress(arguments) -> int:
     from ..api import compress_file
+    from ..errors import OptionsError
     from ..files import check_output_path
     from ..models import default_output
     from ..progress import progress_bar, progress_wanted
+    from ..select import left_out_notice
     from ..report import BatchTimer, format_summary, report_from_summary, write_report
 
     options = options_from_arguments(arguments)
@@ -141,7 +181,15 @@ def run_compress(arguments) -> int:
     if arguments.report:
         write_report(report, arguments.report)
         log.info("wrote report %s", arguments.report)
+    if not arguments.verify and (arguments.inputs or arguments.signature or arguments.architecture):
+        raise OptionsError("--inputs, --signature and --architecture apply with --verify only")
+    verified = verify_line(arguments, summary.output_path) if arguments.verify else None
+    notice = left_out_notice(summary.run.tensors)
+    if notice:
+        log.warning("%s", notice)
     if arguments.quiet:
+        if verified and verified.startswith("verify: skipped"):
+            log.warning("%s", verified)
         return EXIT_OK
     print(f"wrote {summary.output_path}")
     print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, "
@@ -156,6 +204,8 @@ def run_compress(arguments) -> int:
     if clustered and arguments.top > 0:
         print()
         print(format_summary(report, top=arguments.top))
+    if verified:
+        print(verified)
     if arguments.report:
         print(f"wrote report {arguments.report}")
     return EXIT_OK

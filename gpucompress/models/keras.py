@@ -12,8 +12,9 @@ input and options always give the same bytes.
 Weight names are dataset paths without the leading slash:
 `layers/dense/vars/0` in a `.keras` file, `model_weights/dense/dense/kernel`
 in a legacy `.h5`. Datasets under `optimizer/` or `optimizer_weights/` are
-optimizer state. A legacy `.h5` weight also answers to its variable name
-(`dense/kernel`) in `whitelisted`.
+optimizer state. In `whitelisted` a legacy `.h5` weight also answers to its
+variable's own path (`sequential/dense/kernel`) and to `dense/kernel`; a
+`.keras` one, whose file keeps no variable names, to `dense/vars/0`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy
 from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
 from .tensor_proto import MAX_TENSOR_VALUES
-from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight
+from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight, variable_names
 
 WEIGHTS_ENTRY = "model.weights.h5"
 CONFIG_ENTRY = "config.json"
@@ -98,8 +99,7 @@ class _HDF5Weights:
                                   f"of {MAX_TENSOR_VALUES}")
             parts = name.split("/", 2)
             role = ROLE_OPTIMIZER if parts[0] in OPTIMIZER_GROUPS else ROLE_VARIABLE
-            # legacy .h5: model_weights/LAYER/dense/kernel also answers to dense/kernel
-            aliases = (parts[2],) if parts[0] == "model_weights" and len(parts) == 3 else ()
+            aliases = _aliases(name)
             result.append(Weight(
                 name=name, dtype=dtype.name if dtype.kind in "fiub" else dtype.str, shape=shape,
                 floating=floating, max_distinct=size if floating else 0,
@@ -139,6 +139,22 @@ class _HDF5Weights:
         if check.datasets().keys() != self.datasets().keys():
             raise FormatError(f"{self.label}: rewritten HDF5 file does not read back")
         return data
+
+
+def _aliases(name: str) -> tuple[str, ...]:
+    """Return the other names a dataset answers to in `whitelisted`.
+
+    Legacy `.h5`: `model_weights/dense/sequential/dense/kernel` answers to the
+    variable's own path `sequential/dense/kernel` and to `dense/kernel`.
+    `.keras` and `.weights.h5` store no variable names, only their order:
+    `layers/dense/vars/0` answers to `dense/vars/0`.
+    """
+    parts = name.split("/", 2)
+    if parts[0] == "model_weights" and len(parts) == 3:
+        return variable_names(parts[2])
+    if parts[0] == "layers" and len(parts) == 3:
+        return (f"{parts[1]}/{parts[2]}",)
+    return ()
 
 
 def _zero_values(weights: list[Weight], names) -> dict[str, numpy.ndarray]:

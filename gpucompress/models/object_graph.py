@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from .weights import variable_names
+
 OPTIMIZER_EDGES = ("optimizer",)
 OPTIMIZER_CHILDREN = ("_iterations", "iter")
 
@@ -35,16 +37,6 @@ class KeyRoles:
 
     optimizer: set[str] = field(default_factory=set)
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-def variable_names(full_name: str) -> tuple[str, ...]:
-    """Return the names a variable answers to: its own path and that path without the first part."""
-    names = [full_name]
-    if full_name.endswith(":0"):
-        names[0] = full_name[:-2]
-    if "/" in names[0]:
-        names.append(names[0].split("/", 1)[1])
-    return tuple(dict.fromkeys(name for name in names if name))
 
 
 def key_roles(graph) -> KeyRoles:
