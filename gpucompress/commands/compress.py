@@ -36,7 +36,8 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CompressOptions()
     group = parser.add_argument_group("clustering (the 2016 script's flags are accepted verbatim)")
     group.add_argument("--n_clusters", "--n-clusters", type=int, default=defaults.n_clusters,
-                       metavar="N", help="codebook size per tensor (default %(default)s = 8 bits)")
+                       metavar="N", help="codebook size per tensor (default %(default)s = 8 bits); at most 4096 "
+                       "with --method optimal (memory grows as k squared), 65536 with --method lloyd")
     group.add_argument("--global_clusters", "--global-clusters", action="store_true",
                        help="one codebook for all clustered tensors")
     group.add_argument("--min_n_weights", "--min-n-weights", type=int, default=defaults.min_n_weights,
