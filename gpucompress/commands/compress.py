@@ -20,6 +20,7 @@ examples:
   gpucompress compress model.pb --report report.json   # every tensor's error, k, SNR, time as JSON
 
   gpucompress compress model.keras                   # writes model.min.keras (also .h5)
+  gpucompress compress model.keras --verify          # also run both and print the output error
   gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
   gpucompress compress saved_model_dir --to-graphdef    # frozen serving signature: saved_model_dir.min.pb
 
@@ -89,9 +90,12 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
 def add_subparser(subparsers) -> None:
     """Add the `compress` subcommand."""
     parser = new_parser(
-        subparsers, "compress", help="cluster the weights of a frozen GraphDef",
-        description="Cluster every floating Const tensor of a frozen GraphDef with 1-D k-means "
-        "and write a GraphDef used exactly like the input.",
+        subparsers, "compress", help="cluster the weights of a model (frozen GraphDef, SavedModel, .keras, .h5)",
+        description="Cluster a model's weights with 1-D k-means and write a model of the same format, "
+        "used exactly like the input. Formats, detected from the path: a frozen GraphDef (.pb; every "
+        "floating Const), a SavedModel folder (its checkpoint's variables), a Keras .keras file, a Keras "
+        "HDF5 file (.h5, .hdf5, .weights.h5). For SavedModel and Keras models only the weights proper "
+        "(float variables of rank >= 2) are clustered unless --all-variables; optimizer state never.",
         epilog=COMPRESS_EXAMPLES,
     )
     parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras or .h5 file")
