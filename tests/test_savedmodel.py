@@ -115,7 +115,7 @@ def test_whitelisted_matches_variable_names(saved):
     aliases = {w.name: w.aliases for w in model.weights()}
     whitelisted = [t.name for t in outcomes if t.reason == "whitelisted"]
     assert whitelisted and all(aliases[name] == ("hidden/kernel",) for name in whitelisted)
-    assert any(t.clustered and aliases[t.name] == ("embedding/embeddings",) for t in outcomes)
+    assert any(t.clustered and "embedding/embeddings" in aliases[t.name] for t in outcomes)
 
 
 def test_same_input_same_bytes_and_skeleton_round_trip(saved, tmp_path):

@@ -135,7 +135,8 @@ class SavedModel:
             optimizer = _is_optimizer_key(key) if roles is None else key in roles.optimizer
             own = roles.names.get(key, ()) if roles is not None else ()
             # d1/_kernel also answers to d1/kernel (Keras keeps kernels as _kernel)
-            path = "/".join(part.lstrip("_") or part for part in name.split("/"))
+            head, _, last = name.rpartition("/")
+            path = f"{head}/{last.lstrip('_') or last}" if head else name
             aliases = tuple(alias for alias in dict.fromkeys((*own, path)) if alias != name)
             result.append(Weight(
                 name=name, dtype=dtype.name, shape=shape, floating=floating,
