@@ -96,8 +96,10 @@ def matrix_model(kind: str):
         hidden = keras.layers.Dense(MATRIX_HIDDEN, activation="relu", name="hidden")(inputs)
         return keras.Model(inputs, keras.layers.Dense(MATRIX_OUTPUTS, name="head")(hidden))
     if kind == "sequential":
-        return keras.Sequential([keras.Input((MATRIX_INPUTS,)), keras.layers.Dense(MATRIX_HIDDEN, activation="relu"),
-                                 keras.layers.Dense(MATRIX_OUTPUTS)])
+        # Names fixed: Keras numbers unnamed layers per process (dense_18 after other tests).
+        return keras.Sequential([keras.Input((MATRIX_INPUTS,)),
+                                 keras.layers.Dense(MATRIX_HIDDEN, activation="relu", name="dense"),
+                                 keras.layers.Dense(MATRIX_OUTPUTS, name="dense_1")], name="sequential")
     return TwoDense()
 
 
