@@ -152,3 +152,18 @@ def test_n_clusters_beyond_what_the_optimal_method_can_hold_is_refused_up_front(
     assert "n_clusters=16384 should be <= 4096 with method='optimal'" in error and "--method lloyd" in error
     assert not (tmp_path / "g.pb.min").exists()
     assert main(["compress", str(path), "--n_clusters", "16384", "--method", "lloyd", "-q"]) == 0
+
+
+def test_leaving_most_float_values_out_is_said_with_the_reasons(tmp_path, caplog):
+    rng = numpy.random.default_rng(0)
+    path = tmp_path / "g.pb"
+    path.write_bytes(graphdef_of(const_node("kernel", rng.normal(size=(40, 25)).astype(numpy.float32)),
+                                 const_node("table", numpy.repeat(numpy.arange(3, dtype=numpy.float32), 700)))
+                     .SerializeToString())
+    assert main(["compress", str(path), "-q", "--n_clusters", "16"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert line == ("left 2,100 of 3,100 float values (68%) as they are: no more distinct values than the "
+                    "codebook: 1 tensors, 2,100 values (--report FILE lists every tensor's reason)")
+    caplog.clear()
+    assert main(["compress", str(path), "-q", "--n_clusters", "16", "--overwrite", "--whitelisted", "table"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # whitelisted on purpose: not counted

@@ -168,6 +168,8 @@ def run_compress(arguments) -> int:
     from ..report import BatchTimer, format_summary, report_from_summary, write_report
 
     options = options_from_arguments(arguments)
+    if not arguments.verify and (arguments.inputs or arguments.signature or arguments.architecture):
+        raise OptionsError("--inputs, --signature and --architecture apply with --verify only")
     if arguments.report:
         from ..models.freeze import frozen_output
 
@@ -186,8 +188,6 @@ def run_compress(arguments) -> int:
     if arguments.report:
         write_report(report, arguments.report)
         log.info("wrote report %s", arguments.report)
-    if not arguments.verify and (arguments.inputs or arguments.signature or arguments.architecture):
-        raise OptionsError("--inputs, --signature and --architecture apply with --verify only")
     verified = verify_line(arguments, summary.output_path) if arguments.verify else None
     notice = left_out_notice(summary.run.tensors)
     if notice:
