@@ -38,8 +38,11 @@ class CompressOptions:
         --global_clusters).
     min_n_weights: in global mode, tensors with fewer values stay as they are
         (the seed applies it to global mode only).
-    whitelisted: names of weights never clustered (exact names; for a
-        SavedModel also the variable's own name, e.g. "dense/kernel").
+    whitelisted: names of weights never clustered: a weight's own name, or
+        a name it answers to (Weight.aliases: a variable's own path such as
+        "sequential/dense/kernel" or "dense/kernel" in SavedModel and .h5
+        files, "dense/vars/0" in .keras). A name matching no weight makes
+        clustering raise OptionsError (select.check_whitelist).
     all_variables: for SavedModel and Keras models, cluster every float
         variable (biases, BatchNormalization statistics ...), not only the
         weights proper (rank >= 2: kernels, embeddings). Optimizer state is

@@ -13,7 +13,8 @@ checkpoint.
 Weight names are checkpoint keys without `/.ATTRIBUTES/VARIABLE_VALUE`
 (`variables/1`, `_operations/3/_kernel`); each also answers to the variable's
 own name (`sequential/dense/kernel`), that name without its model prefix
-(`dense/kernel`) and its key without leading underscores (`d1/kernel`) in
+(`dense/kernel`, for paths of three parts or more) and its key with the last
+part's leading underscores dropped (`d1/kernel`) in
 `whitelisted`. Which keys are optimizer state the checkpoint's object graph
 says (object_graph.py); without one, keys under `optimizer/` and optimizer slots.
 
