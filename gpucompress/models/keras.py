@@ -14,7 +14,8 @@ Weight names are dataset paths without the leading slash:
 in a legacy `.h5`. Datasets under `optimizer/` or `optimizer_weights/` are
 optimizer state. In `whitelisted` a legacy `.h5` weight also answers to its
 variable's own path (`sequential/dense/kernel`) and to `dense/kernel`; a
-`.keras` one, whose file keeps no variable names, to `dense/vars/0`.
+`.keras` one to `dense/vars/0` and, for Keras's own layers, to `dense/kernel` and
+`sequential/dense/kernel` (keras_names.py: config.json gives the order).
 """
 from __future__ import annotations
 
@@ -246,6 +247,18 @@ class KerasModel(_HDF5Backed):
         self._hdf5 = _HDF5Weights(self._entries[WEIGHTS_ENTRY][1], f"{source}:{WEIGHTS_ENTRY}")
         self._hdf5.datasets()
         self._values: dict[str, numpy.ndarray] = {}
+
+    def weights(self) -> list[Weight]:
+        """Return every weight dataset as a Weight, in path order; Keras's own layers' variables also
+        answer to their names (`dense/kernel`, `sequential/dense/kernel`; models.keras_names)."""
+        from dataclasses import replace
+
+        from .keras_names import variable_names as named
+
+        weights = self._hdf5.weights()
+        names = named(self._entries[CONFIG_ENTRY][1], [w.name for w in weights])
+        return [replace(w, aliases=tuple(dict.fromkeys((*w.aliases, *names[w.name])))) if w.name in names else w
+                for w in weights]
 
     def _serialized(self, values) -> bytes:
         buffer = io.BytesIO()
