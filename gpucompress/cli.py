@@ -18,7 +18,8 @@ def create_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `gpucompress` command."""
     parser = argparse.ArgumentParser(
         prog="gpucompress",
-        description="GPU-accelerated weight clustering (Deep Compression) for TensorFlow models.",
+        description="GPU-accelerated weight clustering (Deep Compression) for TensorFlow models: frozen "
+        "GraphDefs (.pb), SavedModel folders, Keras .keras and HDF5 (.h5, .weights.h5) files.",
     )
     parser.add_argument("--version", action="version", version=f"gpucompress {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -17,7 +17,7 @@ from . import engine
 from .kernels import compiled
 from .models.weights import Weight
 from .options import CompressOptions
-from .select import CLUSTER, Decision, decide_with_values, decide_without_values
+from .select import CLUSTER, Decision, check_whitelist, decide_with_values, decide_without_values
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,9 @@ def cluster_weights(
     Per-tensor codebooks stream: weights are loaded one engine batch at a
     time and their loaded values dropped once clustered, so peak memory holds
     one batch, not the model twice. Results do not depend on the batching.
+    Raises OptionsError when a `whitelisted` name matches no weight.
     """
+    check_whitelist(weights, options)
     kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
                   device=options.device, seed=options.seed, batch_values=options.batch_values)
     cluster_arrays = engine.cluster_arrays

@@ -7,6 +7,7 @@ it a weight's share is estimated as values x itemsize.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,20 @@ def inspect_model(path: str | os.PathLike, *, max_centroids: int = DEFAULT_MAX_C
     return ModelInspection(Path(path), model.format_name, file_bytes, tensors, max_centroids)
 
 
+def clustered_share(inspection: ModelInspection) -> tuple[int, int, float]:
+    """Return (tensors that look clustered, floating tensors with finite values, share of their values
+    in clustered-looking tensors); the table's legend line and the plot's title both say these."""
+    floating = [t for t in inspection.tensors if t.distinct]
+    clustered = [t for t in floating if t.looks_clustered]
+    values = sum(t.values for t in floating)
+    return len(clustered), len(floating), (sum(t.values for t in clustered) / values if values else 0.0)
+
+
+def share_text(share: float) -> str:
+    """Return a share as the percentage both the table and the plot print (rounded down to 0.1%)."""
+    return f"{math.floor(1000 * share) / 10:g}%"
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -190,6 +205,9 @@ def format_table(inspection: ModelInspection, *, limit: int | None = None, name_
     lines.append(f"weights {inspection.weight_bytes:,} bytes "
                  f"({100 * inspection.weight_bytes / max(inspection.file_bytes, 1):.1f}%), "
                  f"model without its weights {inspection.other_bytes:,} bytes")
-    if any(t.looks_clustered for t in inspection.tensors):
-        lines.append(f"* at most {inspection.max_centroids} distinct values: looks clustered")
+    clustered, floating, share = clustered_share(inspection)
+    if clustered:
+        lines.append(f"* more than {inspection.max_centroids} values but at most {inspection.max_centroids} "
+                     f"distinct: looks clustered ({clustered} of {floating} floating tensors, "
+                     f"{share_text(share)} of their values)")
     return "\n".join(lines)

@@ -8,6 +8,11 @@ from .errors import OptionsError
 DEVICES = ("auto", "cpu", "gpu")
 ENGINES = ("gpucompress", "faiss")
 MAX_CLUSTERS = 65536
+# The optimal method's dynamic program over 8k bins holds O(k^2) cells: on a
+# 1 M-value tensor k=4096 peaks at 0.7 GB RSS (16 s on 2 cores), k=16384 at
+# 8.6 GB (2 min, measured in issue 15). Lloyd needs O(n + k): k=65536 peaks at
+# 0.18 GB. Figures: python benchmarks/large_k.py.
+MAX_OPTIMAL_CLUSTERS = 4096
 
 
 def _methods():
@@ -27,13 +32,17 @@ class CompressOptions:
     """How to cluster a model's weights.
 
     n_clusters: codebook size k per tensor (or for the whole model with
-        global_clusters), 2..65536; 256 = 8-bit indices, 16 = 4-bit.
+        global_clusters), 2..4096 with method "optimal" (its memory grows as
+        k squared), 2..65536 with "lloyd"; 256 = 8-bit indices, 16 = 4-bit.
     global_clusters: one codebook shared by all clustered tensors (the seed's
         --global_clusters).
     min_n_weights: in global mode, tensors with fewer values stay as they are
         (the seed applies it to global mode only).
-    whitelisted: names of weights never clustered (exact names; for a
-        SavedModel also the variable's own name, e.g. "dense/kernel").
+    whitelisted: names of weights never clustered: a weight's own name, or
+        a name it answers to (Weight.aliases: a variable's own path such as
+        "sequential/dense/kernel" or "dense/kernel" in SavedModel and .h5
+        files, "dense/vars/0" in .keras). A name matching no weight makes
+        clustering raise OptionsError (select.check_whitelist).
     all_variables: for SavedModel and Keras models, cluster every float
         variable (biases, BatchNormalization statistics ...), not only the
         weights proper (rank >= 2: kernels, embeddings). Optimizer state is
@@ -80,6 +89,11 @@ class CompressOptions:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("method", self.method, tuple(sorted(_methods())))
         _check_choice("init", self.init, tuple(sorted(_initializers())))
+        if self.method == "optimal" and self.engine == "gpucompress" and self.n_clusters > MAX_OPTIMAL_CLUSTERS:
+            raise OptionsError(
+                f"n_clusters={self.n_clusters} should be <= {MAX_OPTIMAL_CLUSTERS} with method='optimal' "
+                "(its dynamic program's memory grows as k squared: about 0.7 GB at k=4096, 8.6 GB at 16384); "
+                f"method='lloyd' (--method lloyd) takes up to {MAX_CLUSTERS}.")
 
 
 def _check_int(name, value, low, high):

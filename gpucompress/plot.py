@@ -13,7 +13,7 @@ import numpy
 
 from .errors import GpucompressError
 from .files import write_atomic
-from .inspect import ModelInspection, TensorStats
+from .inspect import ModelInspection, TensorStats, clustered_share, share_text
 
 BAR_COLOR = "#4C72B0"
 CENTROID_COLOR = "#C44E52"
@@ -99,7 +99,7 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
     model: the model `inspection` was made from (its weights are decoded again).
     A tensor that looks clustered is drawn exactly, one stem per centroid (its
     distinct values) as tall as the values it holds; the overall histogram marks
-    the centroids with a rug when all clustered tensors share one codebook. path: where to write the PNG (atomically); None draws only.
+    the centroids with a rug when all clustered tensors share one codebook. path: where to write the image (atomically), in the format its extension names (plot_format); None draws only.
     Returns the matplotlib Figure: one axes for all weights plus one per tensor
     shown. Raises GpucompressError without matplotlib or floating weights.
     """
@@ -125,9 +125,9 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
     figure = figure_class(figsize=(11, 3.3 + 2.9 * rows), dpi=110, layout="constrained")
     grid = figure.add_gridspec(1 + rows, columns, height_ratios=[1.15] + [1] * rows)
     n_values = sum(w.size for w in weights)
-    clustered_share = sum(t.values for t in clustered) / n_values
+    _, _, share = clustered_share(inspection)
     state = ("not clustered" if not clustered else
-             f"{math.floor(1000 * clustered_share) / 10:g}% of values clustered, "
+             f"{share_text(share)} of values clustered, "
              + ("one shared codebook" if shared is not None else f"{len(clustered)} clustered tensors"))
     figure.suptitle(f"Weights of {inspection.path.name} ({inspection.format_name}, "
                     f"{inspection.file_bytes / 1e6:.3g} MB, {state})", fontsize=13, fontweight="bold")
@@ -151,6 +151,22 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
               f"std {t.std:.3g}, {_si(t.distinct)} distinct, {len(counts)} bins")
     if path is not None:
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
+        figure.savefig(buffer, format=plot_format(path))
         write_atomic(path, buffer.getvalue())
     return figure
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """Return the image format a plot path's extension names ("png", "pdf", "svg", ...).
+
+    Raises OptionsError for an extension matplotlib cannot write, listing those it can.
+    """
+    from .errors import OptionsError
+
+    figure_class = _figure_class()
+    formats = figure_class().canvas.get_supported_filetypes()
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if suffix not in formats:
+        raise OptionsError(f"plot={os.fspath(path)!r} (--plot): the extension should name an image format "
+                           f"matplotlib writes: {', '.join('.' + name for name in sorted(formats))}")
+    return suffix

@@ -2,8 +2,9 @@
 
 A runner has `inputs` (InputSpec list: name, NumPy dtype name, shape with None
 for unknown dims), `outputs` (output names) and `run(feeds) -> {output: array}`.
-RUNNERS maps a model's `format_name` to its runner class; adding a format
-(SavedModel, Keras) is one class and one entry here.
+RUNNERS maps a model's `format_name` to its runner class (SavedModel and
+Keras runners live in model_runners.py); adding a format is one class and
+one entry here.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from .errors import FormatError, GpucompressError
+from .errors import FormatError, GpucompressError, OptionsError
 
 # Ops that are never a model's output even when nothing consumes them.
 _NOT_OUTPUTS = {"Const", "Placeholder", "NoOp", "Assert", "PlaceholderWithDefault", "VarHandleOp",
@@ -87,12 +88,30 @@ class GraphDefRunner:
         return {name: numpy.asarray(result) for name, result in zip(self.outputs, results)}
 
 
-RUNNERS = {"graphdef": GraphDefRunner}
+# format_name -> "module:class" (model_runners imports TensorFlow and Keras only when used).
+RUNNERS = {"graphdef": "runners:GraphDefRunner", "savedmodel": "model_runners:SavedModelRunner",
+           "keras": "model_runners:KerasRunner", "h5": "model_runners:KerasRunner"}
 
 
-def open_runner(model):
-    """Return the runner of a read model (by its format_name); raises FormatError when none exists."""
-    runner = RUNNERS.get(model.format_name)
-    if runner is None:
-        raise FormatError(f"cannot run {model.format_name} models yet (verify runs: {', '.join(sorted(RUNNERS))})")
-    return runner(model)
+def open_runner(model, *, signature: str | None = None, architecture=None):
+    """Return the runner of a read model (by its format_name).
+
+    signature: the SavedModel signature to run (default serving_default; an
+    error for other formats). architecture: the .keras/.h5 model a
+    weights-only HDF5 file belongs to. Raises FormatError when no runner
+    exists or the model cannot be loaded, OptionsError for an option that does
+    not apply or an unknown signature (listing the ones the model has).
+    """
+    import importlib
+
+    entry = RUNNERS.get(model.format_name)
+    if entry is None:
+        raise FormatError(f"cannot run {model.format_name} models (verify runs: {', '.join(sorted(RUNNERS))})")
+    module, name = entry.split(":")
+    runner = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    if runner is GraphDefRunner:
+        if signature is not None or architecture is not None:
+            raise OptionsError("signature (--signature) and architecture (--architecture) do not apply to "
+                               "frozen GraphDefs")
+        return runner(model)
+    return runner(model, signature=signature, architecture=architecture)

@@ -6,11 +6,13 @@ most decisions never decode a tensor.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy
 
 from .models.weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight
+from .errors import OptionsError
 from .options import CompressOptions
 
 CLUSTER = "clustered"
@@ -75,3 +77,55 @@ def has_more_distinct_than(values: numpy.ndarray, k: int) -> bool:
     if prefix.size == values.size:
         return False
     return numpy.unique(values).size > k
+
+
+def check_whitelist(weights: list[Weight], options: CompressOptions) -> None:
+    """Raise OptionsError when a `whitelisted` name matches no weight, listing the closest names.
+
+    A name matches a weight's name or one of its aliases (a variable's own
+    path, e.g. "dense/kernel" or "sequential/dense/kernel").
+    """
+    known = {name for weight in weights for name in (weight.name, *weight.aliases)}
+    missing = [name for name in options.whitelisted if name not in known]
+    if not missing:
+        return
+    parts = []
+    for name in missing:
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
+        parts.append(f"{name!r} (closest: {', '.join(close)})" if close else repr(name))
+    raise OptionsError(f"whitelisted (--whitelisted): {'; '.join(parts)} match{'es' if len(missing) == 1 else ''} "
+                       "no weight of the model (gpucompress inspect lists the names)")
+
+
+NOT_FLOATING = "not floating"
+
+
+def left_out_notice(tensors) -> str | None:
+    """Return a one-line warning when a run clustered nothing, or left out over half of its float weights.
+
+    tensors: the run's TensorOutcomes (name, shape, clustered, reason, size).
+    The line names the main reasons, by the float values they kept, and
+    points at --report for every tensor's reason. None when neither applies.
+    """
+    # Optimizer state and whitelisted tensors are left out on purpose: not counted.
+    floating = [t for t in tensors if t.reason not in (NOT_FLOATING, "optimizer state", "whitelisted")]
+    total = sum(t.size for t in floating)
+    kept = [t for t in floating if not t.clustered]
+    kept_values = sum(t.size for t in kept)
+    clustered = len(floating) - len(kept)
+    if clustered and kept_values * 2 <= total:
+        return None
+    by_reason: dict[str, list[int]] = {}
+    for t in kept:
+        entry = by_reason.setdefault(t.reason, [0, 0])
+        entry[0] += 1
+        entry[1] += t.size
+    reasons = sorted(by_reason.items(), key=lambda item: (-item[1][1], item[0]))
+    listed = "; ".join(f"{reason}: {count} tensors, {values:,} values" for reason, (count, values) in reasons[:3])
+    if len(reasons) > 3:
+        listed += f"; {len(reasons) - 3} more reasons"
+    head = ("clustered nothing" if not clustered else
+            f"left {kept_values:,} of {total:,} float values ({100 * kept_values / max(total, 1):.0f}%) as they are")
+    if not floating:
+        return "clustered nothing: the model holds no float weights"
+    return f"{head}: {listed} (--report FILE lists every tensor's reason)"

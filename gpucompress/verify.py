@@ -157,17 +157,24 @@ def _batch_size(feeds: dict) -> int:
 
 def verify_models(original: str | os.PathLike, compressed: str | os.PathLike, *,
                   inputs: str | os.PathLike | None = None, samples: int = DEFAULT_SAMPLES,
-                  seed: int = 0) -> Verification:
+                  seed: int = 0, signature: str | None = None,
+                  architecture: str | os.PathLike | None = None) -> Verification:
     """Run both models on the same inputs and compare every output.
 
+    Every format compress reads: frozen GraphDefs, SavedModel folders (through
+    `signature`, default serving_default), `.keras` and `.h5` files (through
+    Keras; a weights-only `.weights.h5` inside the model `architecture` names).
     inputs: a .npz file, or None to generate `samples` rows from the signature
-    with `seed`. Raises InputError / FormatError for unusable files,
-    GpucompressError when the models' signatures differ or a run fails.
+    with `seed`. Raises InputError / FormatError for unusable files (a model
+    TensorFlow or Keras cannot load: the file and the loader's reason),
+    OptionsError for an unknown signature (listing the model's) or an option
+    that does not apply, GpucompressError when the models' signatures differ
+    or a run fails.
     """
     if samples < 1:
         raise InputError(f"samples={samples} should be >= 1.")
-    reference_runner = open_runner(read_model(original))
-    candidate_runner = open_runner(read_model(compressed))
+    reference_runner = open_runner(read_model(original), signature=signature, architecture=architecture)
+    candidate_runner = open_runner(read_model(compressed), signature=signature, architecture=architecture)
     if reference_runner.inputs != candidate_runner.inputs or reference_runner.outputs != candidate_runner.outputs:
         raise GpucompressError(f"{original} and {compressed} have different inputs or outputs: "
                                "not a model and its compressed copy")
@@ -178,7 +185,10 @@ def verify_models(original: str | os.PathLike, compressed: str | os.PathLike, *,
         feeds, source = generate_inputs(specs, samples, seed), f"generated (seed {seed})"
     reference = reference_runner.run(feeds)
     candidate = candidate_runner.run(feeds)
-    outputs = [compare_outputs(name, reference[name], candidate[name]) for name in reference_runner.outputs]
+    if reference.keys() != candidate.keys():
+        raise GpucompressError(f"{original} and {compressed} give different outputs: "
+                               "not a model and its compressed copy")
+    outputs = [compare_outputs(name, reference[name], candidate[name]) for name in reference]
     return Verification(source, _batch_size(feeds), outputs)
 
 

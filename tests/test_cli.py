@@ -121,3 +121,49 @@ def test_unknown_flag_is_a_usage_error(small_pb):
 def test_package_imports_without_tensorflow():
     code = "import sys, gpucompress, gpucompress.cli, gpucompress.models; assert 'tensorflow' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_top_level_help_names_every_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("GraphDef", "SavedModel", ".keras", ".h5"):
+        assert name in text
+    assert "cluster the weights of a frozen GraphDef" not in text
+
+
+@pytest.mark.parametrize("name,content", [("model.tflite", b"whatever"), ("model.bin", b"\x1c\0\0\0TFL3\0\0\0\0")])
+def test_an_unsupported_format_is_named(tmp_path, capsys, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert main(["compress", str(path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"gpucompress: error: {path}: TensorFlow Lite flatbuffer models are not a supported format "
+                    "(supported: frozen GraphDef (.pb), SavedModel folder, Keras .keras, Keras HDF5 (.h5, .hdf5, "
+                    ".weights.h5))")
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_n_clusters_beyond_what_the_optimal_method_can_hold_is_refused_up_front(tmp_path, capsys):
+    path = tmp_path / "g.pb"
+    path.write_bytes(graphdef_of(const_node("w", numpy.arange(64, dtype=numpy.float32))).SerializeToString())
+    assert main(["compress", str(path), "--n_clusters", "16384"]) == 1
+    error = capsys.readouterr().err
+    assert "n_clusters=16384 should be <= 4096 with method='optimal'" in error and "--method lloyd" in error
+    assert not (tmp_path / "g.pb.min").exists()
+    assert main(["compress", str(path), "--n_clusters", "16384", "--method", "lloyd", "-q"]) == 0
+
+
+def test_leaving_most_float_values_out_is_said_with_the_reasons(tmp_path, caplog):
+    rng = numpy.random.default_rng(0)
+    path = tmp_path / "g.pb"
+    path.write_bytes(graphdef_of(const_node("kernel", rng.normal(size=(40, 25)).astype(numpy.float32)),
+                                 const_node("table", numpy.repeat(numpy.arange(3, dtype=numpy.float32), 700)))
+                     .SerializeToString())
+    assert main(["compress", str(path), "-q", "--n_clusters", "16"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert line == ("left 2,100 of 3,100 float values (68%) as they are: no more distinct values than the "
+                    "codebook: 1 tensors, 2,100 values (--report FILE lists every tensor's reason)")
+    caplog.clear()
+    assert main(["compress", str(path), "-q", "--n_clusters", "16", "--overwrite", "--whitelisted", "table"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # whitelisted on purpose: not counted

@@ -134,3 +134,41 @@ def test_plot_needs_floating_weights(tmp_path):
     with pytest.raises(GpucompressError, match="no floating weights"):
         plot_weight_histograms(model, inspect_model(path, model=model), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_legend_and_plot_title_count_the_same_clustered_tensors(models, tmp_path):
+    # Regression: the legend said "at most 256 distinct" (small tensors have that too but are not
+    # marked) and gave no counts; the plot's title gave its own.
+    pytest.importorskip("matplotlib")
+    from gpucompress.inspect import clustered_share, share_text
+    from gpucompress.plot import plot_weight_histograms
+
+    _, clustered = models
+    inspection = inspect_model(clustered)
+    table = format_table(inspection)
+    marked = sum(1 for line in table.splitlines() if "*  " in line and not line.startswith("*"))
+    count, floating, share = clustered_share(inspection)
+    assert marked == count == 3
+    legend = table.splitlines()[-1]
+    assert legend.startswith("* more than 256 values but at most 256 distinct")
+    assert f"({count} of {floating} floating tensors, {share_text(share)} of their values)" in legend
+    figure = plot_weight_histograms(read_model(clustered), inspection, None)
+    assert f"{share_text(share)} of values clustered, {count} clustered tensors" in figure._suptitle.get_text()
+
+
+@pytest.mark.parametrize("suffix,magic", [(".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_plot_writes_the_format_its_extension_names(models, tmp_path, suffix, magic):
+    pytest.importorskip("matplotlib")
+    original, _ = models
+    path = tmp_path / f"plot{suffix}"
+    assert main(["inspect", str(original), "--plot", str(path), "-q"]) == 0
+    assert path.read_bytes().startswith(magic)
+
+
+def test_plot_refuses_an_unknown_extension(models, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    original, _ = models
+    assert main(["inspect", str(original), "--plot", str(tmp_path / "plot.xyz")]) == 1
+    error = capsys.readouterr().err
+    assert "plot.xyz" in error and ".png" in error and ".pdf" in error
+    assert not (tmp_path / "plot.xyz").exists()

@@ -258,3 +258,34 @@ def test_bad_archives_and_outputs_fail_with_one_line_and_leave_nothing(saved, tm
         assert error.startswith("gpucompress: error: ") and error.count("\n") == 1, error
         assert message in error and "Traceback" not in error, error
         assert set(tmp_path.iterdir()) == before and set(folder.iterdir()) == inside, argv
+
+
+def test_keras_file_weights_answer_to_the_variables_own_paths(saved):
+    # The names come from config.json (no Keras import); Keras itself says which variable is which.
+    path = saved["paths"]["functional.keras"]
+    model = saved["models"]["functional.keras"]
+    aliases = {w.name: w.aliases for w in read_model(path).weights()}
+    checked = 0
+    keys = {}
+    for layer in model.layers:
+        # the file's key: the class in snake case, numbered from the second layer of a class
+        key = {"Dense": "dense", "Embedding": "embedding", "BatchNormalization": "batch_normalization"}.get(
+            type(layer).__name__)
+        if key is None:
+            continue
+        keys[key] = keys.get(key, -1) + 1
+        key = key if keys[key] == 0 else f"{key}_{keys[key]}"
+        for index, variable in enumerate(layer.weights):
+            name = f"layers/{key}/vars/{index}"
+            assert variable.path in aliases[name], (name, variable.path, aliases[name])
+            checked += 1
+    assert checked == 9  # embedding, hidden (2), norm (4), head (2)
+
+
+def test_keras_file_whitelisted_by_variable_path(saved, tmp_path):
+    path = saved["paths"]["functional.keras"]
+    options = CompressOptions(n_clusters=K, device="cpu", whitelisted=("hidden/kernel",))
+    summary = compress_file(path, tmp_path / "out.keras", options)
+    reasons = {t.name: t.reason for t in summary.run.tensors}
+    assert reasons["layers/dense/vars/0"] == "whitelisted"  # the first Dense: hidden
+    assert reasons["layers/dense_1/vars/0"] == "clustered"

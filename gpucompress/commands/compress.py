@@ -20,6 +20,7 @@ examples:
   gpucompress compress model.pb --report report.json   # every tensor's error, k, SNR, time as JSON
 
   gpucompress compress model.keras                   # writes model.min.keras (also .h5)
+  gpucompress compress model.keras --verify          # also run both and print the output error
   gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
   gpucompress compress saved_model_dir --to-graphdef    # frozen serving signature: saved_model_dir.min.pb
 
@@ -36,7 +37,8 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CompressOptions()
     group = parser.add_argument_group("clustering (the 2016 script's flags are accepted verbatim)")
     group.add_argument("--n_clusters", "--n-clusters", type=int, default=defaults.n_clusters,
-                       metavar="N", help="codebook size per tensor (default %(default)s = 8 bits)")
+                       metavar="N", help="codebook size per tensor (default %(default)s = 8 bits); at most 4096 "
+                       "with --method optimal (memory grows as k squared), 65536 with --method lloyd")
     group.add_argument("--global_clusters", "--global-clusters", action="store_true",
                        help="one codebook for all clustered tensors")
     group.add_argument("--min_n_weights", "--min-n-weights", type=int, default=defaults.min_n_weights,
@@ -88,9 +90,12 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
 def add_subparser(subparsers) -> None:
     """Add the `compress` subcommand."""
     parser = new_parser(
-        subparsers, "compress", help="cluster the weights of a frozen GraphDef",
-        description="Cluster every floating Const tensor of a frozen GraphDef with 1-D k-means "
-        "and write a GraphDef used exactly like the input.",
+        subparsers, "compress", help="cluster the weights of a model (frozen GraphDef, SavedModel, .keras, .h5)",
+        description="Cluster a model's weights with 1-D k-means and write a model of the same format, "
+        "used exactly like the input. Formats, detected from the path: a frozen GraphDef (.pb; every "
+        "floating Const), a SavedModel folder (its checkpoint's variables), a Keras .keras file, a Keras "
+        "HDF5 file (.h5, .hdf5, .weights.h5). For SavedModel and Keras models only the weights proper "
+        "(float variables of rank >= 2) are clustered unless --all-variables; optimizer state never.",
         epilog=COMPRESS_EXAMPLES,
     )
     parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras or .h5 file")
@@ -103,8 +108,46 @@ def add_subparser(subparsers) -> None:
                         help="SavedModel input: freeze its serving_default signature into a frozen GraphDef "
                         "and write that, clustered (default output SAVED_MODEL_DIR.min.pb)")
     add_report_arguments(parser)
+    add_verify_arguments(parser)
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_compress)
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --verify and the options verify needs (inputs, SavedModel signature, architecture)."""
+    group = parser.add_argument_group("verify (after writing; needs TensorFlow)")
+    group.add_argument("--verify", action="store_true",
+                       help="run the input and the output on the same inputs and print the output error "
+                       "(as `gpucompress verify`); skipped, with a line saying so, without TensorFlow")
+    group.add_argument("--inputs", metavar="NPZ", help="--verify: NumPy .npz with one array per model input "
+                       "(default: generated from the input signature)")
+    group.add_argument("--signature", metavar="NAME",
+                       help="--verify, SavedModel: the signature to run (default serving_default)")
+    group.add_argument("--architecture", metavar="MODEL",
+                       help="--verify, weights-only .weights.h5: the .keras or .h5 model they belong to")
+
+
+def verify_line(arguments, output) -> str:
+    """Return the summary line of `compress --verify`: the output error, or why verify was skipped.
+
+    Raises what verify_models raises (a model TensorFlow cannot load, a run that fails).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return "verify: skipped (TensorFlow is not installed: pip install 'gpucompress[tf]')"
+    if arguments.to_graphdef:
+        return ("verify: skipped (--to-graphdef writes another format than the input's; run "
+                "`gpucompress verify` on a frozen graph of the input)")
+    from ..verify import verify_models
+
+    verification = verify_models(arguments.model, output, inputs=arguments.inputs,
+                                 signature=arguments.signature, architecture=arguments.architecture)
+    worst = max(verification.outputs, key=lambda o: (o.relative_error != o.relative_error, o.relative_error))
+    top1 = "" if worst.top1_agreement is None else f", top-1 agree {100 * worst.top1_agreement:.1f}%"
+    return (f"verify: output error {worst.relative_error:.3g} relative L2 (worst of {len(verification.outputs)} "
+            f"outputs: {worst.name}), max abs {worst.max_abs_error:.3g}{top1}, on {verification.samples} "
+            f"samples, inputs {verification.inputs_source}")
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,12 +160,16 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compress(arguments) -> int:
     from ..api import compress_file
+    from ..errors import OptionsError
     from ..files import check_output_path
     from ..models import default_output
     from ..progress import progress_bar, progress_wanted
+    from ..select import left_out_notice
     from ..report import BatchTimer, format_summary, report_from_summary, write_report
 
     options = options_from_arguments(arguments)
+    if not arguments.verify and (arguments.inputs or arguments.signature or arguments.architecture):
+        raise OptionsError("--inputs, --signature and --architecture apply with --verify only")
     if arguments.report:
         from ..models.freeze import frozen_output
 
@@ -141,7 +188,13 @@ def run_compress(arguments) -> int:
     if arguments.report:
         write_report(report, arguments.report)
         log.info("wrote report %s", arguments.report)
+    verified = verify_line(arguments, summary.output_path) if arguments.verify else None
+    notice = left_out_notice(summary.run.tensors)
+    if notice:
+        log.warning("%s", notice)
     if arguments.quiet:
+        if verified and verified.startswith("verify: skipped"):
+            log.warning("%s", verified)
         return EXIT_OK
     print(f"wrote {summary.output_path}")
     print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, "
@@ -156,6 +209,8 @@ def run_compress(arguments) -> int:
     if clustered and arguments.top > 0:
         print()
         print(format_summary(report, top=arguments.top))
+    if verified:
+        print(verified)
     if arguments.report:
         print(f"wrote report {arguments.report}")
     return EXIT_OK

@@ -25,7 +25,8 @@ def add_subparser(subparsers) -> None:
         epilog=INSPECT_EXAMPLES,
     )
     parser.add_argument("model", help="model file (frozen GraphDef .pb, or any format compress reads)")
-    parser.add_argument("--plot", metavar="PNG", help="write a histogram of the weights to this PNG")
+    parser.add_argument("--plot", metavar="IMAGE", help="write a histogram of the weights to this file, in the "
+                        "format its extension names (.png, .pdf, .svg, ...; matplotlib writes it)")
     parser.add_argument("--largest", type=int, default=4, metavar="N",
                         help="tensors with their own histogram panel (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the inspection as JSON instead of a table")
@@ -45,6 +46,9 @@ def run_inspect(arguments) -> int:
         raise OptionsError(f"--largest={arguments.largest} and --top={arguments.top} should be >= 0.")
     model = read_model(arguments.model)
     if arguments.plot:
+        from ..plot import plot_format
+
+        plot_format(arguments.plot)
         check_output_path(arguments.plot, [Path(arguments.model)], overwrite=arguments.overwrite)
     inspection = inspect_model(arguments.model, model=model)
     if arguments.plot:

@@ -34,7 +34,9 @@ archive can hold also have `to_skeleton(names) -> bytes` (the saved model,
 deterministic, the named weights zeroed) and `from_skeleton(data)`.
 
 Formats, by path: a folder with saved_model.pb(txt) is a SavedModel; `.keras`
-a Keras zip; `.h5` / `.hdf5` a Keras HDF5 file; anything else a frozen GraphDef.
+a Keras zip; `.h5` / `.hdf5` a Keras HDF5 file; a known format we do not read
+(UNSUPPORTED: `.tflite`, `.onnx` ...) is refused by name; anything else a
+frozen GraphDef.
 The Keras and SavedModel modules import h5py and TensorFlow only when used.
 """
 from __future__ import annotations
@@ -72,12 +74,39 @@ def model_class(format_name: str):
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
+SUPPORTED = "frozen GraphDef (.pb), SavedModel folder, Keras .keras, Keras HDF5 (.h5, .hdf5, .weights.h5)"
+# Formats recognised only to be named in a clear refusal: suffix -> name. A
+# format that gains a reader moves from here to FORMATS and model_format.
+UNSUPPORTED = {
+    ".tflite": "TensorFlow Lite flatbuffer",
+    ".onnx": "ONNX",
+    ".pt": "PyTorch", ".pth": "PyTorch",
+    ".safetensors": "safetensors",
+    ".mlmodel": "Core ML", ".mlpackage": "Core ML",
+}
+# File identifiers at byte 4 of a flatbuffer: a TFLite model without its suffix.
+UNSUPPORTED_MAGIC = {b"TFL3": "TensorFlow Lite flatbuffer"}
+
+
+def unsupported_format(path: Path) -> str | None:
+    """Return the name of a known format gpucompress does not read, from the suffix or magic bytes, or None."""
+    name = UNSUPPORTED.get(path.suffix.lower())
+    if name is None and path.is_file():
+        try:
+            with open(path, "rb") as stream:
+                head = stream.read(8)
+        except OSError:
+            return None
+        name = UNSUPPORTED_MAGIC.get(head[4:8])
+    return name
 
 
 def model_format(path: str | os.PathLike) -> str:
     """Return the format name a path holds: "savedmodel", "keras", "h5" or "graphdef".
 
-    Raises InputError for a directory that is not a SavedModel.
+    Raises InputError for a directory that is not a SavedModel, and for a
+    known format gpucompress does not read (UNSUPPORTED: .tflite, .onnx ...),
+    naming it and the formats it does read.
     """
     from .savedmodel import is_saved_model_dir
 
@@ -92,6 +121,9 @@ def model_format(path: str | os.PathLike) -> str:
         return "keras"
     if suffix in HDF5_SUFFIXES:
         return "h5"
+    unsupported = unsupported_format(path)
+    if unsupported:
+        raise InputError(f"{path}: {unsupported} models are not a supported format (supported: {SUPPORTED})")
     return "graphdef"
 
 

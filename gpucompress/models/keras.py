@@ -12,8 +12,10 @@ input and options always give the same bytes.
 Weight names are dataset paths without the leading slash:
 `layers/dense/vars/0` in a `.keras` file, `model_weights/dense/dense/kernel`
 in a legacy `.h5`. Datasets under `optimizer/` or `optimizer_weights/` are
-optimizer state. A legacy `.h5` weight also answers to its variable name
-(`dense/kernel`) in `whitelisted`.
+optimizer state. In `whitelisted` a legacy `.h5` weight also answers to its
+variable's own path (`sequential/dense/kernel`) and to `dense/kernel`; a
+`.keras` one to `dense/vars/0` and, for Keras's own layers, to `dense/kernel` and
+`sequential/dense/kernel` (keras_names.py: config.json gives the order).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
 from ..hdf5 import HDF5_SIGNATURE, h5py_module, open_hdf5
 from .tensor_proto import MAX_TENSOR_VALUES
-from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight
+from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight, variable_names
 
 WEIGHTS_ENTRY = "model.weights.h5"
 CONFIG_ENTRY = "config.json"
@@ -106,8 +108,7 @@ class _HDF5Weights:
                 limits.check(size * dtype.itemsize, len(self.data), f"{self.label}: dataset {name}")
             parts = name.split("/", 2)
             role = ROLE_OPTIMIZER if parts[0] in OPTIMIZER_GROUPS else ROLE_VARIABLE
-            # legacy .h5: model_weights/LAYER/dense/kernel also answers to dense/kernel
-            aliases = (parts[2],) if parts[0] == "model_weights" and len(parts) == 3 else ()
+            aliases = _aliases(name)
             result.append(Weight(
                 name=name, dtype=dtype.name if dtype.kind in "fiub" else dtype.str, shape=shape,
                 floating=floating, max_distinct=size if floating else 0,
@@ -147,6 +148,22 @@ class _HDF5Weights:
         if check.datasets().keys() != self.datasets().keys():
             raise FormatError(f"{self.label}: rewritten HDF5 file does not read back")
         return data
+
+
+def _aliases(name: str) -> tuple[str, ...]:
+    """Return the other names a dataset answers to in `whitelisted`.
+
+    Legacy `.h5`: `model_weights/dense/sequential/dense/kernel` answers to the
+    variable's own path `sequential/dense/kernel` and to `dense/kernel`.
+    `.keras` and `.weights.h5` store no variable names, only their order:
+    `layers/dense/vars/0` answers to `dense/vars/0`.
+    """
+    parts = name.split("/", 2)
+    if parts[0] == "model_weights" and len(parts) == 3:
+        return variable_names(parts[2])
+    if parts[0] == "layers" and len(parts) == 3:
+        return (f"{parts[1]}/{parts[2]}",)
+    return ()
 
 
 def _zero_values(weights: list[Weight], names) -> dict[str, numpy.ndarray]:
@@ -209,12 +226,17 @@ class HDF5Model(_HDF5Backed):
     format_name = "h5"
 
     def __init__(self, data: bytes, *, source: str = "input"):
+        self.source = source
         self._hdf5 = _HDF5Weights(data, source)
         self._hdf5.datasets()
         self._values: dict[str, numpy.ndarray] = {}
 
     def _serialized(self, values) -> bytes:
         return self._hdf5.rewritten(values)
+
+    def holds_model_config(self) -> bool:
+        """Return whether the file holds a whole model (a `model_config` attribute), not weights only."""
+        return "model_config" in self._hdf5._open().attrs
 
 
 class KerasModel(_HDF5Backed):
@@ -233,6 +255,18 @@ class KerasModel(_HDF5Backed):
         self._hdf5 = _HDF5Weights(self._entries[WEIGHTS_ENTRY][1], f"{source}:{WEIGHTS_ENTRY}")
         self._hdf5.datasets()
         self._values: dict[str, numpy.ndarray] = {}
+
+    def weights(self) -> list[Weight]:
+        """Return every weight dataset as a Weight, in path order; Keras's own layers' variables also
+        answer to their names (`dense/kernel`, `sequential/dense/kernel`; models.keras_names)."""
+        from dataclasses import replace
+
+        from .keras_names import variable_names as named
+
+        weights = self._hdf5.weights()
+        names = named(self._entries[CONFIG_ENTRY][1], [w.name for w in weights])
+        return [replace(w, aliases=tuple(dict.fromkeys((*w.aliases, *names[w.name])))) if w.name in names else w
+                for w in weights]
 
     def _serialized(self, values) -> bytes:
         buffer = io.BytesIO()

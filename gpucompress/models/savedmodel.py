@@ -12,8 +12,11 @@ checkpoint.
 
 Weight names are checkpoint keys without `/.ATTRIBUTES/VARIABLE_VALUE`
 (`variables/1`, `_operations/3/_kernel`); each also answers to the variable's
-own name (`dense/kernel`) in `whitelisted`. Keys under `optimizer/` and
-optimizer slots are optimizer state.
+own name (`sequential/dense/kernel`), that name without its model prefix
+(`dense/kernel`, for paths of three parts or more) and its key with the last
+part's leading underscores dropped (`d1/kernel`) in
+`whitelisted`. Which keys are optimizer state the checkpoint's object graph
+says (object_graph.py); without one, keys under `optimizer/` and optimizer slots.
 
 TensorFlow is imported here only, inside the functions that need it.
 """
@@ -102,23 +105,29 @@ class SavedModel:
                     name = key
                 self._keys[name] = key
 
-    def _aliases(self) -> dict[str, str]:
-        """Return {checkpoint key: variable name} from the checkpoint's object graph."""
+    def _roles(self):
+        """Return the KeyRoles of the checkpoint's object graph, or None when it has none or it is unreadable."""
         if self._reader is None or OBJECT_GRAPH_KEY not in self._shapes:
-            return {}
+            return None
         from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+        from .object_graph import key_roles
 
         graph = trackable_object_graph_pb2.TrackableObjectGraph()
         try:
             graph.ParseFromString(self._reader.get_tensor(OBJECT_GRAPH_KEY))
-        except Exception:  # noqa: BLE001 - aliases are a convenience; the keys still work
-            log.debug("%s: unreadable object graph, no variable names", self.source)
-            return {}
-        return {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes if a.full_name}
+        except Exception:  # noqa: BLE001 - then the key rule decides; the keys still work
+            log.warning("%s: unreadable object graph: optimizer state told by key names only", self.source)
+            return None
+        return key_roles(graph)
 
     def weights(self) -> list[Weight]:
-        """Return every checkpoint entry as a Weight, in key order."""
-        aliases = self._aliases()
+        """Return every checkpoint entry as a Weight, in key order.
+
+        Optimizer state is what the object graph says it is (object_graph);
+        without one, keys under `optimizer/` and optimizer slots.
+        """
+        roles = self._roles()
         result = []
         for name, key in self._keys.items():
             dtype = self._dtypes[key]
@@ -130,12 +139,16 @@ class SavedModel:
                                   f"of {MAX_TENSOR_VALUES}")
             if floating:
                 limits.check(size * dtype.size, self._input_bytes, f"{self.source}: variable {name}")
-            alias = aliases.get(key)
+            optimizer = _is_optimizer_key(key) if roles is None else key in roles.optimizer
+            own = roles.names.get(key, ()) if roles is not None else ()
+            # d1/_kernel also answers to d1/kernel (Keras keeps kernels as _kernel)
+            head, _, last = name.rpartition("/")
+            path = f"{head}/{last.lstrip('_') or last}" if head else name
+            aliases = tuple(alias for alias in dict.fromkeys((*own, path)) if alias != name)
             result.append(Weight(
                 name=name, dtype=dtype.name, shape=shape, floating=floating,
                 max_distinct=size if floating else 0, load=(lambda key=key: self._load(key)),
-                role=ROLE_OPTIMIZER if _is_optimizer_key(key) else ROLE_VARIABLE,
-                aliases=(alias,) if alias and alias != name else (),
+                role=ROLE_OPTIMIZER if optimizer else ROLE_VARIABLE, aliases=aliases,
             ))
         return result
 

@@ -41,3 +41,17 @@ class Weight:
     def size(self) -> int:
         """Return the number of values (the product of the shape)."""
         return int(numpy.prod(self.shape, dtype=numpy.int64))
+
+
+def variable_names(path: str) -> tuple[str, ...]:
+    """Return the names a variable answers to in `whitelisted`: its own path, and, for a path of
+    three parts or more, that path without its first part (the model's name):
+    "sequential/dense/kernel" -> also "dense/kernel" ("dense/kernel" never becomes "kernel").
+
+    A trailing ":0" (TensorFlow 1 variable names) is dropped. Returns unique, non-empty names.
+    """
+    path = path[:-2] if path.endswith(":0") else path
+    names = [path]
+    if path.count("/") >= 2:
+        names.append(path.split("/", 1)[1])
+    return tuple(dict.fromkeys(name for name in names if name))
