@@ -87,7 +87,61 @@ class GraphDefRunner:
         return {name: numpy.asarray(result) for name, result in zip(self.outputs, results)}
 
 
-RUNNERS = {"graphdef": GraphDefRunner}
+def tflite_interpreter(content: bytes):
+    """Return a TFLite interpreter over model bytes: LiteRT's (ai-edge-litert), else tf.lite.Interpreter.
+
+    Raises GpucompressError when neither is installed or the model does not load.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            Interpreter = _tensorflow().lite.Interpreter
+        except GpucompressError:
+            raise GpucompressError("running a .tflite model needs ai-edge-litert: "
+                                   "pip install 'gpucompress[tflite]'") from None
+    try:
+        return Interpreter(model_content=bytes(content))
+    except (ValueError, RuntimeError) as error:
+        raise GpucompressError(f"the TFLite interpreter cannot load the model: {str(error).strip()[:200]}") from None
+
+
+class TFLiteRunner:
+    """Runs a .tflite model in the TFLite interpreter: inputs and outputs from its signature-less details.
+
+    A dimension the model leaves open (-1 in its shape signature) is None, and
+    the interpreter is resized to the shapes fed.
+    """
+
+    format_name = "tflite"
+
+    def __init__(self, model):
+        self._interpreter = tflite_interpreter(model.to_bytes())
+        details = self._interpreter.get_input_details()
+        self._input_index = {d["name"]: d["index"] for d in details}
+        self.inputs = [InputSpec(d["name"], numpy.dtype(d["dtype"]).name,
+                                 tuple(None if n < 0 else int(n) for n in d.get("shape_signature", d["shape"])))
+                       for d in details]
+        outputs = self._interpreter.get_output_details()
+        self._output_index = {d["name"]: d["index"] for d in outputs}
+        self.outputs = [d["name"] for d in outputs]
+
+    def run(self, feeds: dict[str, numpy.ndarray]) -> dict[str, numpy.ndarray]:
+        """Run the model once on the whole feeds; returns {output name: array}."""
+        interpreter = self._interpreter
+        try:
+            for name, index in self._input_index.items():
+                interpreter.resize_tensor_input(index, list(feeds[name].shape))
+            interpreter.allocate_tensors()
+            for name, index in self._input_index.items():
+                interpreter.set_tensor(index, feeds[name])
+            interpreter.invoke()
+        except (ValueError, RuntimeError) as error:
+            raise GpucompressError(f"running the model failed: {str(error).strip().splitlines()[0][:200]}") from None
+        return {name: numpy.array(interpreter.get_tensor(index)) for name, index in self._output_index.items()}
+
+
+RUNNERS = {"graphdef": GraphDefRunner, "tflite": TFLiteRunner}
 
 
 def open_runner(model):

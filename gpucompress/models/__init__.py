@@ -56,6 +56,7 @@ FORMATS = {
     "keras": "keras:KerasModel",
     "h5": "keras:HDF5Model",
     "savedmodel": "savedmodel:SavedModel",
+    "tflite": "tflite:TFLiteModel",
 }
 
 
@@ -72,10 +73,13 @@ def model_class(format_name: str):
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
+TFLITE_SUFFIX = ".tflite"
 
 
 def model_format(path: str | os.PathLike) -> str:
-    """Return the format name a path holds: "savedmodel", "keras", "h5" or "graphdef".
+    """Return the format name a path holds: "savedmodel", "keras", "h5", "tflite" or "graphdef".
+
+    A `.tflite` file, or any other file with the TFLite identifier at bytes 4-8, is "tflite".
 
     Raises InputError for a directory that is not a SavedModel.
     """
@@ -92,6 +96,10 @@ def model_format(path: str | os.PathLike) -> str:
         return "keras"
     if suffix in HDF5_SUFFIXES:
         return "h5"
+    from .tflite import is_tflite_file
+
+    if suffix == TFLITE_SUFFIX or is_tflite_file(path):
+        return "tflite"
     return "graphdef"
 
 
@@ -110,6 +118,10 @@ def read_model(path: str | os.PathLike):
         from .keras import read_hdf5
 
         return read_hdf5(path)
+    if kind == "tflite":
+        from .tflite import read_tflite
+
+        return read_tflite(path)
     return read_graphdef(path)
 
 
@@ -123,7 +135,8 @@ def default_output(path: str | os.PathLike, *, folder: bool | None = None) -> Pa
 
     `MODEL.pb` -> `MODEL.pb.min` (the seed's name); `model.keras` ->
     `model.min.keras`; `model.h5` -> `model.min.h5`; `model.weights.h5` ->
-    `model.min.weights.h5` (Keras wants that ending); a SavedModel folder
+    `model.min.weights.h5` (Keras wants that ending); `model.tflite` ->
+    `model.min.tflite`; a SavedModel folder
     `saved` -> `saved.min`. folder: whether `path` names a SavedModel folder
     (default: whether it is a directory now).
     """
@@ -131,7 +144,7 @@ def default_output(path: str | os.PathLike, *, folder: bool | None = None) -> Pa
     name = path.name
     lower = name.lower()
     if not (path.is_dir() if folder is None else folder):
-        for suffix in (".weights.h5", ".keras", *HDF5_SUFFIXES):
+        for suffix in (".weights.h5", ".keras", *HDF5_SUFFIXES, TFLITE_SUFFIX):
             if lower.endswith(suffix) and len(name) > len(suffix):
                 return path.with_name(f"{name[: -len(suffix)]}.min{name[-len(suffix):]}")
     return path.with_name(name + ".min")
