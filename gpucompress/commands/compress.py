@@ -23,6 +23,9 @@ examples:
   gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
   gpucompress compress saved_model_dir --to-graphdef    # frozen serving signature: saved_model_dir.min.pb
 
+  gpucompress compress model.tflite --n_clusters 16   # writes model.min.tflite (float32/float16/int8 weights)
+  gpucompress compress model.tflite --n_clusters 16 --tflm -o model.tflm.tflite   # TFLite Micro LUT form
+
   gpucompress compress model.pb --engine faiss       # faiss k-means (pip install 'gpucompress[faiss]')
 """
 
@@ -102,6 +105,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--to-graphdef", action="store_true",
                         help="SavedModel input: freeze its serving_default signature into a frozen GraphDef "
                         "and write that, clustered (default output SAVED_MODEL_DIR.min.pb)")
+    parser.add_argument("--tflm", action="store_true",
+                        help=".tflite input: write TFLite Micro's compressed form (a lookup table per tensor and "
+                        "bit-packed indices, DECODE operators; k <= 128; default output MODEL.tflm.tflite)")
     add_report_arguments(parser)
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_compress)
@@ -126,13 +132,16 @@ def run_compress(arguments) -> int:
     if arguments.report:
         from ..models.freeze import frozen_output
 
-        output = arguments.output or (frozen_output if arguments.to_graphdef else default_output)(arguments.model)
+        from ..models.tflm import tflm_output
+
+        output = arguments.output or (frozen_output if arguments.to_graphdef else
+                                      tflm_output if arguments.tflm else default_output)(arguments.model)
         check_output_path(arguments.report, [Path(arguments.model), Path(output)], overwrite=arguments.overwrite)
     with progress_bar(progress_wanted(arguments.quiet), "clustering") as advance:
         timer = BatchTimer(then=advance)
         summary = compress_file(arguments.model, arguments.output, options,
                                 overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer,
-                                to_graphdef=arguments.to_graphdef)
+                                to_graphdef=arguments.to_graphdef, tflm=arguments.tflm)
     log.info("%d engine batches", len(timer.batches))
     clustered = summary.run.clustered()
     weights = sum(t.size for t in clustered)
