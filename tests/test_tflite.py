@@ -171,3 +171,136 @@ def test_a_shared_buffer_is_one_weight(tmp_path):
     assert [t.name for t in summary.run.clustered()].count(shared[0].name) == 1
     probe = numpy.random.default_rng(0).normal(size=(4, 32)).astype("float32")
     assert numpy.isfinite(run_tflite(output.read_bytes(), probe)).all()
+
+
+def _root(data: bytes):
+    return Reader(data).root()
+
+
+def _corrupt(data: bytes, how: str) -> bytes:
+    """Return a damaged copy of a .tflite file (positions found with the checked reader)."""
+    data = bytearray(data)
+    structure = parse_structure(bytes(data))
+    if how == "truncated":
+        return bytes(data[: len(data) // 2])
+    if how == "corrupt root":
+        data[0:4] = struct.pack("<I", len(data) + 64)
+    elif how == "buffer past the end":
+        weight = max(structure.buffers, key=lambda span: span[1])
+        data[weight[0] - 4 : weight[0]] = struct.pack("<I", len(data))  # the data vector's length
+    elif how == "shape disagrees":
+        kernel = next(t for t in structure.tensors[0] if t.shape == (5, 32))
+        start, _ = _tensor_tables(bytes(data))[kernel.index].vector(0, 4, "shape")
+        data[start : start + 4] = struct.pack("<i", 6)
+    elif how == "schema version":
+        position = _root(bytes(data)).field(0, 4)
+        data[position : position + 4] = struct.pack("<I", 4)
+    elif how == "not a flatbuffer":
+        return b"this is not a model, only text that is long enough\n" * 4
+    return bytes(data)
+
+
+@pytest.mark.parametrize("how,message", [
+    ("truncated", "past the end"), ("corrupt root", "past the end"), ("buffer past the end", "past the end"),
+    ("shape disagrees", "of shape [6, 32] needs 768 bytes"), ("schema version", "schema version 4"),
+    ("not a flatbuffer", "not a TFLite flatbuffer"),
+])
+def test_bad_input_is_one_line_exit_1_and_nothing_written(models, tmp_path, capsys, how, message):
+    source = tmp_path / "bad.tflite"
+    source.write_bytes(_corrupt(models["paths"]["conv"]["float32"].read_bytes(), how))
+    for command in (["compress", str(source), "-o", str(tmp_path / "out.tflite")],
+                    ["compress", str(source), "--tflm", "--n_clusters", "16", "-o", str(tmp_path / "out.tflite")],
+                    ["pack", str(source), "-o", str(tmp_path / "out.gpcz")], ["inspect", str(source)]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("gpucompress: error:") and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tflite"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cut=st.integers(0, 1 << 20), edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)),
+                                                   max_size=8))
+def test_reader_fuzz_only_raises_format_errors(fuzz_source, cut, edits):
+    data = bytearray(fuzz_source[: max(8, len(fuzz_source) - cut % len(fuzz_source))])
+    for position, value in edits:
+        data[position % len(data)] = value
+    try:
+        model = TFLiteModel(bytes(data))
+    except FormatError:
+        return
+    for weight in model.weights():
+        if weight.floating:
+            assert weight.load().shape == weight.shape
+
+
+@pytest.fixture(scope="session")
+def fuzz_source(models):
+    """The smallest converted model's bytes (the fuzz test mutates copies)."""
+    return min((p.read_bytes() for kinds in models["paths"].values() for p in kinds.values()), key=len)
+
+
+def test_format_default_output_verify_and_inspect(models, tmp_path, capsys):
+    source = models["paths"]["conv"]["int8"]
+    assert model_format(source) == "tflite"
+    plain = tmp_path / "model.bin"
+    plain.write_bytes(source.read_bytes())
+    assert model_format(plain) == "tflite"  # by its TFL3 identifier
+    assert default_output(source).name == "conv_int8.min.tflite"
+    output = tmp_path / "min.tflite"
+    assert main(["compress", str(source), "--n_clusters", "16", "-o", str(output), "-q"]) == 0
+    assert main(["verify", str(source), str(output)]) == 0
+    assert "relative" in capsys.readouterr().out
+    assert main(["inspect", str(output)]) == 0
+    assert "(tflite)" in capsys.readouterr().out
+
+
+# ---- TensorFlow Lite Micro export -------------------------------------------------------------
+
+def _tflm_run(content: bytes, inputs: numpy.ndarray) -> numpy.ndarray:
+    from tflite_micro import runtime
+
+    interpreter = runtime.Interpreter.from_bytes(content)
+    rows = []
+    for row in inputs:
+        interpreter.set_input(row[None], 0)
+        interpreter.invoke()
+        rows.append(interpreter.get_output(0)[0].copy())
+    return numpy.stack(rows)
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_tflm_export_is_decoded_by_tflm_to_the_clustered_model(models, tmp_path, kind):
+    pytest.importorskip("tflite_micro")
+    from gpucompress.models.tflite import schema
+
+    source = models["paths"]["conv"][kind]
+    clustered, micro = tmp_path / "min.tflite", tmp_path / "model.tflm.tflite"
+    assert main(["compress", str(source), "--n_clusters", "16", "-o", str(clustered), "-q"]) == 0
+    assert main(["compress", str(source), "--n_clusters", "16", "--tflm", "-o", str(micro), "-q"]) == 0
+    data = micro.read_bytes()
+    # 4-bit indices instead of 32- or 8-bit values, plus tables and the rest of the model
+    assert len(data) < {"float32": 0.2, "int8": 0.65}[kind] * clustered.stat().st_size
+    codes = Reader(data).root().tables(1, "operator code")
+    assert any(code.string(1, "custom code") == "TFLM_DECODE" for code in codes)
+    assert schema().BuiltinOperator.FULLY_CONNECTED in [c.scalar(3, "i32") for c in codes]
+    inputs = models["inputs"]["conv"][:4]
+    # TFLM's DECODE gives back exactly the clustered weights: same outputs, bit for bit
+    assert numpy.array_equal(_tflm_run(data, inputs), _tflm_run(clustered.read_bytes(), inputs))
+
+
+def test_tflm_needs_k_at_most_128_and_a_tflite_input(models, tmp_path, capsys):
+    source = models["paths"]["conv"]["float32"]
+    assert main(["compress", str(source), "--tflm", "-o", str(tmp_path / "x.tflite")]) == 1
+    assert "n_clusters=256 should be <= 128 with --tflm" in capsys.readouterr().err
+    keras_file = tmp_path / "conv.keras"
+    keras_file.write_bytes(b"")
+    assert main(["compress", str(keras_file), "--tflm", "--n_clusters", "16"]) == 1
+    assert "needs a .tflite model" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.keras"]
+
+
+@pytest.mark.parametrize("distinct,bits", [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (16, 4), (17, 5), (128, 7)])
+def test_index_bitwidth(distinct, bits):
+    from gpucompress.models.tflm import index_bitwidth
+
+    assert index_bitwidth(distinct) == bits
