@@ -356,3 +356,17 @@ def test_tflm_bit_layout_matches_its_documented_format(models, tmp_path, kind):
         header = numpy.frombuffer(data, numpy.uint8, 16, structure.buffers[
             structure.tensors[0][next(op for op in structure.operators[0] if op.code == -1).inputs[1]].buffer][0])
         assert header[5] & 7 <= 3
+
+
+def test_pack_and_unpack_default_names(models, tmp_path):
+    from gpucompress.packing import default_archive_output, default_unpack_output
+
+    source = tmp_path / "model.tflite"
+    source.write_bytes(models["paths"]["conv"]["float32"].read_bytes())
+    assert main(["pack", str(source), "--n_clusters", "16", "-q"]) == 0
+    archive = default_archive_output(source)
+    assert archive.name == "model.tflite.gpcz" and archive.exists()
+    assert default_unpack_output(archive, "tflite").name == "model.min.tflite"
+    assert main(["unpack", str(archive), "-q"]) == 0
+    assert main(["compress", str(source), "--n_clusters", "16", "-o", str(tmp_path / "c.tflite"), "-q"]) == 0
+    assert (tmp_path / "model.min.tflite").read_bytes() == (tmp_path / "c.tflite").read_bytes()
