@@ -97,7 +97,7 @@ def tflm_matches(micro: Path, clustered: Path, inputs: numpy.ndarray) -> str:
             interpreter = runtime.Interpreter.from_bytes(path.read_bytes())
             rows = []
             for row in inputs[:4]:
-                interpreter.set_input(row[None].astype(numpy.float32), 0)
+                interpreter.set_input(row[None], 0)
                 interpreter.invoke()
                 rows.append(interpreter.get_output(0).copy())
             outputs.append(numpy.stack(rows))
