@@ -33,10 +33,11 @@ from .tflite_models import KINDS, conv_model, convert, images, relative_error, r
 SAMPLES = 16
 # How much worse than the Keras model clustered at the same k a converted
 # model's output may get. float32/float16 hold the same kernels (transposed),
-# and 1-D clustering ignores order: measured 1.00x. The int8 kinds cluster
-# integers (per-channel scales not weighting the objective) and add their own
-# rounding: measured up to 1.3x on these models.
-ERROR_FACTOR = {"float32": 1.05, "float16": 1.1, "dynamic": 1.6, "int8": 1.6}
+# and 1-D clustering ignores order: measured 1.000x (float32), 1.01x (float16)
+# on the conv model. The int8 kinds cluster integers (per-channel scales not
+# weighting the objective) and add their own rounding: measured 0.99x
+# (dynamic) and 1.13x (int8) (benchmarks/tflite.py, same model and inputs).
+ERROR_FACTOR = {"float32": 1.02, "float16": 1.1, "dynamic": 1.3, "int8": 1.3}
 
 
 @pytest.fixture(scope="session")
