@@ -234,7 +234,8 @@ class TFLiteModel:
                     tensor = tensors[op.inputs[position]]
                     source_op = producer.get(tensor.index)
                     # float16 weights reach the operator through a DEQUANTIZE to float32
-                    if source_op is not None and source_op.code == dequantize and source_op.inputs:
+                    if (source_op is not None and source_op.code == dequantize and source_op.inputs
+                            and source_op.inputs[0] >= 0):
                         tensor = tensors[source_op.inputs[0]]
                     if (tensor.sparse or tensor.type not in types or tensor.buffer == 0
                             or not self.structure.buffers[tensor.buffer][1]):
