@@ -96,9 +96,9 @@ def add_subparser(subparsers) -> None:
         "and write a GraphDef used exactly like the input.",
         epilog=COMPRESS_EXAMPLES,
     )
-    parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras or .h5 file")
+    parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras, .h5 or .tflite file")
     parser.add_argument("-o", "--output", help="output path (default: model.pb.min, model.min.keras, "
-                        "model.min.h5, SAVED_MODEL_DIR.min)")
+                        "model.min.h5, model.min.tflite, SAVED_MODEL_DIR.min)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--zip-sizes", action="store_true",
                         help="also print the zipped sizes of input and output")
