@@ -54,11 +54,14 @@ def schema():
 
     Raises InputError when neither is installed.
     """
+    import importlib
+
     try:
         from ai_edge_litert import schema_py_generated
     except ImportError:
         try:
-            from tensorflow.lite.python import schema_py_generated
+            # by module path: `from tensorflow.lite.python import ...` meets TensorFlow's API alias of lite
+            schema_py_generated = importlib.import_module("tensorflow.lite.python.schema_py_generated")
         except ImportError:
             raise InputError("reading .tflite needs the TFLite schema: pip install 'gpucompress[tflite]' "
                              "(ai-edge-litert)") from None
