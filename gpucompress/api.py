@@ -87,6 +87,7 @@ def compress_file(
     zip_sizes: bool = False,
     on_batch=None,
     to_graphdef: bool = False,
+    tflm: bool = False,
 ) -> CompressionSummary:
     """Cluster the weights of a model file and write the result.
 
@@ -97,7 +98,9 @@ def compress_file(
     measure zip sizes of input and output. on_batch: progress callback (tensors
     finished per engine batch). to_graphdef: freeze a SavedModel's serving
     signature into a frozen GraphDef (models.freeze) and cluster and write that
-    (default output saved.min.pb). Returns a CompressionSummary. Raises InputError,
+    (default output saved.min.pb). tflm: a .tflite input is written in TFLite
+    Micro's compressed form (models.tflm; n_clusters <= 128; default output
+    model.tflm.tflite). Returns a CompressionSummary. Raises InputError,
     FormatError, OptionsError or DeviceError; no output file exists after an error.
     """
     options = options or CompressOptions()
@@ -109,6 +112,13 @@ def compress_file(
     if to_graphdef and kind != "savedmodel":
         raise OptionsError(f"to_graphdef=True (--to-graphdef) needs a SavedModel folder; "
                            f"{input_path} is a {kind} model.")
+    if tflm:
+        from .models.tflm import check_tflm_clusters, tflm_output
+
+        if kind != "tflite":
+            raise OptionsError(f"tflm=True (--tflm) needs a .tflite model; {input_path} is a {kind} model.")
+        check_tflm_clusters(options.n_clusters)
+        output_path = tflm_output(input_path) if output_path is None else output_path
     if output_path is None:
         from .models.freeze import frozen_output
 
@@ -130,7 +140,12 @@ def compress_file(
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
                           on_tensor=lambda t: model.replace_values({t.name: t.values()}))
     with overwriting(overwrite):
-        output_bytes = write_model(model, output_path)
+        if tflm:
+            from .models.tflm import write_tflm
+
+            output_bytes = write_tflm(model, [t.name for t in run.clustered()], options.n_clusters, output_path)
+        else:
+            output_bytes = write_model(model, output_path)
     written = time.perf_counter()
     summary = CompressionSummary(
         input_path=input_path, output_path=output_path, device=device, run=run,

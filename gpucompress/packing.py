@@ -65,12 +65,13 @@ def default_unpack_output(path: str | os.PathLike, format_name: str = "graphdef"
     """Return the default unpack path, the name `compress` gives the archived model.
 
     `model.pb.gpcz` -> `model.pb.min`; `model.keras.gpcz` -> `model.min.keras`;
-    `model.h5.gpcz` -> `model.min.h5`; a SavedModel's `saved.gpcz` -> `saved.min`.
+    `model.h5.gpcz` -> `model.min.h5`; `model.tflite.gpcz` -> `model.min.tflite`;
+    a SavedModel's `saved.gpcz` -> `saved.min`.
     format_name: the archive's model format.
     """
     path = Path(path)
     stem = path.name[: -len(ARCHIVE_SUFFIX)] if path.name.endswith(ARCHIVE_SUFFIX) else path.name
-    return default_output(path.with_name(stem), folder=format_name not in ("keras", "h5"))
+    return default_output(path.with_name(stem), folder=format_name not in ("keras", "h5", "tflite"))
 
 
 def _suffix_format(path: Path) -> str | None:

@@ -88,9 +88,64 @@ class GraphDefRunner:
         return {name: numpy.asarray(result) for name, result in zip(self.outputs, results)}
 
 
+def tflite_interpreter(content: bytes):
+    """Return a TFLite interpreter over model bytes: LiteRT's (ai-edge-litert), else tf.lite.Interpreter.
+
+    Raises GpucompressError when neither is installed or the model does not load.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            Interpreter = _tensorflow().lite.Interpreter
+        except GpucompressError:
+            raise GpucompressError("running a .tflite model needs ai-edge-litert: "
+                                   "pip install 'gpucompress[tflite]'") from None
+    try:
+        return Interpreter(model_content=bytes(content))
+    except (ValueError, RuntimeError) as error:
+        raise GpucompressError(f"the TFLite interpreter cannot load the model: {str(error).strip()[:200]}") from None
+
+
+class TFLiteRunner:
+    """Runs a .tflite model in the TFLite interpreter: inputs and outputs from its signature-less details.
+
+    A dimension the model leaves open (-1 in its shape signature) is None, and
+    the interpreter is resized to the shapes fed.
+    """
+
+    format_name = "tflite"
+
+    def __init__(self, model):
+        self._interpreter = tflite_interpreter(model.to_bytes())
+        details = self._interpreter.get_input_details()
+        self._input_index = {d["name"]: d["index"] for d in details}
+        self.inputs = [InputSpec(d["name"], numpy.dtype(d["dtype"]).name,
+                                 tuple(None if n < 0 else int(n) for n in d.get("shape_signature", d["shape"])))
+                       for d in details]
+        outputs = self._interpreter.get_output_details()
+        self._output_index = {d["name"]: d["index"] for d in outputs}
+        self.outputs = [d["name"] for d in outputs]
+
+    def run(self, feeds: dict[str, numpy.ndarray]) -> dict[str, numpy.ndarray]:
+        """Run the model once on the whole feeds; returns {output name: array}."""
+        interpreter = self._interpreter
+        try:
+            for name, index in self._input_index.items():
+                interpreter.resize_tensor_input(index, list(feeds[name].shape))
+            interpreter.allocate_tensors()
+            for name, index in self._input_index.items():
+                interpreter.set_tensor(index, feeds[name])
+            interpreter.invoke()
+        except (ValueError, RuntimeError) as error:
+            raise GpucompressError(f"running the model failed: {str(error).strip().splitlines()[0][:200]}") from None
+        return {name: numpy.array(interpreter.get_tensor(index)) for name, index in self._output_index.items()}
+
+
 # format_name -> "module:class" (model_runners imports TensorFlow and Keras only when used).
 RUNNERS = {"graphdef": "runners:GraphDefRunner", "savedmodel": "model_runners:SavedModelRunner",
-           "keras": "model_runners:KerasRunner", "h5": "model_runners:KerasRunner"}
+           "keras": "model_runners:KerasRunner", "h5": "model_runners:KerasRunner",
+           "tflite": "runners:TFLiteRunner"}
 
 
 def open_runner(model, *, signature: str | None = None, architecture=None):
@@ -109,9 +164,9 @@ def open_runner(model, *, signature: str | None = None, architecture=None):
         raise FormatError(f"cannot run {model.format_name} models (verify runs: {', '.join(sorted(RUNNERS))})")
     module, name = entry.split(":")
     runner = getattr(importlib.import_module(f"{__package__}.{module}"), name)
-    if runner is GraphDefRunner:
+    if runner in (GraphDefRunner, TFLiteRunner):
         if signature is not None or architecture is not None:
             raise OptionsError("signature (--signature) and architecture (--architecture) do not apply to "
-                               "frozen GraphDefs")
+                               f"{model.format_name} models")
         return runner(model)
     return runner(model, signature=signature, architecture=architecture)

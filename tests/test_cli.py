@@ -132,15 +132,24 @@ def test_top_level_help_names_every_format(capsys):
     assert "cluster the weights of a frozen GraphDef" not in text
 
 
-@pytest.mark.parametrize("name,content", [("model.tflite", b"whatever"), ("model.bin", b"\x1c\0\0\0TFL3\0\0\0\0")])
-def test_an_unsupported_format_is_named(tmp_path, capsys, name, content):
+@pytest.mark.parametrize("name,kind", [("model.onnx", "ONNX"), ("model.pt", "PyTorch")])
+def test_an_unsupported_format_is_named(tmp_path, capsys, name, kind):
     path = tmp_path / name
-    path.write_bytes(content)
+    path.write_bytes(b"whatever")
     assert main(["compress", str(path)]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == (f"gpucompress: error: {path}: TensorFlow Lite flatbuffer models are not a supported format "
+    assert line == (f"gpucompress: error: {path}: {kind} models are not a supported format "
                     "(supported: frozen GraphDef (.pb), SavedModel folder, Keras .keras, Keras HDF5 (.h5, .hdf5, "
-                    ".weights.h5))")
+                    ".weights.h5), TensorFlow Lite (.tflite))")
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_broken_tflite_file_is_one_line_naming_the_format(tmp_path, capsys):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"whatever")
+    assert main(["compress", str(path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"gpucompress: error: {path}") and "TFLite" in line
     assert list(tmp_path.iterdir()) == [path]
 
 

@@ -24,6 +24,9 @@ examples:
   gpucompress compress saved_model_dir --all-variables   # writes saved_model_dir.min
   gpucompress compress saved_model_dir --to-graphdef    # frozen serving signature: saved_model_dir.min.pb
 
+  gpucompress compress model.tflite --n_clusters 16   # writes model.min.tflite (float32/float16/int8 weights)
+  gpucompress compress model.tflite --n_clusters 16 --tflm -o model.tflm.tflite   # TFLite Micro LUT form
+
   gpucompress compress model.pb --engine faiss       # faiss k-means (pip install 'gpucompress[faiss]')
 """
 
@@ -98,15 +101,18 @@ def add_subparser(subparsers) -> None:
         "(float variables of rank >= 2) are clustered unless --all-variables; optimizer state never.",
         epilog=COMPRESS_EXAMPLES,
     )
-    parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras or .h5 file")
+    parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras, .h5 or .tflite file")
     parser.add_argument("-o", "--output", help="output path (default: model.pb.min, model.min.keras, "
-                        "model.min.h5, SAVED_MODEL_DIR.min)")
+                        "model.min.h5, model.min.tflite, SAVED_MODEL_DIR.min)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--zip-sizes", action="store_true",
                         help="also print the zipped sizes of input and output")
     parser.add_argument("--to-graphdef", action="store_true",
                         help="SavedModel input: freeze its serving_default signature into a frozen GraphDef "
                         "and write that, clustered (default output SAVED_MODEL_DIR.min.pb)")
+    parser.add_argument("--tflm", action="store_true",
+                        help=".tflite input: write TFLite Micro's compressed form (a lookup table per tensor and "
+                        "bit-packed indices, DECODE operators; k <= 128; default output MODEL.tflm.tflite)")
     add_report_arguments(parser)
     add_verify_arguments(parser)
     add_clustering_arguments(parser)
@@ -173,13 +179,16 @@ def run_compress(arguments) -> int:
     if arguments.report:
         from ..models.freeze import frozen_output
 
-        output = arguments.output or (frozen_output if arguments.to_graphdef else default_output)(arguments.model)
+        from ..models.tflm import tflm_output
+
+        output = arguments.output or (frozen_output if arguments.to_graphdef else
+                                      tflm_output if arguments.tflm else default_output)(arguments.model)
         check_output_path(arguments.report, [Path(arguments.model), Path(output)], overwrite=arguments.overwrite)
     with progress_bar(progress_wanted(arguments.quiet), "clustering") as advance:
         timer = BatchTimer(then=advance)
         summary = compress_file(arguments.model, arguments.output, options,
                                 overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer,
-                                to_graphdef=arguments.to_graphdef)
+                                to_graphdef=arguments.to_graphdef, tflm=arguments.tflm)
     log.info("%d engine batches", len(timer.batches))
     clustered = summary.run.clustered()
     weights = sum(t.size for t in clustered)

@@ -58,6 +58,7 @@ FORMATS = {
     "keras": "keras:KerasModel",
     "h5": "keras:HDF5Model",
     "savedmodel": "savedmodel:SavedModel",
+    "tflite": "tflite:TFLiteModel",
 }
 
 
@@ -74,38 +75,33 @@ def model_class(format_name: str):
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
-SUPPORTED = "frozen GraphDef (.pb), SavedModel folder, Keras .keras, Keras HDF5 (.h5, .hdf5, .weights.h5)"
+SUPPORTED = ("frozen GraphDef (.pb), SavedModel folder, Keras .keras, Keras HDF5 (.h5, .hdf5, .weights.h5), "
+             "TensorFlow Lite (.tflite)")
 # Formats recognised only to be named in a clear refusal: suffix -> name. A
 # format that gains a reader moves from here to FORMATS and model_format.
 UNSUPPORTED = {
-    ".tflite": "TensorFlow Lite flatbuffer",
     ".onnx": "ONNX",
     ".pt": "PyTorch", ".pth": "PyTorch",
     ".safetensors": "safetensors",
     ".mlmodel": "Core ML", ".mlpackage": "Core ML",
 }
-# File identifiers at byte 4 of a flatbuffer: a TFLite model without its suffix.
-UNSUPPORTED_MAGIC = {b"TFL3": "TensorFlow Lite flatbuffer"}
 
 
 def unsupported_format(path: Path) -> str | None:
-    """Return the name of a known format gpucompress does not read, from the suffix or magic bytes, or None."""
-    name = UNSUPPORTED.get(path.suffix.lower())
-    if name is None and path.is_file():
-        try:
-            with open(path, "rb") as stream:
-                head = stream.read(8)
-        except OSError:
-            return None
-        name = UNSUPPORTED_MAGIC.get(head[4:8])
-    return name
+    """Return the name of a known format gpucompress does not read, from the path's suffix, or None."""
+    return UNSUPPORTED.get(path.suffix.lower())
+
+
+TFLITE_SUFFIX = ".tflite"
 
 
 def model_format(path: str | os.PathLike) -> str:
-    """Return the format name a path holds: "savedmodel", "keras", "h5" or "graphdef".
+    """Return the format name a path holds: "savedmodel", "keras", "h5", "tflite" or "graphdef".
+
+    A `.tflite` file, or any other file with the TFLite identifier at bytes 4-8, is "tflite".
 
     Raises InputError for a directory that is not a SavedModel, and for a
-    known format gpucompress does not read (UNSUPPORTED: .tflite, .onnx ...),
+    known format gpucompress does not read (UNSUPPORTED: .onnx, .pt ...),
     naming it and the formats it does read.
     """
     from .savedmodel import is_saved_model_dir
@@ -121,6 +117,10 @@ def model_format(path: str | os.PathLike) -> str:
         return "keras"
     if suffix in HDF5_SUFFIXES:
         return "h5"
+    from .tflite import is_tflite_file
+
+    if suffix == TFLITE_SUFFIX or is_tflite_file(path):
+        return "tflite"
     unsupported = unsupported_format(path)
     if unsupported:
         raise InputError(f"{path}: {unsupported} models are not a supported format (supported: {SUPPORTED})")
@@ -142,6 +142,10 @@ def read_model(path: str | os.PathLike):
         from .keras import read_hdf5
 
         return read_hdf5(path)
+    if kind == "tflite":
+        from .tflite import read_tflite
+
+        return read_tflite(path)
     return read_graphdef(path)
 
 
@@ -155,7 +159,8 @@ def default_output(path: str | os.PathLike, *, folder: bool | None = None) -> Pa
 
     `MODEL.pb` -> `MODEL.pb.min` (the seed's name); `model.keras` ->
     `model.min.keras`; `model.h5` -> `model.min.h5`; `model.weights.h5` ->
-    `model.min.weights.h5` (Keras wants that ending); a SavedModel folder
+    `model.min.weights.h5` (Keras wants that ending); `model.tflite` ->
+    `model.min.tflite`; a SavedModel folder
     `saved` -> `saved.min`. folder: whether `path` names a SavedModel folder
     (default: whether it is a directory now).
     """
@@ -163,7 +168,7 @@ def default_output(path: str | os.PathLike, *, folder: bool | None = None) -> Pa
     name = path.name
     lower = name.lower()
     if not (path.is_dir() if folder is None else folder):
-        for suffix in (".weights.h5", ".keras", *HDF5_SUFFIXES):
+        for suffix in (".weights.h5", ".keras", *HDF5_SUFFIXES, TFLITE_SUFFIX):
             if lower.endswith(suffix) and len(name) > len(suffix):
                 return path.with_name(f"{name[: -len(suffix)]}.min{name[-len(suffix):]}")
     return path.with_name(name + ".min")

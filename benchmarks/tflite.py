@@ -1,0 +1,206 @@
+"""Benchmark .tflite models: output error and sizes at k, and compress time against an I/O floor.
+
+    python benchmarks/tflite.py            # conv, embedding and a 4.2M-weight MLP; k = 16
+    python benchmarks/tflite.py --quick    # the conv model only (a smoke run)
+
+Each Keras model is converted with tf.lite.TFLiteConverter as float32,
+dynamic-range int8, full-integer int8 (per-channel weights; not the embedding
+model, whose integer inputs the calibration cannot feed) and float16, then:
+output error (||y_k - y|| / ||y||, the compressed .tflite against the original
+.tflite in the TFLite interpreter, on fixed random inputs) beside the Keras
+model's own error at the same k (the .keras file compressed by gpucompress);
+sizes of the original, its zip -9, the pack archive, and the TFLite Micro file
+(`--tflm`, with a check that TFLM's interpreter decodes it to the clustered
+model's outputs exactly, where TFLM runs the model: not dynamic-range ones).
+On the largest model, compress time (best of 3 after a warm-up) against the
+floor: read and parse the file, sort each weight tensor, write the file.
+Prints a table and writes it under benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
+from gpucompress import CompressOptions, compress_file, pack_file  # noqa: E402
+from gpucompress.models import read_model  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def zip9(path: Path) -> int:
+    """Return the size of a zip -9 (deflate, level 9) archive of one file."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.write(path, path.name)
+    return buffer.tell()
+
+
+def mlp_model(seed: int = 0):
+    """Return a Keras MLP 1024 -> 2048 -> 1024 -> 10 (4.2 million weights)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((1024,))
+    x = keras.layers.Dense(2048, activation="relu", name="wide")(inputs)
+    x = keras.layers.Dense(1024, activation="relu", name="narrow")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
+
+
+def models(quick: bool):
+    """Return [(name, Keras model, probe inputs, kinds)]."""
+    from tests.keras_models import build_models
+    from tests.tflite_models import KINDS, conv_model, images
+
+    result = [("conv", conv_model(), images(16), KINDS)]
+    if not quick:
+        inputs, functional, _ = build_models(seed=0)
+        result.append(("embedding", functional, inputs, ("float32", "dynamic", "float16")))
+        probe = numpy.random.default_rng(0).normal(size=(16, 1024)).astype("float32")
+        result.append(("mlp", mlp_model(), probe, KINDS))
+    return result
+
+
+def keras_error(model, inputs, k: int, folder: Path) -> float:
+    """Return the relative output error of a Keras model compressed by gpucompress at k."""
+    import keras
+
+    from tests.tflite_models import relative_error
+
+    path = folder / "model.keras"
+    model.save(path)
+    summary = compress_file(path, folder / "model.min.keras", CompressOptions(n_clusters=k), overwrite=True)
+    clustered = keras.models.load_model(summary.output_path, compile=False)
+    return relative_error(model.predict(inputs, verbose=0), clustered.predict(inputs, verbose=0))
+
+
+def tflm_matches(micro: Path, clustered: Path, inputs: numpy.ndarray) -> str:
+    """Return "yes"/"NO" when TFLM's interpreter gives the same outputs for both files, or why it cannot run."""
+    from tflite_micro import runtime
+
+    outputs = []
+    for path in (micro, clustered):
+        try:
+            interpreter = runtime.Interpreter.from_bytes(path.read_bytes())
+            rows = []
+            for row in inputs[:4]:
+                interpreter.set_input(row[None], 0)
+                interpreter.invoke()
+                rows.append(interpreter.get_output(0).copy())
+            outputs.append(numpy.stack(rows))
+        except (RuntimeError, ValueError) as error:
+            return f"TFLM cannot run it ({str(error)[:40]})"
+    return "yes" if numpy.array_equal(*outputs) else "NO"
+
+
+def io_floor(path: Path, folder: Path, runs: int = 3) -> float:
+    """Return the best of `runs` times of: read and parse the file, sort each weight, write the file."""
+    best = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        model = read_model(path)
+        for weight in model.weights():
+            if weight.floating:
+                numpy.sort(weight.load().reshape(-1))
+        model.save(folder / "floor.tflite")
+        elapsed = time.perf_counter() - started
+        best = elapsed if best is None else min(best, elapsed)
+    return best
+
+
+def compress_seconds(path: Path, folder: Path, k: int, runs: int = 3) -> float:
+    """Return the best of `runs` compress times (s) after one warm-up run."""
+    times = []
+    for _ in range(runs + 1):
+        started = time.perf_counter()
+        compress_file(path, folder / "timed.tflite", CompressOptions(n_clusters=k), overwrite=True)
+        times.append(time.perf_counter() - started)
+    return min(times[1:])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the conv model only")
+    parser.add_argument("-k", type=int, default=16, help="clusters per tensor (default 16)")
+    arguments = parser.parse_args(argv)
+    from tests.tflite_models import convert, relative_error, run_tflite
+
+    k = arguments.k
+    rows, timing = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        for name, model, inputs, kinds in models(arguments.quick):
+            reference = keras_error(model, inputs, k, folder)
+            weights = 0
+            for kind in kinds:
+                source = folder / f"{name}_{kind}.tflite"
+                source.write_bytes(convert(model, kind, inputs))
+                clustered, archive, micro = (folder / f"{name}_{kind}.min.tflite", folder / f"{name}_{kind}.gpcz",
+                                             folder / f"{name}_{kind}.tflm.tflite")
+                summary = compress_file(source, clustered, CompressOptions(n_clusters=k), overwrite=True)
+                weights = sum(t.size for t in summary.run.clustered())
+                pack_file(source, archive, CompressOptions(n_clusters=k), overwrite=True)
+                error = relative_error(run_tflite(source.read_bytes(), inputs),
+                                       run_tflite(clustered.read_bytes(), inputs))
+                tflm_bytes, decoded = None, "-"
+                if kind != "float16" and k <= 128:
+                    compress_file(source, micro, CompressOptions(n_clusters=k), overwrite=True, tflm=True)
+                    tflm_bytes = micro.stat().st_size
+                    decoded = tflm_matches(micro, clustered, inputs)
+                original = source.stat().st_size
+                rows.append({"model": name, "kind": kind, "k": k, "weights": weights, "error": error,
+                             "keras_error": reference, "original": original, "zip9": zip9(source),
+                             "min_zip9": zip9(clustered), "archive": archive.stat().st_size,
+                             "tflm": tflm_bytes, "tflm_decoded": decoded})
+                print(rows[-1], flush=True)
+                if name == ("conv" if arguments.quick else "mlp") and kind in ("float32", "int8"):
+                    floor = io_floor(source, folder)
+                    seconds = compress_seconds(source, folder, k)
+                    timing.append({"model": name, "kind": kind, "weights": weights, "bytes": original,
+                                   "compress_s": seconds, "floor_s": floor, "ratio": seconds / floor})
+                    print(timing[-1], flush=True)
+    lines = [f"# .tflite models at k={k} ({datetime.date.today().isoformat()}, {cpu_model()}, "
+             f"{usable_cores()} cores)", "",
+             "error: ||y_k - y|| / ||y|| of the compressed .tflite against the original (TFLite interpreter, "
+             "16 fixed inputs); keras: the Keras model's own error at the same k; TFLM decoded: TFLM's interpreter "
+             "gives the clustered model's outputs exactly", "",
+             "| model | kind | k | weights | error | keras error | original | zip -9 | compressed zip -9 "
+             "| archive | zip / archive | TFLM file | TFLM decoded |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['kind']} | {r['k']} | {r['weights']:,} | {r['error']:.4f} | "
+                     f"{r['keras_error']:.4f} | {r['original']:,} | {r['zip9']:,} | {r['min_zip9']:,} | "
+                     f"{r['archive']:,} | {r['zip9'] / r['archive']:.2f}x | "
+                     f"{'-' if r['tflm'] is None else format(r['tflm'], ',')} | {r['tflm_decoded']} |")
+    lines += ["", "compress time (best of 3 after a warm-up) against the floor (read + parse, sort each weight, "
+              "write; best of 3):", "", "| model | kind | weights | file bytes | compress s | floor s | ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for t in timing:
+        lines.append(f"| {t['model']} | {t['kind']} | {t['weights']:,} | {t['bytes']:,} | {t['compress_s']:.3f} | "
+                     f"{t['floor_s']:.3f} | {t['ratio']:.1f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not arguments.quick:
+        RESULTS.mkdir(exist_ok=True)
+        stem = RESULTS / f"tflite-{datetime.date.today().isoformat()}"
+        stem.with_suffix(".md").write_text(text)
+        stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "timing": timing}, indent=1))
+        print(f"wrote {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
