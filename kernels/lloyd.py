@@ -100,5 +100,8 @@ def assign_labels(batch: SegmentBatch, centroids, dtype="int64"):
         low_keys, high_keys = batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1]
         return compiled.value_labels(batch.values, batch.offsets, batch.exponents, mid_keys, k - 1,
                                      low_keys, high_keys, KEY_SHIFT, KEY_BIAS, dtype)
-    position = xp.searchsorted(mid_keys, batch.input_keys(), side="left")
-    return (position - batch.segment_of_value() * (k - 1)).astype(dtype)
+    # The segment of each value is found once (a searchsorted over N values on
+    # CuPy, which has no repeat with array counts) and serves the keys and the offsets.
+    segment = batch.segment_of_value()
+    position = xp.searchsorted(mid_keys, batch.input_keys(segment), side="left")
+    return (position - segment * (k - 1)).astype(dtype)
