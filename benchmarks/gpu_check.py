@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", type=Path, help="also copy the report here (benchmarks/results)")
     parser.add_argument("--width", type=int, default=1, help="FaceNet width divisor (1 = full graph)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=300.0,
+    parser.add_argument("--budget", type=float, default=240.0,
                         help="seconds this step may take (timed repeats and clustering alone are cut to fit)")
     parser.add_argument("--ks", default=",".join(map(str, KS)), help="comma-separated codebook sizes (default 16,256)")
     arguments = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call: install, GPU tests, CPU/GPU byte parity and timings.
 #
-# usage: benchmarks/gpu_check.sh OUTDIR [--device gpu|cpu] [--width N] [--repeats N] [--ks 16,256] [--budget S]
+# usage: benchmarks/gpu_check.sh OUTDIR [--device gpu|cpu] [--width N] [--repeats N] [--ks 16,256] [--budget S] [--test-budget S]
 #   OUTDIR      where the log, the pytest output and the report land (at most 4 files, no folders:
 #               what a device call can bring back)
 #   --device    gpu (default): the device under test is the GPU; cpu: the dry run, every step
@@ -10,9 +10,12 @@
 #   --repeats   timed runs per configuration after the first (best is reported; default 3; 0: the
 #               first pass's times alone, marked cold)
 #   --ks        codebook sizes (default 16,256; the CI rehearsal uses 16 alone, to stay short)
-#   --budget    seconds for step 4 (default 300): its timed repeats and clustering-alone runs are
-#               cut to fit, the parity pass never (install + tests + step 4 stay under 8 minutes)
-# Environment: PYTHON (default python3), GPU_CHECK_WORK (scratch folder; default a new one in /tmp).
+#   --budget    seconds for step 4 (default 240): its timed repeats and clustering-alone runs are
+#               cut to fit, the parity pass never
+#   --test-budget  seconds pytest may run before it is stopped (default 180; its log shows how far
+#               it got). Install (~30 s) + tests + graph (~20 s) + step 4 stay under 8 minutes.
+# Environment: PYTHON (default python3), GPU_CHECK_WORK (scratch folder; default a new one in /tmp),
+# GPU_CHECK_WHEELS (the carried wheels' folder; default .whl/ of this tree).
 #
 # Steps, each timed in OUTDIR/gpu_check.log:
 #   1. the carried wheels in .whl/ (benchmarks/gpu_wheels.sh downloads them) go into a target
@@ -23,6 +26,7 @@
 #      installed package, as a user has it;
 #   3. pytest -m gpu over the test suite (the CuPy parity tests among them; tests that need
 #      TensorFlow or other missing packages skip);
+#      (stopped after --test-budget seconds);
 #   4. benchmarks/gpu_check.py: the FaceNet-shaped graph, the CLI on the device and on the CPU in
 #      fresh processes for k = 16 and 256, per tensor and global, every method; byte comparison,
 #      timings, and the report DATE-NAME.{json,md} (NAME: h200 on an H200) in OUTDIR and, for
@@ -30,10 +34,10 @@
 # Exit status: 0 when every step passed and every output is byte-identical, else the first failure's.
 set -uo pipefail
 
-usage() { echo "usage: $0 OUTDIR [--device gpu|cpu] [--width N] [--repeats N] [--ks 16,256] [--budget S]" >&2; exit 2; }
+usage() { echo "usage: $0 OUTDIR [--device gpu|cpu] [--width N] [--repeats N] [--ks 16,256] [--budget S] [--test-budget S]" >&2; exit 2; }
 [ "$#" -ge 1 ] || usage
 out=$1; shift
-device=gpu; width=1; repeats=3; ks=16,256; budget=300
+device=gpu; width=1; repeats=3; ks=16,256; budget=240; test_budget=180
 while [ "$#" -gt 0 ]; do
     case $1 in
         --device) device=${2:-}; shift 2 ;;
@@ -41,6 +45,7 @@ while [ "$#" -gt 0 ]; do
         --repeats) repeats=${2:-}; shift 2 ;;
         --ks) ks=${2:-}; shift 2 ;;
         --budget) budget=${2:-}; shift 2 ;;
+        --test-budget) test_budget=${2:-}; shift 2 ;;
         *) usage ;;
     esac
 done
@@ -78,7 +83,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi >>"$log" 2>&1
 site=$work/site
 mkdir -p "$site"
 shopt -s nullglob
-wheels=("$root"/.whl/*.whl)
+wheels=("${GPU_CHECK_WHEELS:-$root/.whl}"/*.whl)
 if [ "${#wheels[@]}" -gt 0 ]; then
     step "install ${#wheels[@]} carried wheels" "$python" -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target "$site" "${wheels[@]}" || { note "cannot install the wheels"; exit "$status"; }
@@ -124,10 +129,12 @@ fi
 # Only the files that hold gpu tests are collected: the others may import TensorFlow (~2 s, and
 # absent on the device) just to be deselected.
 gpu_files=$(cd "$source_copy" && grep -l "pytest.mark.gpu" tests/test_*.py)
-(cd "$source_copy" && step "pytest -m gpu" "$python" -m pytest -q -m gpu -p no:cacheprovider -rs $gpu_files)
+(cd "$source_copy" && step "pytest -m gpu" timeout "$test_budget" "$python" -m pytest -v -m gpu -p no:cacheprovider \
+    -rs --durations=15 $gpu_files)
 rc=$?
 [ "$rc" -ne 0 ] && [ "$status" -eq 0 ] && status=$rc
-grep -E "passed|failed|skipped|error" "$log" | tail -1 >"$out/pytest-gpu.txt"
+[ "$rc" -eq 124 ] && note "pytest stopped after $test_budget s (see the log for the tests that ran)"
+grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|::.* (PASSED|FAILED|ERROR|SKIPPED)|passed|failed|skipped|deselected" "$log" >"$out/pytest-gpu.txt"
 
 # 4. Parity and timings on the FaceNet-shaped graph; the report.
 results=()
