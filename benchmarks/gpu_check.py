@@ -346,7 +346,9 @@ def targets(results: dict) -> list[str]:
             f"{_verdict(total, 1.0)}",
             f"{prefix}clustering under 50 ms (same): {_seconds(cluster)} s -> "
             f"{_verdict(cluster, 0.05)}",
-            f"{prefix}byte-identical outputs for every method, k and mode: {'met' if parity else 'MISSED'}"]
+            f"{prefix}byte-identical outputs for every method, k and mode: {'met' if parity else 'MISSED'}",
+            f"{prefix}cost per model: {_seconds(total)} s of the device end to end (no hourly price is known "
+            "here; multiply by it)"]
 
 
 def main(argv=None) -> int:
