@@ -308,8 +308,10 @@ def markdown(results: dict) -> str:
               "|---|---|---|---|---|---|"]
     for row in rows:
         repeats = all(run["repeats_identical"] for run in row["runs"].values())
+        compared = all(run["ok"] for run in row["runs"].values())
+        verdict = "yes" if row["identical"] else "NO" if compared else "not compared: a run failed"
         lines.append(f"| {row['k']} | {'global' if row['global'] else 'per tensor'} | {row['method']} | "
-                     f"{'yes' if row['identical'] else 'NO'} | {row['first_difference'] or '-'} | "
+                     f"{verdict} | {row['first_difference'] or '-'} | "
                      f"{'yes' if repeats else 'NO'} |")
     lines += ["", f"## End to end (`python -m gpucompress compress` in a fresh process, wall clock, best of "
               f"{results['repeats']} after the first pass)", "",
