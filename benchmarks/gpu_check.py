@@ -110,13 +110,32 @@ def build_graph(work: Path, width: int) -> tuple[Path, dict]:
                   "build_seconds": round(time.perf_counter() - started, 3)}
 
 
-def configurations(ks, methods) -> list[dict]:
-    """Return every (k, global, method) the check covers."""
-    return [{"k": k, "global": mode, "method": method} for k in ks for mode in (False, True) for method in methods]
+def configurations(ks, methods, fused: bool) -> list[dict]:
+    """Return every (k, global, method, fused) the check covers.
+
+    fused: also each k with --method lloyd per tensor and the opt-in fused Lloyd kernel on the
+    candidate side (GPUCOMPRESS_FUSED=1, kernels/fused.py; it has never run on a GPU before this
+    check). Lloyd alone: the optimal method's time is its DP's, which has no fused kernel yet.
+    """
+    plain = [{"k": k, "global": mode, "method": method, "fused": False}
+             for k in ks for mode in (False, True) for method in methods]
+    return plain + ([{"k": k, "global": False, "method": "lloyd", "fused": True} for k in ks] if fused else [])
 
 
 def _tag(config: dict) -> str:
-    return f"k{config['k']}-{'global' if config['global'] else 'tensor'}-{config['method']}"
+    fused = "-fused" if config.get("fused") else ""
+    return f"k{config['k']}-{'global' if config['global'] else 'tensor'}-{config['method']}{fused}"
+
+
+def _method(config: dict) -> str:
+    return f"{config['method']} (fused)" if config.get("fused") else config["method"]
+
+
+def _environment(side: dict, config: dict) -> dict:
+    """Return the variables of one run: the side's, and GPUCOMPRESS_FUSED=1 for a fused candidate run."""
+    if config.get("fused") and side["label"] == "candidate":
+        return {**side["environment"], "GPUCOMPRESS_FUSED": "1"}
+    return side["environment"]
 
 
 def run_cli(model: Path, output: Path, report: Path, device: str, config: dict, environment=None,
@@ -188,10 +207,11 @@ def end_to_end(model: Path, work: Path, sides: list[dict], configs, repeats: int
         for side in sides:
             label = side["label"]
             output = work / f"out-{label}-{_tag(config)}.pb"
-            run = run_cli(model, output, work / "report.json", side["device"], config, side["environment"],
+            environment = _environment(side, config)
+            run = run_cli(model, output, work / "report.json", side["device"], config, environment,
                           FIRST_PASS_TIMEOUT)
             first_pass[label].append(run["seconds"])
-            row["runs"][label] = {"device": side["device"], "environment": side["environment"],
+            row["runs"][label] = {"device": side["device"], "environment": environment,
                                   "ok": run["ok"], "error": run.get("error"),
                                   "output": str(output), "sha256": run.get("sha256"), "cold_seconds": run["seconds"],
                                   "cold_phases": run.get("phases"), "timed": [], "repeats_identical": True}
@@ -225,15 +245,18 @@ def end_to_end(model: Path, work: Path, sides: list[dict], configs, repeats: int
 
 
 CLUSTER_ONLY = r"""
-import json, sys, time
+import json, os, sys, time
 from gpucompress.clustering import cluster_weights
 from gpucompress.models import read_model
 from gpucompress.options import CompressOptions
 model, device, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
-configs, deadline = json.loads(sys.argv[4]), float(sys.argv[5])
+configs, deadline, label = json.loads(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
 weights = read_model(model).weights()
 rows = []
 for config in configs:
+    os.environ.pop("GPUCOMPRESS_FUSED", None)
+    if config.get("fused") and label == "candidate":
+        os.environ["GPUCOMPRESS_FUSED"] = "1"
     if time.time() > deadline:
         rows.append({**config, "device": device, "error": "skipped: time budget spent"})
         continue
@@ -257,7 +280,7 @@ def cluster_only(model: Path, side: dict, configs, repeats: int, deadline: float
         return [{**config, "device": device, "error": "skipped: time budget spent"} for config in configs]
     wall_deadline = time.time() + (deadline - time.monotonic())
     command = [sys.executable, "-c", CLUSTER_ONLY, str(model), device, str(repeats), json.dumps(configs),
-               repr(wall_deadline)]
+               repr(wall_deadline), side["label"]]
     try:
         done = subprocess.run(command, capture_output=True, text=True, cwd=model.parent,
                               timeout=deadline - time.monotonic() + 2 * RUN_TIMEOUT,
@@ -310,7 +333,7 @@ def markdown(results: dict) -> str:
         repeats = all(run["repeats_identical"] for run in row["runs"].values())
         compared = all(run["ok"] for run in row["runs"].values())
         verdict = "yes" if row["identical"] else "NO" if compared else "not compared: a run failed"
-        lines.append(f"| {row['k']} | {'global' if row['global'] else 'per tensor'} | {row['method']} | "
+        lines.append(f"| {row['k']} | {'global' if row['global'] else 'per tensor'} | {_method(row)} | "
                      f"{verdict} | {row['first_difference'] or '-'} | "
                      f"{'yes' if repeats else 'NO'} |")
     lines += ["", f"## End to end (`python -m gpucompress compress` in a fresh process, wall clock, best of "
@@ -321,7 +344,7 @@ def markdown(results: dict) -> str:
         for run in row["runs"].values():
             phases = run["phases_of_best"] or {}
             error = f" ({run['error']})" if run["error"] else (" (cold only)" if run["only_cold"] else "")
-            lines.append(f"| {row['k']} | {'global' if row['global'] else 'per tensor'} | {row['method']} | "
+            lines.append(f"| {row['k']} | {'global' if row['global'] else 'per tensor'} | {_method(row)} | "
                          f"{_side_name(run)}{error} | {_seconds(run['best_seconds'])} | "
                          + " | ".join(_seconds(phases.get(p)) for p in ("parse", "select", "cluster", "write")) + " |")
     lines += ["", "First pass (the compared files; every configuration once per device before the timed runs, "
@@ -332,7 +355,7 @@ def markdown(results: dict) -> str:
               "| k | codebooks | method | device | seconds |", "|---|---|---|---|---|"]
     for row in results["cluster_only"]:
         value = row.get("error") or _seconds(row.get("best_seconds"))
-        lines.append(f"| {row['k']} | {'global' if row['global'] else 'per tensor'} | {row['method']} | "
+        lines.append(f"| {row['k']} | {'global' if row['global'] else 'per tensor'} | {_method(row)} | "
                      f"{row['device']} ({row.get('side', '?')}) | {value} |")
     lines += ["", "## Targets", ""] + [f"- {target}" for target in results["targets"]] + [""]
     return "\n".join(lines)
@@ -341,12 +364,13 @@ def markdown(results: dict) -> str:
 def targets(results: dict) -> list[str]:
     """Return the issue's targets with what this run measured (GPU runs only say met or missed)."""
     rows = results["end_to_end"]
-    default = [row for row in rows if row["k"] == 256 and not row["global"] and row["method"] == "optimal"]
+    default = [row for row in rows if row["k"] == 256 and not row["global"] and row["method"] == "optimal"
+               and not row.get("fused")]
     candidate = default[0]["runs"]["candidate"] if default else None
     total = candidate["best_seconds"] if candidate else None
     cluster = next((row.get("best_seconds") for row in results["cluster_only"]
                     if row["k"] == 256 and not row["global"] and row["method"] == "optimal"
-                    and row.get("side") == "candidate"), None)
+                    and row.get("side") == "candidate" and not row.get("fused")), None)
     parity = all(row["identical"] for row in rows)
     prefix = "(dry run, not a GPU figure) " if results["machine"]["device_under_test"] == "cpu" else ""
     return [f"{prefix}end to end under 1 s (k=256 per tensor, optimal): {_seconds(total)} s -> "
@@ -367,6 +391,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", type=Path, help="also copy the report here (benchmarks/results)")
     parser.add_argument("--width", type=int, default=1, help="FaceNet width divisor (1 = full graph)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-fused", action="store_true",
+                        help="leave out the runs with the opt-in fused kernels (GPUCOMPRESS_FUSED=1)")
     parser.add_argument("--budget", type=float, default=240.0,
                         help="seconds this step may take (timed repeats and clustering alone are cut to fit)")
     parser.add_argument("--ks", default=",".join(map(str, KS)), help="comma-separated codebook sizes (default 16,256)")
@@ -386,7 +412,9 @@ def main(argv=None) -> int:
     log(f"machine: {results['machine']}")
     model, results["graph"] = build_graph(arguments.work, arguments.width)
     log(f"graph: {results['graph']}")
-    configs = configurations([int(k) for k in arguments.ks.split(",")], sorted(METHODS))
+    # The fused kernels run only on CuPy: the dry run has nothing to fuse.
+    configs = configurations([int(k) for k in arguments.ks.split(",")], sorted(METHODS),
+                             fused=arguments.device == "gpu" and not arguments.no_fused)
     # The timed repeats stop at 60% of the budget, clustering alone is skipped past 80%: the
     # first pass (the parity check) always runs in full.
     start = time.monotonic()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy
 
-from . import compiled
+from . import compiled, fused
 from .fixedpoint import KEY_BIAS, KEY_SHIFT, array_namespace, range_sums, rounded_mean
 from .segments import SegmentBatch
 
@@ -70,6 +70,8 @@ def lloyd(batch: SegmentBatch, centroids, max_iter: int):
     xp = array_namespace(centroids)
     if xp is numpy and compiled.available():
         return compiled.lloyd(batch.keys, batch.prefix, batch.offsets, centroids, max_iter, KEY_SHIFT, KEY_BIAS)
+    if xp is not numpy and fused.enabled(int(centroids.shape[1])):
+        return fused.lloyd(batch, centroids, max_iter, KEY_SHIFT, KEY_BIAS)  # opt-in, never run on a GPU yet
     centroids = centroids.copy()
     iterations = xp.zeros(centroids.shape[0], dtype=xp.int64)
     active = xp.arange(centroids.shape[0], dtype=xp.int64)

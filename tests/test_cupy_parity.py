@@ -178,6 +178,21 @@ def test_optimal_method(k, xp):
     return optimal.optimal(batch, xp.zeros((batch.n_segments, k), dtype=xp.int64), 300)
 
 
+@pytest.mark.parametrize("k", [2, 16, 256, 2048])
+@pytest.mark.parametrize("max_iter", [300, 3])
+@numpy_cupy_array_equal()
+def test_fused_lloyd_kernel_equals_the_array_code(k, max_iter, xp):
+    # kernels/lloyd.cu (opt-in, GPUCOMPRESS_FUSED=1) against lloyd.lloyd's array code.
+    from gpucompress.kernels import fused
+    from gpucompress.kernels.lloyd import lloyd
+
+    batch = _batch(_laplace_arrays(11), xp)
+    initial = initializers.linear_init(batch, k)
+    if xp is numpy:
+        return lloyd(batch, initial, max_iter)
+    return fused.lloyd(batch, initial, max_iter, fixedpoint.KEY_SHIFT, fixedpoint.KEY_BIAS)
+
+
 # --- whole engine: GPU against the default CPU path (compiled twins on) ---------------------------
 
 weight_arrays = st.lists(st.integers(0, 2**31), min_size=1, max_size=4).map(
@@ -196,8 +211,22 @@ def test_engine_gpu_equals_default_cpu(arrays, k, method):
         assert_same((a.codebook, a.labels, a.iterations), (b.codebook, b.labels, b.iterations))
 
 
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_engine_with_fused_kernels_equals_default_cpu(method, monkeypatch):
+    from gpucompress.kernels import fused
+
+    arrays = [a.astype(numpy.float32) for a in _laplace_arrays(12)]
+    cpu = cluster_arrays(arrays, 256, method=method, device="cpu")
+    monkeypatch.setenv(fused.VARIABLE, "1")
+    on_gpu = cluster_arrays(arrays, 256, method=method, device="gpu")
+    for a, b in zip(cpu, on_gpu):
+        assert_same((a.codebook, a.labels, a.iterations), (b.codebook, b.labels, b.iterations))
+
+
 for _name, _test in list(globals().items()):
-    if _name.startswith("test_") and _name != "test_engine_gpu_equals_default_cpu":
+    if _name.startswith("test_") and not _name.startswith("test_engine_"):
         for _mark in gpu:
             _test = _mark(_test)
         globals()[_name] = _test
