@@ -10,6 +10,8 @@
 #   CUDA_VERSION=12.9.1 UBUNTU_VERSION=24.04 GPUCOMPRESS_EXTRAS=gpu,faiss-gpu-cuda12
 #   CuPy for CUDA 12 (cupy-cuda12x) and faiss GPU for CUDA 12 (faiss-gpu-cu12,
 #   whose wheels run on compute capability 7.0-8.9 only).
+# CUDA 13 hosts (driver branch 580 or later; the CuPy engine alone, no faiss GPU build for CUDA 13):
+#   CUDA_VERSION=13.0.0 UBUNTU_VERSION=24.04 GPUCOMPRESS_EXTRAS=gpu-cuda13
 # p2.xlarge (Tesla K80, compute capability 3.7, driver 470; CUDA 12 dropped Kepler):
 #   CUDA_VERSION=11.8.0 UBUNTU_VERSION=22.04 GPUCOMPRESS_EXTRAS=gpu-cuda11
 #   CuPy 13.x for CUDA 11 (cupy-cuda11x, whose wheels carry sm_37 code), no faiss

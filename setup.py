@@ -36,7 +36,13 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
+        # CuPy built for the host's CUDA major version (its driver's, `nvidia-smi`).
+        # `gpu` is CUDA 12's: its wheels also run on CUDA 13 drivers (a driver runs
+        # the binaries of older CUDA majors), so it fits any driver of 525 or later.
         "gpu": ["cupy-cuda12x>=13.0"],
+        "gpu-cuda12": ["cupy-cuda12x>=13.0"],
+        # CUDA 13 (driver 580 or later); 13.6.0 is the first CuPy published for it.
+        "gpu-cuda13": ["cupy-cuda13x>=13.6"],
         # CUDA 11 hosts, the K80 (p2.xlarge) among them: CuPy 13.x is the last
         # line built for CUDA 11, and its wheels carry sm_35/sm_37 code.
         "gpu-cuda11": ["cupy-cuda11x>=13.0,<14"],

@@ -21,14 +21,22 @@ fall back to the array version (same results, slower).
 from __future__ import annotations
 
 import importlib.util
+import os
 from functools import lru_cache
 
 import numpy
 
 
+# Set to 0, the CPU runs the array code instead of the twins: the very code CuPy
+# runs, on NumPy (benchmarks/gpu_check.sh's dry run compares it with the twins).
+DISABLE_VARIABLE = "GPUCOMPRESS_COMPILED"
+
+
 @lru_cache(maxsize=None)
 def available() -> bool:
-    """Return True when the compiled twins can run (Numba is installed)."""
+    """Return True when the compiled twins can run (Numba is installed) and GPUCOMPRESS_COMPILED is not 0."""
+    if os.environ.get(DISABLE_VARIABLE, "").strip() == "0":
+        return False
     return importlib.util.find_spec("numba") is not None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy
 
-from . import compiled
+from . import compiled, fused
 from .fixedpoint import KEY_BIAS, KEY_SHIFT, array_namespace, range_sums, rounded_mean
 from .segments import SegmentBatch
 
@@ -70,6 +70,8 @@ def lloyd(batch: SegmentBatch, centroids, max_iter: int):
     xp = array_namespace(centroids)
     if xp is numpy and compiled.available():
         return compiled.lloyd(batch.keys, batch.prefix, batch.offsets, centroids, max_iter, KEY_SHIFT, KEY_BIAS)
+    if xp is not numpy and fused.enabled(int(centroids.shape[1])):
+        return fused.lloyd(batch, centroids, max_iter, KEY_SHIFT, KEY_BIAS)  # opt-in, never run on a GPU yet
     centroids = centroids.copy()
     iterations = xp.zeros(centroids.shape[0], dtype=xp.int64)
     active = xp.arange(centroids.shape[0], dtype=xp.int64)
@@ -100,5 +102,8 @@ def assign_labels(batch: SegmentBatch, centroids, dtype="int64"):
         low_keys, high_keys = batch.keys[batch.offsets[:-1]], batch.keys[batch.offsets[1:] - 1]
         return compiled.value_labels(batch.values, batch.offsets, batch.exponents, mid_keys, k - 1,
                                      low_keys, high_keys, KEY_SHIFT, KEY_BIAS, dtype)
-    position = xp.searchsorted(mid_keys, batch.input_keys(), side="left")
-    return (position - batch.segment_of_value() * (k - 1)).astype(dtype)
+    # The segment of each value is found once (a searchsorted over N values on
+    # CuPy, which has no repeat with array counts) and serves the keys and the offsets.
+    segment = batch.segment_of_value()
+    position = xp.searchsorted(mid_keys, batch.input_keys(segment), side="left")
+    return (position - segment * (k - 1)).astype(dtype)

@@ -95,9 +95,13 @@ def bin_count(n: int, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> int:
 def integer_cube_root(x):
     """Return floor(cbrt(x)) for int64 x in [0, 2**60], exactly (float guess, integer fix-up)."""
     xp = array_namespace(x)
+    # cbrt is libm's on NumPy and CUDA's (1 ulp) on CuPy: the guesses may differ
+    # by one, and the fix-up makes both exact. Cubes are products, not `**`, so
+    # no integer-power implementation is relied on.
     root = xp.floor(xp.cbrt(x.astype(xp.float64))).astype(xp.int64)
-    root = xp.where((root + 1) ** 3 <= x, root + 1, root)
-    return xp.where(root**3 > x, root - 1, root)
+    above = root + 1
+    root = xp.where(above * above * above <= x, above, root)
+    return xp.where(root * root * root > x, root - 1, root)
 
 
 def _span(batch: SegmentBatch, rows, span):

@@ -53,10 +53,15 @@ class SegmentBatch:
         """Return the int64 (N,) segment index of each value in input order."""
         return segment_indices(self.offsets)
 
-    def input_keys(self):
-        """Return the int64 (N,) keys of the values in input order (made again on each call)."""
+    def input_keys(self, segment=None):
+        """Return the int64 (N,) keys of the values in input order (made again on each call).
+
+        segment: segment_of_value(), when the caller has it already (on CuPy it
+        costs a searchsorted over all N values).
+        """
         xp = array_namespace(self.keys)
-        segment = self.segment_of_value()
+        if segment is None:
+            segment = self.segment_of_value()
         return make_keys(quantize(xp.asarray(self.values, dtype=xp.float64), self.exponents[segment]), segment)
 
 

@@ -180,7 +180,7 @@ def test_dockerfile_installs_with_the_tested_script():
                           text, re.M)) == 2
 
 
-def test_readme_documents_a_cuda12_and_a_k80_build_with_known_arguments():
+def test_readme_documents_cuda12_cuda13_and_k80_builds_with_known_arguments():
     declared = _dockerfile_args()
     extras = _setup_extras()
     builds = _image_builds()
@@ -191,12 +191,21 @@ def test_readme_documents_a_cuda12_and_a_k80_build_with_known_arguments():
         for extra in filter(None, build["GPUCOMPRESS_EXTRAS"].split(",")):
             assert extra in extras, f"GPUCOMPRESS_EXTRAS names {extra!r}, not an extra of setup.py"
     cuda_majors = {build["CUDA_VERSION"].split(".")[0]: build for build in builds}
-    assert set(cuda_majors) == {"11", "12"}
+    assert set(cuda_majors) == {"11", "12", "13"}
     # Each image's CuPy is built for that image's CUDA major.
     for major, build in cuda_majors.items():
         requirements = [r for e in build["GPUCOMPRESS_EXTRAS"].split(",") for r in extras[e]]
         cupy = [r for r in requirements if r.startswith("cupy-")]
         assert len(cupy) == 1 and cupy[0].startswith(f"cupy-cuda{major}x"), cupy
+
+
+def test_gpu_extras_follow_the_cuda_major():
+    extras = _setup_extras()
+    for major in ("11", "12", "13"):
+        (cupy,) = extras[f"gpu-cuda{major}"]
+        assert cupy.startswith(f"cupy-cuda{major}x"), cupy
+    # `gpu` is CUDA 12's CuPy (its wheels run on CUDA 12 and 13 drivers alike).
+    assert extras["gpu"] == extras["gpu-cuda12"]
 
 
 def test_dockerignore_keeps_what_the_install_needs(tmp_path):
