@@ -22,3 +22,11 @@ class OptionsError(GpucompressError, ValueError):
 
 class DeviceError(GpucompressError):
     """The device asked for is not usable here (no CuPy, no CUDA device)."""
+
+
+class KernelInputError(GpucompressError, ValueError):
+    """Arrays handed to a compiled CPU kernel break its layout (offsets, rows, widths out of bounds).
+
+    The engine's own checks come first, so through the public API this means a
+    bug, reported before the unchecked loops could read outside an array.
+    """
