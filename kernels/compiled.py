@@ -4,7 +4,7 @@ Why: two steps are cheap on a GPU as array operations but slow in NumPy. The
 DP of optimal.py runs k * log2(B) small array steps per chunk (per-call
 overhead dominates), and labelling searches every value in a table of all
 segments' midpoints (branchy binary search, cache misses). Here each is one
-Numba-compiled loop per segment or per value, parallel over them. The
+compiled loop per segment or per value, parallel over them (OpenMP). The
 per-value steps are fused: one pass turns the sorted values into keys and
 prefix sums, and one pass labels the input values without building their keys.
 
