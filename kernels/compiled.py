@@ -26,6 +26,7 @@ back to the array version (same results, slower).
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy
@@ -44,6 +45,12 @@ def available() -> bool:
 
 
 def _kernels():
+    # Idle OpenMP workers sleep instead of spinning (unless the user chose
+    # otherwise): between the kernels' parallel loops this process sorts on
+    # its own threads, and spinning workers took their cores (on 2 busy cores
+    # the FaceNet graph clustered 2x slower). libgomp reads the variable when
+    # the extension loads it, just below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from . import _cpu_kernels
 
     return _cpu_kernels
