@@ -52,7 +52,11 @@ class BuildExtensions(build_ext):
 def _extensions():
     # Cython comes from pyproject.toml's build requirements (or, with
     # --no-build-isolation, from the environment).
-    from Cython.Build import cythonize
+    try:
+        from Cython.Build import cythonize
+    except ImportError as error:
+        raise SystemExit("gpucompress: compiling the CPU kernels needs Cython>=3.0 (pip installs it for the "
+                         "build by itself; with --no-build-isolation, `pip install 'Cython>=3.0'` first)") from error
 
     kernels = Extension("gpucompress.kernels._cpu_kernels", ["kernels/_cpu_kernels.pyx"])
     return cythonize([kernels], compiler_directives={"language_level": 3})

@@ -69,13 +69,13 @@ def write_tiny_graph(path: Path) -> None:
     path.write_bytes(graph.SerializeToString())
 
 
-def facenet_graph(cache: Path) -> Path:
-    """Return the cached full-width FaceNet-shaped graph (the file benchmarks/run.py caches), building it if missing."""
-    path = cache / "facenet-w1.pb"
+def facenet_graph(cache: Path, width: int = 1) -> Path:
+    """Return the cached FaceNet-shaped graph of `width` (the file benchmarks/run.py caches), building it if missing."""
+    path = cache / f"facenet-w{width}.pb"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        facenet.write_facenet(temporary, width=1)
+        facenet.write_facenet(temporary, width=width)
         temporary.replace(path)
     return path
 
@@ -166,13 +166,15 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="fresh-process calls per measure (median; default 5)")
     parser.add_argument("--first-runs", type=int, default=1,
                         help="FaceNet calls with an empty JIT cache per environment (default 1)")
+    parser.add_argument("--width", type=int, default=1,
+                        help="FaceNet width divisor (1 = FaceNet, 22.8 M weights; 8: a quick ~0.4 M-weight run)")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache", help="where the FaceNet graph is cached")
     parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
     arguments = parser.parse_args(argv)
     envs = dict(item.split("=", 1) for item in arguments.env) or {"this": sys.executable}
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
-        graphs = {"tiny": workdir / "tiny.pb", "facenet": facenet_graph(arguments.cache)}
+        graphs = {"tiny": workdir / "tiny.pb", "facenet": facenet_graph(arguments.cache, arguments.width)}
         write_tiny_graph(graphs["tiny"])
         floor = floor_seconds(graphs["facenet"], workdir)
         results = measure(envs, graphs, workdir, arguments.runs, arguments.first_runs)

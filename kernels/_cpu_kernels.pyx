@@ -43,6 +43,19 @@ ctypedef fused table_t:
     uint16_t
     int32_t
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define GPUCOMPRESS_OPENMP 1
+    #else
+    #define GPUCOMPRESS_OPENMP 0
+    #endif
+    """
+    int GPUCOMPRESS_OPENMP
+
+# Whether this build runs its loops on OpenMP threads (False: the compiler had no OpenMP).
+OPENMP = bool(GPUCOMPRESS_OPENMP)
+
 # Values per parallel task of value_labels.
 LABEL_BLOCK = 1 << 16
 cdef int64_t _LABEL_BLOCK = LABEL_BLOCK

@@ -33,6 +33,21 @@ def test_the_extension_is_installed_inside_the_package_and_import_skips_numba():
     assert loaded.stdout.strip() == "[]"
 
 
+def test_the_extension_runs_on_openmp_threads_where_the_compiler_has_openmp(tmp_path):
+    import shutil
+
+    from gpucompress.kernels import _cpu_kernels
+
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no gcc to tell whether OpenMP is available")
+    source = tmp_path / "check.c"
+    source.write_text("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+    has_openmp = subprocess.run([compiler, "-fopenmp", str(source), "-o", str(tmp_path / "check")],
+                                capture_output=True, timeout=120).returncode == 0
+    assert _cpu_kernels.OPENMP == has_openmp
+
+
 EDGE_CASES = {
     "single value": [numpy.array([0.5], dtype=numpy.float32)],
     "single zero": [numpy.array([-0.0])],
