@@ -8,6 +8,7 @@ interleaved rounds so a shared machine's slow spells hit all alike:
 - facenet: wall seconds of `gpucompress compress` on the FaceNet-shaped graph (benchmarks/facenet.py);
 - in-process: the third of three `compress_file` calls on the FaceNet graph
   inside one process (kernels loaded, caches warm): the work itself;
+- peak RSS: VmHWM of one FaceNet CLI call (the child's own peak; see benchmarks/run.py);
 - first: the same FaceNet call with an empty JIT cache (NUMBA_CACHE_DIR a new
   folder): what the first call after `pip install` pays where kernels compile
   at first use; ahead-of-time kernels pay nothing here.
@@ -46,6 +47,15 @@ for _ in range(3):
     started = time.perf_counter()
     compress_file(sys.argv[1], sys.argv[2], CompressOptions(), overwrite=True)
 print(time.perf_counter() - started)
+"""
+
+# VmHWM, not getrusage: Linux carries ru_maxrss across fork and exec.
+PEAK_RSS_SCRIPT = """
+import sys
+from gpucompress.cli import main
+code = main(sys.argv[1:])
+print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+sys.exit(code)
 """
 
 
@@ -115,7 +125,8 @@ def wall(command: list[str], env: dict) -> float:
 
 def measure(envs: dict[str, str], graphs: dict[str, Path], workdir: Path, runs: int, first_runs: int) -> dict:
     """Return {env: {measure: [seconds...]}} from interleaved fresh-process runs."""
-    results = {name: {"import": [], "tiny": [], "facenet": [], "in-process": [], "first": []} for name in envs}
+    results = {name: {"import": [], "tiny": [], "facenet": [], "in-process": [], "peak RSS": [], "first": []}
+               for name in envs}
     base = dict(os.environ)
     warm_caches = {name: workdir / f"numba-{name}" for name in envs}
     for name, python in envs.items():  # fill each JIT cache once, untimed
@@ -139,6 +150,11 @@ def measure(envs: dict[str, str], graphs: dict[str, Path], workdir: Path, runs: 
                                              str(workdir / f"{name}.pb")], env=env, capture_output=True, text=True,
                                             check=True)
                 results[name]["in-process"].append(float(in_process.stdout.strip().splitlines()[-1]))
+            if round_ == 0:
+                peak = subprocess.run([python, "-c", PEAK_RSS_SCRIPT, "compress", str(graphs["facenet"]), "-o",
+                                       str(workdir / f"{name}.pb"), "--overwrite", "-q"], env=env,
+                                      capture_output=True, text=True, check=True)
+                results[name]["peak RSS"].append(int(peak.stdout.strip().splitlines()[-1]) / 1e6)
             if round_ < first_runs:
                 fresh = {**base, "NUMBA_CACHE_DIR": tempfile.mkdtemp(dir=workdir, prefix="numba-empty-")}
                 results[name]["first"].append(wall(compress + [str(graphs["facenet"]), "-o",
@@ -150,12 +166,12 @@ def measure(envs: dict[str, str], graphs: dict[str, Path], workdir: Path, runs: 
 def table(results: dict, floor: float) -> list[str]:
     """Return the Markdown table of medians (and each facenet median over the floor)."""
     lines = ["| environment | import gpucompress (s) | one-tensor graph, CLI (s) | FaceNet-shaped, CLI (s) | "
-             "x floor | FaceNet, 3rd call in one process (s) | FaceNet, empty JIT cache (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "x floor | FaceNet, 3rd call in one process (s) | FaceNet CLI peak RSS (MB) | "
+             "FaceNet, empty JIT cache (s) |", "|---|---|---|---|---|---|---|---|"]
     for name, figures in results.items():
         median = {key: statistics.median(values) if values else float("nan") for key, values in figures.items()}
         lines.append(f"| {name} | {median['import']:.3f} | {median['tiny']:.2f} | {median['facenet']:.2f} | "
-                     f"{median['facenet'] / floor:.1f}x | {median['in-process']:.2f} | {median['first']:.2f} |")
+                     f"{median['facenet'] / floor:.1f}x | {median['in-process']:.2f} | {median['peak RSS']:.0f} | {median['first']:.2f} |")
     return lines
 
 

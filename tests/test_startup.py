@@ -13,4 +13,4 @@ def test_quick_startup_benchmark_prints_its_table(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     (row,) = [line for line in completed.stdout.splitlines() if line.startswith("| this |")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert len(cells) == 7 and all(float(cell.rstrip("x")) > 0 for cell in cells[1:])
+    assert len(cells) == 8 and all(float(cell.rstrip("x")) > 0 for cell in cells[1:])
