@@ -20,19 +20,22 @@
 ARG CUDA_VERSION=12.9.1
 ARG UBUNTU_VERSION=24.04
 
-# Stage 1: a virtual environment with gpucompress and its GPU libraries.
+# Stage 1: a virtual environment with gpucompress and its GPU libraries. gcc
+# and the Python headers compile the CPU kernels (kernels/_cpu_kernels.pyx,
+# with OpenMP) during `pip install`; they stay in this stage.
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION} AS build
 ARG GPUCOMPRESS_EXTRAS=gpu,faiss-gpu-cuda12
 # Package versions follow the Ubuntu release picked by UBUNTU_VERSION, so they
 # cannot be pinned here; the base image tag pins the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends python3 python3-venv \
+    && apt-get install --yes --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
 RUN sh /src/docker/install.sh /opt/gpucompress /src "${GPUCOMPRESS_EXTRAS}"
 
 # Stage 2: the runtime image: Python, the environment, no compilers, no caches.
+# libgomp1 is the OpenMP runtime the compiled kernels link to (a library, not a compiler).
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION}
 ARG CUDA_VERSION
 ARG UBUNTU_VERSION
@@ -44,19 +47,18 @@ LABEL org.opencontainers.image.title="gpucompress" \
       gpucompress.extras="${GPUCOMPRESS_EXTRAS}"
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends python3 \
+    && apt-get install --yes --no-install-recommends python3 libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 gpucompress \
     && useradd --uid 10001 --gid 10001 --no-log-init --create-home --shell /usr/sbin/nologin gpucompress
 COPY --from=build /opt/gpucompress /opt/gpucompress
-# CUPY_CACHE_DIR, NUMBA_CACHE_DIR: CuPy and Numba compile their kernels on first
-# use and cache them; /tmp is writable for any user, including one given with
-# `docker run --user`.
+# CUPY_CACHE_DIR: CuPy compiles its GPU kernels on first use and caches them;
+# /tmp is writable for any user, including one given with `docker run --user`.
+# (The CPU kernels were compiled in the build stage: nothing to cache.)
 ENV PATH=/opt/gpucompress/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    CUPY_CACHE_DIR=/tmp/cupy-kernel-cache \
-    NUMBA_CACHE_DIR=/tmp/numba-cache
+    CUPY_CACHE_DIR=/tmp/cupy-kernel-cache
 # Mount the models here: docker run --gpus all -v "$PWD":/models IMAGE compress model.pb
 WORKDIR /models
 # A fixed numeric id (10001, clear of the images' own users, e.g. ubuntu = 1000 on

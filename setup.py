@@ -1,5 +1,66 @@
-"""Install gpucompress: the package, its kernels (as gpucompress.kernels) and the CLI."""
-from setuptools import setup
+"""Install gpucompress: the package, its kernels (as gpucompress.kernels), their compiled CPU twins and the CLI.
+
+The twins (kernels/_cpu_kernels.pyx) are compiled here, at install, so no call
+ever waits for a compiler. They must give the array code's bits: the flags
+below keep float64 expressions as written (no -ffast-math, no fused
+multiply-add) and make signed overflow wrap as NumPy's does. OpenMP runs
+their loops on every core; a compiler without it gets a serial build.
+"""
+import os
+import tempfile
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# -O2 after Python's own flags (often -O3) wins; -ffp-contract=off: a * b + c
+# stays two roundings, as in NumPy; -fwrapv: int64 arithmetic wraps.
+EXACT_FLAGS = ["-O2", "-ffp-contract=off", "-fwrapv", "-fno-fast-math"]
+MSVC_FLAGS = ["/O2", "/fp:precise"]
+
+
+def _compiles_with_openmp(compiler) -> bool:
+    """Return True when compiler builds and links a small OpenMP program with -fopenmp."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "openmp_check.c")
+        with open(source, "w", encoding="utf-8") as handle:
+            handle.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            objects = compiler.compile([source], output_dir=folder, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objects, "openmp_check", output_dir=folder, extra_postargs=["-fopenmp"])
+        except Exception:  # any compile or link failure means no usable OpenMP
+            return False
+    return True
+
+
+class BuildExtensions(build_ext):
+    """build_ext with the exact floating-point flags, and OpenMP where the compiler has it."""
+
+    def build_extensions(self):
+        if self.compiler.compiler_type == "msvc":
+            compile_flags, link_flags = MSVC_FLAGS + ["/openmp"], []
+        elif _compiles_with_openmp(self.compiler):
+            compile_flags, link_flags = EXACT_FLAGS + ["-fopenmp"], ["-fopenmp"]
+        else:
+            print("gpucompress: the C compiler has no OpenMP: the compiled kernels run on one core")
+            compile_flags, link_flags = EXACT_FLAGS, []
+        for extension in self.extensions:
+            extension.extra_compile_args = compile_flags
+            extension.extra_link_args = link_flags
+        super().build_extensions()
+
+
+def _extensions():
+    # Cython comes from pyproject.toml's build requirements (or, with
+    # --no-build-isolation, from the environment).
+    try:
+        from Cython.Build import cythonize
+    except ImportError as error:
+        raise SystemExit("gpucompress: compiling the CPU kernels needs Cython>=3.0 (pip installs it for the "
+                         "build by itself; with --no-build-isolation, `pip install 'Cython>=3.0'` first)") from error
+
+    kernels = Extension("gpucompress.kernels._cpu_kernels", ["kernels/_cpu_kernels.pyx"])
+    return cythonize([kernels], compiler_directives={"language_level": 3})
+
 
 setup(
     name="gpucompress",
@@ -29,9 +90,6 @@ setup(
         # ANS coder (perfect=False categorical models need >= 0.4).
         "zstandard>=0.21",
         "constriction>=0.4",
-        # Compiled CPU twins of the array kernels (kernels/compiled.py): the
-        # optimal method's DP, labelling and key building run 3-30x faster.
-        "numba>=0.59",
         # Progress bars of the CLI (drawn only on a terminal).
         "tqdm>=4.60",
     ],
@@ -76,4 +134,6 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["gpucompress=gpucompress.cli:main"]},
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": BuildExtensions},
 )

@@ -26,3 +26,11 @@ class DeviceError(GpucompressError):
 
 class OutputError(GpucompressError):
     """An output cannot be written: no space, a read-only or forbidden folder, or it appeared meanwhile."""
+
+
+class KernelInputError(GpucompressError, ValueError):
+    """Arrays handed to a compiled CPU kernel break its layout (offsets, rows, widths out of bounds).
+
+    The engine's own checks come first, so through the public API this means a
+    bug, reported before the unchecked loops could read outside an array.
+    """

@@ -9,7 +9,8 @@ order their reductions run in.
 On the CPU, the steps that are slow as NumPy calls (keys and prefix sums
 from each segment's sorted values, the DP of optimal.py, Lloyd's
 iterations, labelling) run as compiled twins
-(compiled.py, Numba) that repeat the array code's arithmetic; the array code
+(_cpu_kernels.pyx, compiled at install; compiled.py calls them) that repeat the
+array code's arithmetic; the array code
 stays the reference, and the tests compare the two bit for bit.
 
 Installed as `gpucompress.kernels` (see setup.py); the sources stay at the

@@ -4,27 +4,34 @@ Why: two steps are cheap on a GPU as array operations but slow in NumPy. The
 DP of optimal.py runs k * log2(B) small array steps per chunk (per-call
 overhead dominates), and labelling searches every value in a table of all
 segments' midpoints (branchy binary search, cache misses). Here each is one
-Numba-compiled loop per segment or per value, parallel over them. The
+compiled loop per segment or per value, parallel over them (OpenMP). The
 per-value steps are fused: one pass turns the sorted values into keys and
 prefix sums, and one pass labels the input values without building their keys.
+
+The loops are Cython (_cpu_kernels.pyx, beside this file), compiled once by
+`pip install` (setup.py): nothing is compiled at a user's first call.
 
 The array version stays the reference: it is what runs on CuPy, and it is
 what the tests compare these twins with, bit for bit, in CI. A twin therefore
 repeats the reference's arithmetic operation for operation (same float64
-expressions, no fastmath, so no reassociation or fused multiply-add) and the
-same tie rule (first index of the maximum). Labels are pure integer
-comparisons, identical by definition.
+expressions, compiled without fast-math or fused multiply-add, so no
+reassociation) and the same tie rule (first index of the maximum). Labels are
+pure integer comparisons, identical by definition.
 
-Numba is optional at run time: `available()` is False without it and callers
-fall back to the array version (same results, slower).
+The wrappers here check what the unchecked loops index (offsets, rows,
+strides, widths against the arrays' lengths) and raise KernelInputError
+before a call that would read out of bounds. `available()` is False when the
+extension is not built (a source tree never installed): callers then fall
+back to the array version (same results, slower).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from functools import lru_cache
 
 import numpy
+
+from ..errors import KernelInputError
 
 
 # Set to 0, the CPU runs the array code instead of the twins: the very code CuPy
@@ -34,16 +41,69 @@ DISABLE_VARIABLE = "GPUCOMPRESS_COMPILED"
 
 @lru_cache(maxsize=None)
 def available() -> bool:
-    """Return True when the compiled twins can run (Numba is installed) and GPUCOMPRESS_COMPILED is not 0."""
+    """Return True when the compiled twins can run: the extension is built and GPUCOMPRESS_COMPILED is not 0."""
     if os.environ.get(DISABLE_VARIABLE, "").strip() == "0":
         return False
-    return importlib.util.find_spec("numba") is not None
+    try:
+        _kernels()
+    except ImportError:
+        return False
+    return True
 
 
 def _kernels():
-    from . import _numba_kernels  # compiles on first use, then loads from Numba's cache
+    # Idle OpenMP workers sleep instead of spinning (unless the user chose
+    # otherwise): between the kernels' parallel loops this process sorts on
+    # its own threads, and spinning workers took their cores (on 2 busy cores
+    # the FaceNet graph clustered 2x slower). libgomp reads the variable when
+    # the extension loads it, just below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from . import _cpu_kernels
 
-    return _numba_kernels
+    return _cpu_kernels
+
+
+def _int64(name: str, array, ndim: int) -> numpy.ndarray:
+    """Return array as C-contiguous int64 with ndim dimensions; raise KernelInputError otherwise."""
+    array = numpy.asarray(array)
+    if array.ndim != ndim or (array.size and array.dtype.kind not in "iu"):
+        raise KernelInputError(f"{name} should be a {ndim}-D integer array, got shape {array.shape} "
+                               f"of {array.dtype}.")
+    return numpy.ascontiguousarray(array, dtype=numpy.int64)
+
+
+def _check_offsets(offsets, n_values: int, name: str = "offsets") -> numpy.ndarray:
+    """Return offsets as int64 after checking 0 = offsets[0] <= ... <= offsets[-1] = n_values."""
+    offsets = _int64(name, offsets, 1)
+    if offsets.size == 0 or offsets[0] != 0 or offsets[-1] != n_values or (offsets[1:] < offsets[:-1]).any():
+        raise KernelInputError(f"{name} should rise from 0 to {n_values} (the number of values).")
+    return offsets
+
+
+def _check_range(name: str, array, low: int, high: int) -> None:
+    """Raise KernelInputError unless low <= every entry of array <= high."""
+    if array.size and (int(array.min()) < low or int(array.max()) > high):
+        raise KernelInputError(f"{name} should lie in [{low}, {high}].")
+
+
+def _check_vector(name: str, array, dtypes) -> None:
+    """Raise KernelInputError unless array is a 1-D NumPy array of one of dtypes."""
+    if not isinstance(array, numpy.ndarray) or array.ndim != 1 or array.dtype not in dtypes:
+        raise KernelInputError(f"{name} should be a 1-D array of {' or '.join(map(str, dtypes))}.")
+
+
+FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+LABELS = tuple(numpy.dtype(t) for t in (numpy.uint8, numpy.uint16, numpy.uint32, numpy.int32, numpy.int64))
+
+
+def _check_tables(tables, k: int) -> None:
+    """Check the (sums, counts, ...) tables' shapes: (R, W) int64-like and float64, W >= 1, and k >= 1."""
+    if k < 1:
+        raise KernelInputError(f"k={k} should be >= 1.")
+    for table in tables:
+        sums, counts = numpy.asarray(table[0]), numpy.asarray(table[1])
+        if sums.ndim != 2 or sums.shape != counts.shape or sums.shape[1] < 1:
+            raise KernelInputError(f"sums {sums.shape} and counts {counts.shape} should be one (R, W) shape, W >= 1.")
 
 
 def _ragged(tables):
@@ -71,10 +131,13 @@ def dp_groups_borders(groups, k: int) -> list:
     """
     if not groups:
         return []
+    _check_tables(groups, k)
+    for sums, _, strides in groups:
+        _check_range("strides", _int64("strides", strides, 1), 1, max(1, sums.shape[1] - 1))
     sums, counts, row_starts = _ragged(groups)
     strides = [numpy.asarray(group[2], dtype=numpy.int64) for group in groups for _ in range(group[0].shape[0])]
     stride_starts = numpy.concatenate([[0], numpy.cumsum([level.size for level in strides])]).astype(numpy.int64)
-    borders = _kernels()._dp_rows(sums, counts, row_starts, int(k), numpy.concatenate(strides), stride_starts)
+    borders = _kernels().dp_rows(sums, counts, row_starts, int(k), numpy.concatenate(strides), stride_starts)
     return _split_rows(borders, groups)
 
 
@@ -99,6 +162,14 @@ def band_groups_borders(groups, k: int, width: int) -> list:
     """
     if not groups:
         return []
+    _check_tables(groups, k)
+    if width < 1:
+        raise KernelInputError(f"width={width} should be >= 1.")
+    for sums, _, lows in groups:
+        lows = _int64("lows", lows, 2)
+        if lows.shape != (sums.shape[0], k + 1):
+            raise KernelInputError(f"lows {lows.shape} should have shape {(sums.shape[0], k + 1)}.")
+        _check_range("lows", lows, 0, sums.shape[1] - 1 - width)
     sums, counts, row_starts = _ragged(groups)
     lows = numpy.ascontiguousarray(numpy.concatenate([group[2] for group in groups]), dtype=numpy.int64)
     # The kernel keeps every row's split tables until the halves meet: bound
@@ -109,7 +180,7 @@ def band_groups_borders(groups, k: int, width: int) -> list:
     for first in range(0, n_rows, per_call):
         last = min(n_rows, first + per_call)
         starts = row_starts[first : last + 1]
-        borders.append(_kernels()._band_rows(sums[starts[0] : starts[-1]], counts[starts[0] : starts[-1]],
+        borders.append(_kernels().band_rows(sums[starts[0] : starts[-1]], counts[starts[0] : starts[-1]],
                                              starts - starts[0], int(k), lows[first:last], int(width)))
     return _split_rows(numpy.concatenate(borders), groups)
 
@@ -127,9 +198,16 @@ def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_b
     per segment instead of one array step per iteration: the same integer
     midpoints, borders, sums and round-half-up means, so the same numbers.
     """
+    keys = _int64("keys", keys, 1)
+    prefix = numpy.ascontiguousarray(prefix, dtype=numpy.uint64)
+    offsets = _check_offsets(offsets, keys.shape[0])
+    if prefix.shape != (keys.shape[0] + 1,):
+        raise KernelInputError(f"prefix {prefix.shape} should have shape {(keys.shape[0] + 1,)}.")
     out = numpy.array(centroids, dtype=numpy.int64, order="C", copy=True)
+    if out.ndim != 2 or out.shape[0] != offsets.shape[0] - 1:
+        raise KernelInputError(f"centroids {out.shape} should have one row per segment ({offsets.shape[0] - 1}).")
     iterations = numpy.zeros(out.shape[0], dtype=numpy.int64)
-    _kernels()._lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations)
+    _kernels().lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations)
     return out, iterations
 
 
@@ -160,8 +238,17 @@ def bin_edges(keys, offsets, rows, n_bins: int, key_shift: int, value_mask: int,
     same integer thresholds, searches, cube roots and union, one compiled
     loop per segment in parallel instead of some forty array steps.
     """
-    return _kernels()._bin_edges(keys, numpy.ascontiguousarray(offsets, dtype=numpy.int64),
-                                 numpy.ascontiguousarray(rows, dtype=numpy.int64), int(n_bins), int(key_shift),
+    keys = _int64("keys", keys, 1)
+    offsets = _check_offsets(offsets, keys.shape[0])
+    rows = _int64("rows", rows, 1)
+    _check_range("rows", rows, 0, offsets.shape[0] - 2)
+    n_bins, extremes = int(n_bins), int(extremes)
+    if extremes < 0 or fine_per_bin < 1 or not 0 <= cube_shift < 32 or n_bins - 2 * (n_bins // 3) - 2 * extremes < 1:
+        raise KernelInputError(f"n_bins={n_bins}, extremes={extremes}, fine_per_bin={fine_per_bin} and "
+                               f"cube_shift={cube_shift} leave no equal-width bins or break their bounds.")
+    if rows.size and int((offsets[rows + 1] - offsets[rows]).min()) <= n_bins:
+        raise KernelInputError(f"every segment in rows should hold more than n_bins={n_bins} values.")
+    return _kernels().bin_edges(keys, offsets, rows, n_bins, int(key_shift),
                                  int(value_mask), int(key_bias), int(fine_per_bin), int(cube_shift), int(extremes))
 
 
@@ -172,7 +259,14 @@ def error_sums(values, codebook, labels):
     labels: (n,) integer indices into it. Sums run in a fixed order, so the
     same inputs give the same bits on every run.
     """
-    return tuple(float(total) for total in _kernels()._error_sums(values, codebook, labels))
+    _check_vector("values", values, FLOATS)
+    _check_vector("codebook", codebook, FLOATS)
+    _check_vector("labels", labels, LABELS)
+    if labels.shape != values.shape:
+        raise KernelInputError(f"labels {labels.shape} should have the shape of values {values.shape}.")
+    _check_range("labels", labels, 0, codebook.shape[0] - 1)
+    values, codebook, labels = (numpy.ascontiguousarray(a) for a in (values, codebook, labels))
+    return tuple(float(total) for total in _kernels().error_sums(values, codebook, labels))
 
 
 def partition(values, pivot, out) -> int:
@@ -181,7 +275,10 @@ def partition(values, pivot, out) -> int:
     values, out: NumPy arrays (n,) of one dtype; pivot: a scalar. NaN go to
     the back. Each part keeps no particular order.
     """
-    return int(_kernels()._partition(values, pivot, out))
+    _check_vector("values", values, FLOATS)
+    if not isinstance(out, numpy.ndarray) or out.shape != values.shape or out.dtype != values.dtype:
+        raise KernelInputError("out should be an array of the values' shape and dtype.")
+    return int(_kernels().partition(numpy.ascontiguousarray(values), float(pivot), out))
 
 
 def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, key_bias: int):
@@ -193,7 +290,11 @@ def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, ke
     too: quantizing is monotone) and prefix is fixedpoint.prefix_sums of
     their q: one pass instead of a quantize, a key_values and a cumsum.
     """
-    offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
+    _check_vector("sorted_values", sorted_values, FLOATS)
+    offsets = _check_offsets(offsets, sorted_values.shape[0])
+    exponents = _int64("exponents", exponents, 1)
+    if exponents.shape[0] != offsets.shape[0] - 1:
+        raise KernelInputError(f"exponents ({exponents.shape[0]}) should have one per segment.")
     scales = _normal_scales(exponents)
     if scales is None:  # never for real weights (|x| < 1e-290): the array code
         from .fixedpoint import key_values, prefix_sums
@@ -202,7 +303,7 @@ def sorted_keys_and_prefix(sorted_values, offsets, exponents, key_shift: int, ke
         return keys, prefix_sums(key_values(keys))
     keys = numpy.empty(sorted_values.shape[0], dtype=numpy.int64)
     prefix = numpy.empty(sorted_values.shape[0] + 1, dtype=numpy.uint64)
-    _kernels()._sorted_keys_and_prefix(sorted_values, offsets, scales, int(key_shift), int(key_bias), keys, prefix)
+    _kernels().sorted_keys_and_prefix(numpy.ascontiguousarray(sorted_values), offsets, scales, int(key_shift), int(key_bias), keys, prefix)
     return keys, prefix
 
 
@@ -258,20 +359,31 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
     a per-segment table of equal-width buckets (a binary search is a chain of
     dependent loads: 3x slower).
     """
-    offsets = numpy.ascontiguousarray(offsets, dtype=numpy.int64)
+    _check_vector("values", values, FLOATS)
+    offsets = _check_offsets(offsets, values.shape[0])
+    n_segments = offsets.shape[0] - 1
+    exponents = _int64("exponents", exponents, 1)
+    mid_keys = _int64("mid_keys", mid_keys, 1)
+    if exponents.shape[0] != n_segments or mid_keys.shape[0] != n_segments * n_mids or n_mids < 0:
+        raise KernelInputError(f"exponents ({exponents.shape[0]}) and mid_keys ({mid_keys.shape[0]}) should hold "
+                               f"1 and n_mids={n_mids} entries per segment ({n_segments}).")
+    if numpy.dtype(dtype) not in LABELS:
+        raise KernelInputError(f"dtype={dtype} should be one of {', '.join(map(str, LABELS))}.")
     scales = _normal_scales(exponents)
     if scales is None:  # never for real weights: the array code
         keys, segment = _array_keys(values, offsets, exponents)
         return (numpy.searchsorted(mid_keys, keys, side="left") - segment * n_mids).astype(dtype)
-    low_keys = numpy.ascontiguousarray(low_keys, dtype=numpy.int64)
+    low_keys, high_keys = _int64("low_keys", low_keys, 1), _int64("high_keys", high_keys, 1)
+    if low_keys.shape[0] != n_segments or high_keys.shape[0] != n_segments or (high_keys < low_keys).any():
+        raise KernelInputError("low_keys and high_keys should hold one key per segment, low <= high.")
     shifts, table_offsets = _bucket_layout(offsets[1:] - offsets[:-1], low_keys, high_keys)
     kernels = _kernels()
     tables = numpy.empty(int(table_offsets[-1]), dtype=_table_dtype(n_mids))
-    kernels._bucket_tables(mid_keys, int(n_mids), low_keys, shifts, table_offsets, tables)
+    kernels.bucket_tables(mid_keys, int(n_mids), low_keys, shifts, table_offsets, tables)
     # A key above every other after the last segment's midpoints: the lookup
     # compares with the entry after a segment's own without a bounds check.
     mid_keys = numpy.append(numpy.asarray(mid_keys, dtype=numpy.int64), numpy.iinfo(numpy.int64).max)
     out = numpy.empty(values.shape[0], dtype=dtype)
-    kernels._value_labels(values, offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
+    kernels.value_labels(numpy.ascontiguousarray(values), offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
                           low_keys, shifts, tables, table_offsets, out)
     return out

@@ -143,7 +143,7 @@ def _pivot(values):
 def sort_values(values, offsets):
     """Return a copy of NumPy values (N,) with each segment [offsets[s], offsets[s + 1]) sorted ascending.
 
-    Compiled CPU path (needs Numba); values is not modified. Sorting the
+    Compiled CPU path (needs the built extension); values is not modified. Sorting the
     values in their own precision, not int64 keys, is the cheap sort (float32
     sorts ~2x faster) and exact: quantizing is monotone. NaN sorts last. NumPy
     sorts release the GIL, so segments sort on parallel threads; a segment of

@@ -17,7 +17,7 @@ from gpucompress.kernels.segments import sort_segments
 
 from .test_optimal import batch_of
 
-pytestmark = pytest.mark.skipif(not compiled.available(), reason="needs Numba")
+pytestmark = pytest.mark.skipif(not compiled.available(), reason="the compiled extension is not built")
 
 segments = st.lists(
     st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=300),

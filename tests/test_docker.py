@@ -211,8 +211,10 @@ def test_gpu_extras_follow_the_cuda_major():
 def test_dockerignore_keeps_what_the_install_needs(tmp_path):
     _copy_build_context(tmp_path)
     for needed in ("setup.py", "README.md", "pyproject.toml", INSTALL_SCRIPT,
-                   "gpucompress/__init__.py", "kernels/lloyd.py"):
+                   "gpucompress/__init__.py", "kernels/lloyd.py", "kernels/_cpu_kernels.pyx"):
         assert (tmp_path / needed).is_file(), needed
+    # The image compiles the kernels itself: no C or extension built here goes in.
+    assert not list(tmp_path.glob("kernels/*.so")) and not (tmp_path / "kernels/_cpu_kernels.c").exists()
     for left_out in (".git", ".venv", "tests", "benchmarks", "Dockerfile"):
         assert not (tmp_path / left_out).exists(), left_out
 
@@ -230,12 +232,15 @@ def test_install_step_in_a_clean_venv_compresses_on_the_cpu(tmp_path):
 
     python = venv / "bin" / "python"
     probe = subprocess.run(
-        [str(python), "-c", "import importlib.util as u, gpucompress; "
-         "print(gpucompress.__file__); print([m for m in ('pip', 'cupy', 'tensorflow') if u.find_spec(m)])"],
+        [str(python), "-c", "import importlib.util as u, gpucompress; from gpucompress.kernels import _cpu_kernels; "
+         "print(gpucompress.__file__); print(_cpu_kernels.__file__); "
+         "print([m for m in ('pip', 'cupy', 'tensorflow', 'numba') if u.find_spec(m)])"],
         env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr
-    location, present = probe.stdout.splitlines()
+    location, extension, present = probe.stdout.splitlines()
     assert Path(location).is_relative_to(venv), location  # installed, not the worktree
+    # The compiled kernels were built by this (non-editable) install, inside the package.
+    assert Path(extension).parent == Path(location).parent / "kernels", extension
     assert present == "[]"  # no installer left, no CuPy, no TensorFlow: a clean CPU venv
 
     version = subprocess.run([str(venv / "bin" / "gpucompress"), "--version"],

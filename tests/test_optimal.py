@@ -92,7 +92,7 @@ def test_deterministic_across_runs_and_batch_sizes():
 
 @pytest.mark.parametrize("path", ["array", "compiled"])
 def test_memory_does_not_grow_with_k_times_n(path, monkeypatch):
-    # tracemalloc sees NumPy's allocations, not Numba's: the array path shows
+    # tracemalloc sees NumPy's allocations, not the extension's mallocs: the array path shows
     # the DP's own tables; the compiled path's tables (k * (B + 1) int32 per
     # segment in flight) are the same size by construction.
     from gpucompress.kernels import compiled
@@ -100,7 +100,7 @@ def test_memory_does_not_grow_with_k_times_n(path, monkeypatch):
     if path == "array":
         monkeypatch.setattr(compiled, "available", lambda: False)
     elif not compiled.available():
-        pytest.skip("needs Numba")
+        pytest.skip("the compiled extension is not built")
     n, k = 2_000_000, 256
     values = numpy.random.default_rng(3).laplace(size=n)
     batch = batch_of([values])
