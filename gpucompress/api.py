@@ -143,6 +143,7 @@ def compress_file(
     zip_sizes: bool = False,
     on_batch=None,
     to_graphdef: bool = False,
+    on_progress=None,
 ) -> CompressionSummary:
     """Cluster the weights of a model file and write the result.
 
@@ -151,7 +152,9 @@ def compress_file(
     models.default_output(input_path) (model.pb.min, model.min.keras, saved.min).
     overwrite: replace an existing output (never the input). zip_sizes: also
     measure zip sizes of input and output. on_batch: progress callback (tensors
-    finished per engine batch). to_graphdef: freeze a SavedModel's serving
+    finished per engine batch). on_progress: per-tensor progress callback
+    (finished, total, what), what naming the tensor in work or the phase
+    ("reading PATH", "writing PATH"). to_graphdef: freeze a SavedModel's serving
     signature into a frozen GraphDef (models.freeze) and cluster and write that
     (default output saved.min.pb). Returns a CompressionSummary. Raises InputError,
     FormatError, OptionsError or DeviceError; no output file exists after an error.
@@ -174,6 +177,8 @@ def compress_file(
                       directory=kind == "savedmodel" and not to_graphdef)
     device = devices.resolve_device(options.device)
     options_on_device = CompressOptions(**{**options.__dict__, "device": device})
+    progress = on_progress or (lambda finished, total, what: None)
+    progress(0, 0, f"reading {input_path.name}")
     if to_graphdef:
         from .models.freeze import freeze_saved_model
 
@@ -185,7 +190,9 @@ def compress_file(
     # the run keeps anyway) while the model is written, one tensor at a time:
     # the loaded weights never all exist at once, nor old and new contents.
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
-                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values))
+                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
+                          on_progress=progress)
+    progress(len(run.tensors), len(run.tensors), f"writing {output_path.name}")
     output_bytes = write_model(model, output_path)
     written = time.perf_counter()
     summary = CompressionSummary(

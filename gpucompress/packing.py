@@ -267,6 +267,7 @@ def pack_file(
     zip_sizes: bool = True,
     speed_tolerance: float = entropy.SPEED_TOLERANCE,
     on_batch=None,
+    on_progress=None,
 ) -> PackSummary:
     """Cluster a model file as `compress_file` does and write it as one archive.
 
@@ -274,7 +275,8 @@ def pack_file(
     (never the input). zip_sizes: also measure zip(original) and zip(.min).
     speed_tolerance: a faster-decoding index coder is picked when its stream is
     at most this fraction larger than the smallest (0: always the smallest).
-    Returns a PackSummary. Raises InputError, FormatError, OptionsError or
+    on_batch, on_progress: progress callbacks as compress_file's (phases
+    "reading", "encoding", "verifying", "zip sizes"). Returns a PackSummary. Raises InputError, FormatError, OptionsError or
     DeviceError; no output file exists after an error.
     """
     options = options or CompressOptions()
@@ -288,23 +290,31 @@ def pack_file(
     check_output_path(output_path, [input_path], overwrite=overwrite)
     device = devices.resolve_device(options.device)
     options = CompressOptions(**{**options.__dict__, "device": device})
+    progress = on_progress or (lambda finished, total, what: None)
+    progress(0, 0, f"reading {input_path.name}")
     model = read_model(input_path)
     parsed = time.perf_counter()
     # New values are made per tensor while serializing (models.defer_values):
     # the model never holds every clustered tensor at once, nor old and new contents.
     run = cluster_weights(model.weights(), options, on_batch=on_batch,
-                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values))
+                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
+                          on_progress=progress)
     clustered = time.perf_counter()
+    count = len(run.tensors)
+    progress(count, count, "encoding")
     info = {"producer": "gpucompress", "n_clusters": options.n_clusters,
             "global_clusters": options.global_clusters, "init": options.init, "method": options.method}
     data, report = encode_model(model, run, info, speed_tolerance)
     encoded = time.perf_counter()
+    progress(count, count, "verifying")
     decoded = decode_archive(data, source=str(output_path), lazy=True)
     if not same_bytes(model_pieces(decoded), model_pieces(model)):
         raise GpucompressError(f"{output_path}: the archive does not decode to the compressed model (a bug)")
     del decoded
     write_atomic(output_path, data)
     verified = time.perf_counter()
+    if zip_sizes:
+        progress(count, count, "zip sizes")
     min_bytes, min_zip = _content_sizes(model, zip_sizes)
     sizes = {"original": path_bytes(input_path), "min": min_bytes, "archive": len(data),
              "bound": report["bound"], "rest": report["rest"]}
