@@ -225,6 +225,9 @@ def main(argv=None) -> int:
     parser.add_argument("--python", action="append", default=[], metavar="[LABEL=]PATH",
                         help="user path: the interpreter whose gpucompress is measured (repeatable, one "
                         "column each, e.g. before=/work/main/.venv/bin/python; default this one)")
+    parser.add_argument("--checkout", action="append", default=[], metavar="[LABEL=]DIR",
+                        help="user path: the source a --python of that label is pip-installed from in the "
+                        "fresh-venv part (default: the checkout its gpucompress imports from, else this one)")
     parser.add_argument("--runs", type=int, default=None, help="fresh processes per timed figure (default 5, quick 2)")
     parser.add_argument("--venv", choices=("yes", "no"), default=None,
                         help="user path: time the first call in a new venv (default yes; no with --quick)")
@@ -310,8 +313,9 @@ def _user_path(arguments, path: Path, workdir: Path, log) -> dict[str, dict]:
     runs = arguments.runs or (2 if arguments.quick else 5)
     venv = (arguments.venv or ("no" if arguments.quick else "yes")) == "yes"
     measured = {}
+    checkouts = {label: Path(path) for label, _, path in (entry.rpartition("=") for entry in arguments.checkout)}
     for label, python in _interpreters(arguments.python).items():
-        checkout = userpath.checkout_of(python, HERE.parent)
+        checkout = checkouts.get(label) or userpath.checkout_of(python, HERE.parent)
         log(f"user path of {label}: {python} (checkout {checkout})")
         folder = workdir / f"user-{len(measured)}"
         folder.mkdir()

@@ -24,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def cli_command(python: Path) -> list[str]:
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    # A neutral folder: `python -c` puts the working folder first on sys.path,
+    # and a checkout there would be imported instead of the installed package.
+    kwargs.setdefault("cwd", tempfile.gettempdir())
     done = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
@@ -282,7 +286,7 @@ def markdown(runs: dict[str, dict], floor: dict, machine: dict, command: str) ->
 def checkout_of(python: Path, default: Path) -> Path:
     """Return the checkout an interpreter's gpucompress comes from (the folder above the package), else default."""
     done = subprocess.run([str(python), "-c", "import gpucompress; print(gpucompress.__file__)"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tempfile.gettempdir())
     if done.returncode == 0:
         root = Path(done.stdout.strip()).resolve().parent.parent
         if (root / "setup.py").exists():
