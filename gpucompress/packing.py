@@ -128,15 +128,16 @@ def same_bytes(first, second) -> bool:
 
     Compares as it goes: holds at most one piece of each side.
     """
-    first, second = iter(first), iter(second)
+    first = (memoryview(piece) for piece in first if len(piece))
+    second = (memoryview(piece) for piece in second if len(piece))
     left = right = memoryview(b"")
     while True:
         if not left:
-            left = memoryview(next(first, b""))
+            left = next(first, None)
         if not right:
-            right = memoryview(next(second, b""))
-        if not left or not right:
-            return not left and not right and next(first, None) is None and next(second, None) is None
+            right = next(second, None)
+        if left is None or right is None:
+            return left is None and right is None
         n = min(len(left), len(right))
         if left[:n] != right[:n]:
             return False
