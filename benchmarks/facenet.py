@@ -15,7 +15,8 @@ directly with TensorBoard's TensorFlow protos (no TensorFlow import) and is a
 valid, runnable inference graph (input `input`, output `embeddings`).
 
 `width` divides every channel count (1 = FaceNet; 8 gives a ~0.4 M-value graph
-for quick runs).
+for quick runs; below 1 it multiplies them: about 0.957 gives a 100 MB graph,
+0.478 a 400 MB one, as the benchmark's peak-memory part uses).
 """
 from __future__ import annotations
 
@@ -142,48 +143,54 @@ class GraphBuilder:
         return self.node("Relu", f"{name}/Relu", [y], T=FLOAT) if relu else y
 
 
+def _channels(n: int, width: float) -> int:
+    """Return n channels divided by width, at least 1 (width below 1 makes the graph larger)."""
+    return max(int(n / width), 1)
+
+
 def _block35(b, x, c, w, name):
-    b0 = b.conv(x, c, 32 // w, 1, f"{name}/Branch_0/Conv2d_1x1")
-    b1 = b.conv(x, c, 32 // w, 1, f"{name}/Branch_1/Conv2d_0a_1x1")
-    b1 = b.conv(b1, 32 // w, 32 // w, 3, f"{name}/Branch_1/Conv2d_0b_3x3")
-    b2 = b.conv(x, c, 32 // w, 1, f"{name}/Branch_2/Conv2d_0a_1x1")
-    b2 = b.conv(b2, 32 // w, 32 // w, 3, f"{name}/Branch_2/Conv2d_0b_3x3")
-    b2 = b.conv(b2, 32 // w, 32 // w, 3, f"{name}/Branch_2/Conv2d_0c_3x3")
+    b0 = b.conv(x, c, _channels(32, w), 1, f"{name}/Branch_0/Conv2d_1x1")
+    b1 = b.conv(x, c, _channels(32, w), 1, f"{name}/Branch_1/Conv2d_0a_1x1")
+    b1 = b.conv(b1, _channels(32, w), _channels(32, w), 3, f"{name}/Branch_1/Conv2d_0b_3x3")
+    b2 = b.conv(x, c, _channels(32, w), 1, f"{name}/Branch_2/Conv2d_0a_1x1")
+    b2 = b.conv(b2, _channels(32, w), _channels(32, w), 3, f"{name}/Branch_2/Conv2d_0b_3x3")
+    b2 = b.conv(b2, _channels(32, w), _channels(32, w), 3, f"{name}/Branch_2/Conv2d_0c_3x3")
     mixed = b.concat([b0, b1, b2], f"{name}/concat")
-    up = b.conv(mixed, 96 // w, c, 1, f"{name}/Conv2d_1x1", batch_norm=False, relu=False)
+    up = b.conv(mixed, _channels(96, w), c, 1, f"{name}/Conv2d_1x1", batch_norm=False, relu=False)
     return b.residual(x, up, 0.17, name)
 
 
 def _block17(b, x, c, w, name):
-    b0 = b.conv(x, c, 128 // w, 1, f"{name}/Branch_0/Conv2d_1x1")
-    b1 = b.conv(x, c, 128 // w, 1, f"{name}/Branch_1/Conv2d_0a_1x1")
-    b1 = b.conv(b1, 128 // w, 128 // w, (1, 7), f"{name}/Branch_1/Conv2d_0b_1x7")
-    b1 = b.conv(b1, 128 // w, 128 // w, (7, 1), f"{name}/Branch_1/Conv2d_0c_7x1")
+    b0 = b.conv(x, c, _channels(128, w), 1, f"{name}/Branch_0/Conv2d_1x1")
+    b1 = b.conv(x, c, _channels(128, w), 1, f"{name}/Branch_1/Conv2d_0a_1x1")
+    b1 = b.conv(b1, _channels(128, w), _channels(128, w), (1, 7), f"{name}/Branch_1/Conv2d_0b_1x7")
+    b1 = b.conv(b1, _channels(128, w), _channels(128, w), (7, 1), f"{name}/Branch_1/Conv2d_0c_7x1")
     mixed = b.concat([b0, b1], f"{name}/concat")
-    up = b.conv(mixed, 256 // w, c, 1, f"{name}/Conv2d_1x1", batch_norm=False, relu=False)
+    up = b.conv(mixed, _channels(256, w), c, 1, f"{name}/Conv2d_1x1", batch_norm=False, relu=False)
     return b.residual(x, up, 0.10, name)
 
 
 def _block8(b, x, c, w, name, relu=True):
-    b0 = b.conv(x, c, 192 // w, 1, f"{name}/Branch_0/Conv2d_1x1")
-    b1 = b.conv(x, c, 192 // w, 1, f"{name}/Branch_1/Conv2d_0a_1x1")
-    b1 = b.conv(b1, 192 // w, 192 // w, (1, 3), f"{name}/Branch_1/Conv2d_0b_1x3")
-    b1 = b.conv(b1, 192 // w, 192 // w, (3, 1), f"{name}/Branch_1/Conv2d_0c_3x1")
+    b0 = b.conv(x, c, _channels(192, w), 1, f"{name}/Branch_0/Conv2d_1x1")
+    b1 = b.conv(x, c, _channels(192, w), 1, f"{name}/Branch_1/Conv2d_0a_1x1")
+    b1 = b.conv(b1, _channels(192, w), _channels(192, w), (1, 3), f"{name}/Branch_1/Conv2d_0b_1x3")
+    b1 = b.conv(b1, _channels(192, w), _channels(192, w), (3, 1), f"{name}/Branch_1/Conv2d_0c_3x1")
     mixed = b.concat([b0, b1], f"{name}/concat")
-    up = b.conv(mixed, 384 // w, c, 1, f"{name}/Conv2d_1x1", batch_norm=False, relu=False)
+    up = b.conv(mixed, _channels(384, w), c, 1, f"{name}/Conv2d_1x1", batch_norm=False, relu=False)
     return b.residual(x, up, 0.20 if relu else 1.0, name, relu=relu)
 
 
 def build_facenet(width: int = 1, image_size: int = 160, seed: int = 0):
     """Return (GraphDef, number of float32 values) of Inception-ResNet-v1 with a 128-d embedding.
 
-    width: divides every channel count (1 = FaceNet 20170216-091149's shape).
+    width: divides every channel count (1 = FaceNet 20170216-091149's shape; a
+    float below 1 multiplies them, the values per layer growing as 1 / width**2).
     image_size: input height and width (160 as FaceNet). seed: the weights' seed.
     """
     b = GraphBuilder(seed)
     p = PREFIX
     x = _placeholder(b, image_size)
-    c = lambda n: max(n // width, 1)  # noqa: E731
+    c = lambda n: _channels(n, width)  # noqa: E731
     x = b.conv(x, 3, c(32), 3, f"{p}/Conv2d_1a_3x3", stride=2, padding="VALID")
     x = b.conv(x, c(32), c(32), 3, f"{p}/Conv2d_2a_3x3", padding="VALID")
     x = b.conv(x, c(32), c(64), 3, f"{p}/Conv2d_2b_3x3")

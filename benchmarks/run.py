@@ -1,7 +1,13 @@
-"""Benchmark gpucompress against the 2016 baseline and the tools people would pick instead.
+"""Benchmark gpucompress as users run it, against the 2016 baseline and the tools people would pick instead.
 
-    python benchmarks/run.py            # FaceNet-sized graph, all parts (about 10 min on 2 cores)
+    python benchmarks/run.py            # FaceNet-sized graph, all parts (about 15-20 min on 2 cores)
     python benchmarks/run.py --quick    # tiny graph, seconds (the test suite runs this)
+    python benchmarks/run.py --parts user --python before=/work/main/.venv/bin/python \
+        --python after=.venv/bin/python    # the user path of two checkouts, same machine, same run
+
+The user path (userpath.py): the CLI in fresh processes next to the floor,
+the first call after `pip install` into a new venv, a tiny graph's fixed
+cost, import time and peak RSS (VmHWM) of compress and pack at 100 and 400 MB.
 
 Writes benchmarks/results/DATE-cpuN[-gpu][-quick].{json,md,png}. See benchmarks/README.md.
 """
@@ -27,6 +33,7 @@ import facenet  # noqa: E402
 import machine  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
+import userpath  # noqa: E402
 from gpucompress import engine  # noqa: E402
 from gpucompress.api import compress_file  # noqa: E402
 from gpucompress.device import gpu_available  # noqa: E402
@@ -39,6 +46,9 @@ FULL = {"width": 1, "size_widths": (8, 2, 1), "peer_sizes": (2e3, 1e4, 4e4, 1.5e
 QUICK = {"width": 16, "size_widths": (32, 16), "peer_sizes": (1e3,),
          "baseline_sizes": (1e3,), "replace_sample": 100, "peer_budget": 0.3, "epochs": 1}
 KS = (256, 16)
+PARTS = ("user", "inprocess", "peers", "fidelity")
+# Graphs whose compress and pack peaks are measured: label -> facenet width.
+RSS_WIDTHS = {"full": {"100 MB": 0.957, "400 MB": 0.478}, "quick": {"quick": 16}}
 
 
 def model_path(cache: Path, width: int) -> Path:
@@ -191,6 +201,17 @@ def check_targets(results: dict) -> list[dict]:
     return targets
 
 
+def _interpreters(entries: list[str]) -> dict[str, Path]:
+    """Return label -> python of --python entries ("LABEL=PATH" or "PATH"); this interpreter by default."""
+    if not entries:
+        return {"this checkout": Path(sys.executable)}
+    out = {}
+    for entry in entries:
+        label, _, path = entry.rpartition("=")
+        out[label or path] = Path(path).absolute()
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny graph and few runs (seconds)")
@@ -199,7 +220,25 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", type=Path, default=HERE / "results")
     parser.add_argument("--cache-dir", type=Path, default=HERE / ".cache")
     parser.add_argument("--no-fidelity", action="store_true", help="skip the trained-model fidelity part")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default all)")
+    parser.add_argument("--python", action="append", default=[], metavar="[LABEL=]PATH",
+                        help="user path: the interpreter whose gpucompress is measured (repeatable, one "
+                        "column each, e.g. before=/work/main/.venv/bin/python; default this one)")
+    parser.add_argument("--checkout", action="append", default=[], metavar="[LABEL=]DIR",
+                        help="user path: the source a --python of that label is pip-installed from in the "
+                        "fresh-venv part (default: the checkout its gpucompress imports from, else this one)")
+    parser.add_argument("--runs", type=int, default=None, help="fresh processes per timed figure (default 5, quick 2)")
+    parser.add_argument("--venv", choices=("yes", "no"), default=None,
+                        help="user path: time the first call in a new venv (default yes; no with --quick)")
     arguments = parser.parse_args(argv)
+    parts = [part for part in arguments.parts.split(",") if part]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        print(f"benchmarks/run.py: --parts: unknown {', '.join(unknown)} (known: {', '.join(PARTS)})", file=sys.stderr)
+        return 1
+    if arguments.no_fidelity and "fidelity" in parts:
+        parts.remove("fidelity")
     if arguments.device == "gpu" and not gpu_available():
         print("benchmarks/run.py: --device gpu: no usable CUDA device", file=sys.stderr)
         return 1
@@ -207,7 +246,7 @@ def main(argv=None) -> int:
     devices = ["cpu"] + (["gpu"] if arguments.device != "cpu" and gpu_available() else [])
     faiss_gpu = "gpu" in devices and _faiss_gpus() > 0
     info = machine.describe()
-    results = {"machine": info, "mode": "quick" if arguments.quick else "full", "config": config}
+    results = {"machine": info, "mode": "quick" if arguments.quick else "full", "config": config, "parts": parts}
     log = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)  # noqa: E731
     path = model_path(arguments.cache_dir, config["width"])
     with tempfile.TemporaryDirectory() as temporary:
@@ -216,42 +255,73 @@ def main(argv=None) -> int:
                             "float32_values": int(sum(w.size for w in read_model(path).weights()
                                                       if w.floating))}
         log(f"model {path.name}: {results['model']['float32_values']:,} values, "
-            f"{results['model']['pb_bytes']:,} bytes; devices {devices}")
+            f"{results['model']['pb_bytes']:,} bytes; devices {devices}; parts {parts}")
         results["io_floor"] = time_io_floor(path, workdir)
-        results["compress"] = time_compress(path, devices, workdir)
-        results["peak_rss_bytes"] = peak_rss(path, workdir, "cpu")
-        log("compress timed")
-        peers.warm_up()
-        results["size_sweep"] = size_sweep(arguments.cache_dir, config["size_widths"],
-                                           peers.whole_model_tools("gpu" in devices, faiss_gpu),
-                                           config["peer_budget"])
-        log("size sweep done")
-        arrays = selected_arrays(path, max(KS))
-        results["peers"] = peers.compare(nearest_sizes(arrays, config["peer_sizes"]), KS,
-                                         peers.runners("gpu" in devices, faiss_gpu))
-        log("peer comparison done")
-        measured = baseline2016.measure(nearest_sizes(arrays, config["baseline_sizes"]), 256,
-                                        config["replace_sample"])
-        measured["graph_weights"] = int(sum(a.size for a in arrays.values()))
-        measured["extrapolated_seconds"] = measured["seconds_per_weight"] * measured["graph_weights"]
-        measured["reported_seconds"] = baseline2016.REPORTED_SECONDS
-        results["baseline2016"] = measured
-        log("2016 baseline measured")
-        if not arguments.no_fidelity:
+        log(f"floor {results['io_floor']['total']:.2f} s")
+        if "user" in parts:
+            results["user"] = _user_path(arguments, path, workdir, log)
+        if "inprocess" in parts:
+            results["compress"] = time_compress(path, devices, workdir)
+            results["peak_rss_bytes"] = peak_rss(path, workdir, "cpu")
+            log("compress timed (in process)")
+        if "peers" in parts:
+            peers.warm_up()
+            results["size_sweep"] = size_sweep(arguments.cache_dir, config["size_widths"],
+                                               peers.whole_model_tools("gpu" in devices, faiss_gpu),
+                                               config["peer_budget"])
+            log("size sweep done")
+            arrays = selected_arrays(path, max(KS))
+            results["peers"] = peers.compare(nearest_sizes(arrays, config["peer_sizes"]), KS,
+                                             peers.runners("gpu" in devices, faiss_gpu))
+            log("peer comparison done")
+            measured = baseline2016.measure(nearest_sizes(arrays, config["baseline_sizes"]), 256,
+                                            config["replace_sample"])
+            measured["graph_weights"] = int(sum(a.size for a in arrays.values()))
+            measured["extrapolated_seconds"] = measured["seconds_per_weight"] * measured["graph_weights"]
+            measured["reported_seconds"] = baseline2016.REPORTED_SECONDS
+            results["baseline2016"] = measured
+            log("2016 baseline measured")
+        if "fidelity" in parts:
             import fidelity
 
             results["fidelity"] = fidelity.measure(workdir, quick=arguments.quick, epochs=config["epochs"])
             log("fidelity measured")
-    results["targets"] = check_targets(results)
-    stem = arguments.output_dir / f"{machine.short_name(info)}{'-quick' if arguments.quick else ''}"
+    complete = {"inprocess", "peers"} <= set(parts)
+    if complete:
+        results["targets"] = check_targets(results)
+    suffix = ("-quick" if arguments.quick else "") + ("" if complete else "-" + "-".join(parts))
+    stem = arguments.output_dir / f"{machine.short_name(info)}{suffix}"
     arguments.output_dir.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    markdown = report.markdown(results)
+    markdown = ""
+    if "user" in parts:
+        command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        markdown += userpath.markdown(results["user"], results["io_floor"], info, command.strip()) + "\n"
+    if complete:
+        markdown += report.markdown(results)
+        report.plot(results, stem.with_suffix(".png"))
     stem.with_suffix(".md").write_text(markdown)
-    report.plot(results, stem.with_suffix(".png"))
     print(markdown)
-    print(f"wrote {stem}.json, .md, .png")
+    print(f"wrote {stem}.json, .md{', .png' if complete else ''}")
     return 0
+
+
+def _user_path(arguments, path: Path, workdir: Path, log) -> dict[str, dict]:
+    """Return label -> userpath.measure results for every --python interpreter."""
+    mode = "quick" if arguments.quick else "full"
+    rss_models = {label: model_path(arguments.cache_dir, width) for label, width in RSS_WIDTHS[mode].items()}
+    runs = arguments.runs or (2 if arguments.quick else 5)
+    venv = (arguments.venv or ("no" if arguments.quick else "yes")) == "yes"
+    measured = {}
+    checkouts = {label: Path(path) for label, _, path in (entry.rpartition("=") for entry in arguments.checkout)}
+    for label, python in _interpreters(arguments.python).items():
+        checkout = checkouts.get(label) or userpath.checkout_of(python, HERE.parent)
+        log(f"user path of {label}: {python} (checkout {checkout})")
+        folder = workdir / f"user-{len(measured)}"
+        folder.mkdir()
+        measured[label] = userpath.measure(python, checkout, path, rss_models, folder, runs, venv,
+                                           log=lambda text, label=label: log(f"{label}: {text}"))
+    return measured
 
 
 def _faiss_gpus() -> int:

@@ -1,7 +1,6 @@
 """The Python API: compress a GraphDef message or a model file."""
 from __future__ import annotations
 
-import io
 import os
 import time
 import zipfile
@@ -12,7 +11,7 @@ from . import device as devices
 from .clustering import ClusteringRun, cluster_weights
 from .errors import InputError, OptionsError
 from .files import check_output_path, overwriting
-from .models import GraphDefModel, default_output, model_format, read_model, write_model
+from .models import GraphDefModel, default_output, defer_values, model_format, read_model, write_model
 from .options import CompressOptions
 
 
@@ -51,12 +50,72 @@ def compress_graphdef(graph_def, options: CompressOptions | None = None):
     return model.graph_def
 
 
+class _SizeSink:
+    """A seekable write-only stream that keeps no bytes, only how many were written (for zip sizes)."""
+
+    def __init__(self):
+        self.position = self.size = 0
+
+    def write(self, data) -> int:
+        self.position += len(data)
+        self.size = max(self.size, self.position)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.position = offset if whence == 0 else self.position + offset if whence == 1 else self.size + offset
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def truncate(self, size: int | None = None) -> int:
+        self.size = self.position if size is None else size
+        return self.size
+
+
+def _zipped_size(members) -> int:
+    """Return the size in bytes of a deflate zip archive of members: (name, size, iterable of pieces).
+
+    Streams: the same bytes as ZipFile.writestr(name, b"".join(pieces)) would
+    write (writestr also opens the member with its size known), none kept.
+    """
+    sink = _SizeSink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, size, pieces in members:
+            info = zipfile.ZipInfo(name, date_time=time.localtime(time.time())[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o600 << 16
+            info.file_size = size
+            with archive.open(info, "w") as member:
+                for piece in pieces:
+                    member.write(piece)
+    return sink.tell()
+
+
 def zip_size(data: bytes, name: str) -> int:
     """Return the size in bytes of a zip archive (deflate) holding `data` as one file."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(name, data)
-    return buffer.tell()
+    return _zipped_size([(name, len(data), [data])])
+
+
+def pieces_zip_size(pieces_factory, name: str) -> tuple[int, int]:
+    """Return (bytes, zip bytes) of the data that pieces_factory() yields in pieces, holding none of it.
+
+    pieces_factory is called twice (once to count, once to zip).
+    """
+    size = sum(len(piece) for piece in pieces_factory())
+    return size, _zipped_size([(name, size, pieces_factory())])
+
+
+def _file_chunks(path: Path, chunk: int = 1 << 20):
+    with open(path, "rb") as stream:
+        while data := stream.read(chunk):
+            yield data
 
 
 def path_bytes(path: Path) -> int:
@@ -67,15 +126,12 @@ def path_bytes(path: Path) -> int:
 
 
 def path_zip_size(path: Path) -> int:
-    """Return the size in bytes of a zip archive (deflate) of a file or of a folder's files."""
+    """Return the size in bytes of a zip archive (deflate) of a file or of a folder's files (read in chunks)."""
     if not path.is_dir():
-        return zip_size(path.read_bytes(), path.name)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for item in sorted(path.rglob("*")):
-            if item.is_file():
-                archive.writestr(item.relative_to(path).as_posix(), item.read_bytes())
-    return buffer.tell()
+        return _zipped_size([(path.name, path.stat().st_size, _file_chunks(path))])
+    files = [item for item in sorted(path.rglob("*")) if item.is_file()]
+    return _zipped_size([(item.relative_to(path).as_posix(), item.stat().st_size, _file_chunks(item))
+                         for item in files])
 
 
 def compress_file(
@@ -88,6 +144,7 @@ def compress_file(
     on_batch=None,
     to_graphdef: bool = False,
     tflm: bool = False,
+    on_progress=None,
 ) -> CompressionSummary:
     """Cluster the weights of a model file and write the result.
 
@@ -96,7 +153,9 @@ def compress_file(
     models.default_output(input_path) (model.pb.min, model.min.keras, saved.min).
     overwrite: replace an existing output (never the input). zip_sizes: also
     measure zip sizes of input and output. on_batch: progress callback (tensors
-    finished per engine batch). to_graphdef: freeze a SavedModel's serving
+    finished per engine batch). on_progress: per-tensor progress callback
+    (finished, total, what), what naming the tensor in work or the phase
+    ("reading PATH", "writing PATH"). to_graphdef: freeze a SavedModel's serving
     signature into a frozen GraphDef (models.freeze) and cluster and write that
     (default output saved.min.pb). tflm: a .tflite input is written in TFLite
     Micro's compressed form (models.tflm; n_clusters <= 128; default output
@@ -128,6 +187,8 @@ def compress_file(
                       directory=kind == "savedmodel" and not to_graphdef)
     device = devices.resolve_device(options.device)
     options_on_device = CompressOptions(**{**options.__dict__, "device": device})
+    progress = on_progress or (lambda finished, total, what: None)
+    progress(0, 0, f"reading {input_path.name}")
     if to_graphdef:
         from .models.freeze import freeze_saved_model
 
@@ -135,10 +196,13 @@ def compress_file(
     else:
         model = read_model(input_path)
     parsed = time.perf_counter()
-    # Each tensor's new values go into the model as soon as its batch is done
-    # (peak memory: the loaded weights never all exist at once).
+    # Each tensor's new values are made from its codebook and labels (which
+    # the run keeps anyway) while the model is written, one tensor at a time:
+    # the loaded weights never all exist at once, nor old and new contents.
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
-                          on_tensor=lambda t: model.replace_values({t.name: t.values()}))
+                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
+                          on_progress=progress)
+    progress(len(run.tensors), len(run.tensors), f"writing {output_path.name}")
     with overwriting(overwrite):
         if tflm:
             from .models.tflm import write_tflm

@@ -149,13 +149,16 @@ def cluster_weights(
     options: CompressOptions,
     on_batch: Callable[[int], None] | None = None,
     on_tensor: Callable[[TensorOutcome], None] | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> ClusteringRun:
     """Select and cluster a model's weights.
 
     weights: from a model reader; options: a CompressOptions. on_batch: called
     with the number of tensors finished after each engine batch. on_tensor:
     called with each clustered tensor's TensorOutcome, in model order, as soon
-    as its batch is done (a writer stores the new values then). Returns a
+    as its batch is done (a writer stores the new values then). on_progress:
+    called with (tensors decided, number of weights, name of the tensor in
+    work) as each weight is read and as each clustered one is done. Returns a
     ClusteringRun with one TensorOutcome per weight, in order, and the seconds
     spent selecting ("select") and clustering ("cluster").
 
@@ -175,20 +178,31 @@ def cluster_weights(
     seconds = {"select": 0.0, "cluster": 0.0}
     outcomes: dict[str, TensorOutcome] = {}
 
+    total, decided = len(weights), 0
+
+    def progress(name: str) -> None:
+        if on_progress is not None:
+            on_progress(decided, total, name)
+
     def finish(outcome: TensorOutcome) -> None:
+        nonlocal decided
         outcomes[outcome.name] = outcome
         if on_tensor is not None:
             on_tensor(outcome)
+        decided += 1
+        progress(outcome.name)
 
     decisions, pending = [], []
     pending_values = finished = 0
     batch_values = options.batch_values or engine.DEFAULT_BATCH_VALUES[devices.resolve_device(options.device)]
     for weight in weights:
+        progress(weight.name)
         started = time.perf_counter()
         decision, prepared = _prepare(weight, options)
         decisions.append(decision)
         seconds["select"] += time.perf_counter() - started
         if prepared is None:
+            decided += 1
             continue
         full = pending and pending_values + prepared.finite.size > batch_values
         if full and not options.global_clusters:

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy
 
 from . import device as devices
-from .api import path_bytes, path_zip_size, zip_size
+from .api import path_bytes, path_zip_size, pieces_zip_size, zip_size
 from .clustering import ClusteringRun, TensorOutcome, cluster_weights
 from .codec import archive as archives
 from .codec import entropy
 from .errors import FormatError, GpucompressError, InputError, OptionsError
 from .files import check_input_file, check_output_path, overwriting, write_atomic
-from .models import HDF5_SUFFIXES, default_output, model_class, read_model
+from .models import HDF5_SUFFIXES, default_output, defer_values, model_class, model_pieces, read_model
 from .options import CompressOptions
 from .select import CLUSTER
 
@@ -101,13 +101,17 @@ def check_unpack_output(output_path: Path, format_name: str) -> None:
                      f"the output needs {hint}")
 
 
-def _content_sizes(model, data: bytes, zipped: bool) -> tuple[int, int | None]:
-    """Return (bytes, zip bytes or None) of the model `to_bytes` gave as `data`.
+def _content_sizes(model, zipped: bool) -> tuple[int, int | None]:
+    """Return (bytes, zip bytes or None) of what `model.to_bytes()` gives.
 
     A SavedModel's bytes are a tar of its files: count the files, not the tar.
+    A GraphDef streams (serialized twice, never held whole).
     """
     if model.format_name != "savedmodel":
-        return len(data), (zip_size(data, "model") if zipped else None)
+        if not zipped:
+            return sum(len(piece) for piece in model_pieces(model)), None
+        return pieces_zip_size(lambda: model_pieces(model), "model")
+    data = model.to_bytes()
     total, buffer = 0, io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar, \
             zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -118,6 +122,27 @@ def _content_sizes(model, data: bytes, zipped: bool) -> tuple[int, int | None]:
                 if zipped:
                     archive.writestr(member.name, content)
     return total, (buffer.tell() if zipped else None)
+
+
+def same_bytes(first, second) -> bool:
+    """Return whether two iterables of byte pieces hold the same bytes (pieces may split differently).
+
+    Compares as it goes: holds at most one piece of each side.
+    """
+    first = (memoryview(piece) for piece in first if len(piece))
+    second = (memoryview(piece) for piece in second if len(piece))
+    left = right = memoryview(b"")
+    while True:
+        if not left:
+            left = next(first, None)
+        if not right:
+            right = next(second, None)
+        if left is None or right is None:
+            return left is None and right is None
+        n = min(len(left), len(right))
+        if left[:n] != right[:n]:
+            return False
+        left, right = left[n:], right[n:]
 
 
 def index_exactly(name: str, dtype: str, values: numpy.ndarray) -> archives.CodedTensor | None:
@@ -188,16 +213,21 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
                   "rest": len(entropy.zstd_compress(rest_skeleton, archives.SKELETON_ZSTD_LEVEL))}
 
 
-def decode_archive(data: bytes, *, source: str = "archive"):
+def decode_archive(data: bytes, *, source: str = "archive", lazy: bool = False):
     """Return the model stored in archive bytes (for a GraphDef: a GraphDefModel, `.graph_def`).
 
-    Raises FormatError for anything that is not a valid archive.
+    lazy: see model_from_archive. Raises FormatError for anything that is not a valid archive.
     """
-    return model_from_archive(archives.read_archive(data, source=source), source=source)
+    return model_from_archive(archives.read_archive(data, source=source), source=source, lazy=lazy)
 
 
-def model_from_archive(archive: archives.Archive, *, source: str = "archive"):
-    """Return the model an Archive (codec.archive.read_archive) holds. Raises FormatError."""
+def model_from_archive(archive: archives.Archive, *, source: str = "archive", lazy: bool = False):
+    """Return the model an Archive (codec.archive.read_archive) holds. Raises FormatError.
+
+    lazy: the tensors' values are made from their codebooks and indices only
+    while the model is written (models.defer_values; `.graph_def` then lacks
+    them), so the decoded values never all exist at once.
+    """
     try:
         model = model_class(archive.format_name).from_skeleton(archive.skeleton)
     except FormatError as error:
@@ -208,7 +238,11 @@ def model_from_archive(archive: archives.Archive, *, source: str = "archive"):
         if weight is None or weight.dtype != tensor.dtype or tuple(weight.shape) != tensor.shape:
             raise FormatError(f"{source}: tensor {tensor.name!r} does not match the model's weight")
     try:
-        model.replace_values({t.name: t.values() for t in archive.tensors})
+        if lazy:
+            for tensor in archive.tensors:
+                defer_values(model, tensor.name, tensor.shape, tensor.values)
+        else:
+            model.replace_values({t.name: t.values() for t in archive.tensors})
     except (KeyError, ValueError) as error:
         raise FormatError(f"{source}: archive tensors do not fit the model ({error})") from None
     return model
@@ -238,6 +272,7 @@ def pack_file(
     zip_sizes: bool = True,
     speed_tolerance: float = entropy.SPEED_TOLERANCE,
     on_batch=None,
+    on_progress=None,
 ) -> PackSummary:
     """Cluster a model file as `compress_file` does and write it as one archive.
 
@@ -245,7 +280,8 @@ def pack_file(
     (never the input). zip_sizes: also measure zip(original) and zip(.min).
     speed_tolerance: a faster-decoding index coder is picked when its stream is
     at most this fraction larger than the smallest (0: always the smallest).
-    Returns a PackSummary. Raises InputError, FormatError, OptionsError or
+    on_batch, on_progress: progress callbacks as compress_file's (phases
+    "reading", "encoding", "verifying", "zip sizes"). Returns a PackSummary. Raises InputError, FormatError, OptionsError or
     DeviceError; no output file exists after an error.
     """
     options = options or CompressOptions()
@@ -259,21 +295,32 @@ def pack_file(
     check_output_path(output_path, [input_path], overwrite=overwrite)
     device = devices.resolve_device(options.device)
     options = CompressOptions(**{**options.__dict__, "device": device})
+    progress = on_progress or (lambda finished, total, what: None)
+    progress(0, 0, f"reading {input_path.name}")
     model = read_model(input_path)
     parsed = time.perf_counter()
-    run = cluster_weights(model.weights(), options, on_batch=on_batch)
-    model.replace_values({t.name: t.values() for t in run.clustered()})
+    # New values are made per tensor while serializing (models.defer_values):
+    # the model never holds every clustered tensor at once, nor old and new contents.
+    run = cluster_weights(model.weights(), options, on_batch=on_batch,
+                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
+                          on_progress=progress)
     clustered = time.perf_counter()
+    count = len(run.tensors)
+    progress(count, count, "encoding")
     info = {"producer": "gpucompress", "n_clusters": options.n_clusters,
             "global_clusters": options.global_clusters, "init": options.init, "method": options.method}
     data, report = encode_model(model, run, info, speed_tolerance)
     encoded = time.perf_counter()
-    expected = model.to_bytes()
-    if decode_archive(data, source=str(output_path)).to_bytes() != expected:
+    progress(count, count, "verifying")
+    decoded = decode_archive(data, source=str(output_path), lazy=True)
+    if not same_bytes(model_pieces(decoded), model_pieces(model)):
         raise GpucompressError(f"{output_path}: the archive does not decode to the compressed model (a bug)")
+    del decoded
     write_atomic(output_path, data, overwrite=overwrite)
     verified = time.perf_counter()
-    min_bytes, min_zip = _content_sizes(model, expected, zip_sizes)
+    if zip_sizes:
+        progress(count, count, "zip sizes")
+    min_bytes, min_zip = _content_sizes(model, zip_sizes)
     sizes = {"original": path_bytes(input_path), "min": min_bytes, "archive": len(data),
              "bound": report["bound"], "rest": report["rest"]}
     if zip_sizes:
@@ -314,6 +361,6 @@ def unpack_file(
     check_unpack_output(output_path, archive.format_name)
     check_output_path(output_path, [archive_path], overwrite=overwrite,
                       directory=archive.format_name == "savedmodel")
-    model = model_from_archive(archive, source=str(archive_path))
+    model = model_from_archive(archive, source=str(archive_path), lazy=True)
     with overwriting(overwrite):
         return output_path, model.save(output_path)

@@ -9,14 +9,47 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("sklearn")
-pytest.importorskip("faiss")
-pytest.importorskip("flash1dkmeans")
-pytest.importorskip("kmeans1d")
+
+def _user_path(tmp_path, *extra):
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--parts", "user", "--runs", "1",
+               "--output-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (report,) = (tmp_path / "results").glob("*-quick-user.json")
+    return done, json.loads(report.read_text()), report
+
+
+def test_quick_user_path_times_fresh_processes_and_reads_their_peaks(tmp_path):
+    done, results, report = _user_path(tmp_path)
+    (user,) = results["user"].values()
+    assert user["gpucompress"].startswith(str(ROOT))
+    assert len(user["cli"]) == 1 and len(user["tiny"]) == 1 and len(user["import"]) == 1
+    assert len(user["in_process"]) == 3 and all(s > 0 for s in user["in_process"])
+    assert {(r["command"], r["graph"]) for r in user["rss"]} == {("compress", "quick"), ("pack", "quick")}
+    # VmHWM of a Python process holding NumPy is tens of MB at least
+    assert all(r["peak_bytes"] > 20e6 for r in user["rss"])
+    assert "venv" not in user
+    table = report.with_suffix(".md").read_text()
+    assert "each call a new process" in table and "peak RSS `pack`" in table and "floor" in table
+    assert table in done.stdout
+
+
+@pytest.mark.slow
+def test_user_path_installs_the_checkout_into_a_fresh_venv(tmp_path):
+    _, results, _ = _user_path(tmp_path, "--venv", "yes")
+    (user,) = results["user"].values()
+    assert "/site-packages/gpucompress/" in user["venv"]["imported_from"]
+    assert user["venv"]["first"] > 0 and len(user["venv"]["warm"]) >= 2
+
+
+def _needs_peers():
+    for name in ("sklearn", "faiss", "flash1dkmeans", "kmeans1d"):
+        pytest.importorskip(name)
 
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
+    _needs_peers()
     command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-fidelity",
                "--device", "cpu", "--output-dir", str(tmp_path / "results"),
                "--cache-dir", str(tmp_path / "cache")]
@@ -32,7 +65,7 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path):
     assert any(r["reference"] == "optimum" for r in results["peers"])
     assert results["baseline2016"]["extrapolated_seconds"] > 0
     assert {t["target"].split(":")[0] for t in results["targets"]} >= {"peak memory (RSS) under 3x the .pb size"}
-    assert report.with_suffix(".md").read_text().startswith("# gpucompress benchmark (quick)")
+    assert "# gpucompress benchmark (quick)" in report.with_suffix(".md").read_text()
     assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((tmp_path / "cache").glob("facenet-w*.pb"))
 

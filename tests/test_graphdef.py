@@ -7,6 +7,7 @@ import pytest
 
 from gpucompress import CompressOptions, FormatError, compress_file, compress_graphdef
 from gpucompress.models import GraphDefModel
+from gpucompress.models.graphdef import serialized_pieces
 from gpucompress.models.tensor_proto import to_numpy
 
 from .conftest import const_node, graphdef_of, run_graphdef
@@ -220,3 +221,53 @@ def test_clustering_in_batches_gives_the_same_bytes(init):
     one_batch = compress(graph_def, n_clusters=8, init=init, batch_values=1 << 20)
     many = compress(graph_def, n_clusters=8, init=init, batch_values=700)
     assert one_batch.SerializeToString(deterministic=True) == many.SerializeToString(deterministic=True)
+
+
+def _deferral_model():
+    """Tensors in both storage forms, a float16 one and a Const inside a library function."""
+    return graphdef_of(const_node("content", RNG.normal(size=(6, 5)).astype("f4")),
+                       const_node("listed", RNG.normal(size=(4,)).astype("f4"), as_values=True),
+                       const_node("half", RNG.normal(size=(3, 3)).astype("f2")),
+                       const_node("kept", RNG.normal(size=(2,)).astype("f4")),
+                       functions=[("body", [const_node("inner", RNG.normal(size=(5,)).astype("f4"))])])
+
+
+def test_deferred_values_give_the_bytes_of_replaced_values_in_every_serialization():
+    # Regression (issue 16, peak memory): compress and pack now defer the new
+    # values to the write; the bytes must stay those of replace_values.
+    graph_def = _deferral_model()
+    names = ["content", "listed", "half", "body::inner"]
+    new = {name: (RNG.normal(size=w.shape) * 3).astype(w.dtype)
+           for w in GraphDefModel(graph_def).weights() for name in [w.name] if name in names}
+    eager, lazy = GraphDefModel.from_proto(graph_def), GraphDefModel.from_proto(graph_def)
+    eager.replace_values(new)
+    for name, values in new.items():
+        lazy.defer_values(name, values.shape, lambda v=values: v)
+    assert lazy.to_bytes() == eager.to_bytes()
+    assert b"".join(serialized_pieces(lazy)) == eager.to_bytes()
+    assert lazy.to_skeleton(["content", "body::inner"]) == eager.to_skeleton(["content", "body::inner"])
+    loaded = {w.name: w.load() for w in lazy.weights()}
+    assert all(numpy.array_equal(loaded[name], new[name]) for name in names)
+    # the message itself is untouched: its old contents stay, nothing new is stored in it
+    assert GraphDefModel(lazy.graph_def).to_bytes() == GraphDefModel.from_proto(graph_def).to_bytes()
+
+
+def test_deferred_values_fill_a_skeleton_as_replace_values_does():
+    model = GraphDefModel.from_proto(_deferral_model())
+    skeleton = model.to_skeleton(["content", "listed", "body::inner"])
+    values = {w.name: w.load() for w in model.weights()}
+    lazy = GraphDefModel.from_skeleton(skeleton)
+    for name in ("content", "listed", "body::inner"):
+        lazy.defer_values(name, values[name].shape, lambda v=values[name]: v)
+    assert lazy.to_bytes() == model.to_bytes()
+
+
+def test_deferred_values_are_checked_against_the_weight():
+    model = GraphDefModel.from_proto(_deferral_model())
+    with pytest.raises(KeyError):
+        model.defer_values("missing", (2,), lambda: numpy.zeros(2, "f4"))
+    with pytest.raises(ValueError, match="should be"):
+        model.defer_values("kept", (3,), lambda: numpy.zeros(3, "f4"))
+    model.defer_values("kept", (2,), lambda: numpy.zeros(3, "f4"))  # lies about its shape
+    with pytest.raises(FormatError, match="shape"):
+        model.to_bytes()

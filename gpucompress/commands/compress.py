@@ -184,11 +184,12 @@ def run_compress(arguments) -> int:
         output = arguments.output or (frozen_output if arguments.to_graphdef else
                                       tflm_output if arguments.tflm else default_output)(arguments.model)
         check_output_path(arguments.report, [Path(arguments.model), Path(output)], overwrite=arguments.overwrite)
-    with progress_bar(progress_wanted(arguments.quiet), "clustering") as advance:
-        timer = BatchTimer(then=advance)
+    with progress_bar(progress_wanted(arguments.quiet), "compress") as progress:
+        timer = BatchTimer()
         summary = compress_file(arguments.model, arguments.output, options,
                                 overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer,
-                                to_graphdef=arguments.to_graphdef, tflm=arguments.tflm)
+                                to_graphdef=arguments.to_graphdef, tflm=arguments.tflm,
+                                on_progress=progress)
     log.info("%d engine batches", len(timer.batches))
     clustered = summary.run.clustered()
     weights = sum(t.size for t in clustered)

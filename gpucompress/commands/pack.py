@@ -44,11 +44,13 @@ def _row(label: str, size: int, reference: int) -> str:
 
 def run_pack(arguments) -> int:
     from ..packing import pack_file
+    from ..progress import progress_bar, progress_wanted
 
     options = options_from_arguments(arguments)
-    summary = pack_file(arguments.model, arguments.output, options,
-                        overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes,
-                        speed_tolerance=arguments.speed_tolerance)
+    with progress_bar(progress_wanted(arguments.quiet), "pack") as progress:
+        summary = pack_file(arguments.model, arguments.output, options,
+                            overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes,
+                            speed_tolerance=arguments.speed_tolerance, on_progress=progress)
     if arguments.quiet:
         return EXIT_OK
     sizes, seconds = summary.sizes, summary.seconds

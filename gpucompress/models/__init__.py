@@ -12,6 +12,11 @@ Each format module exposes a model class with the same verbs:
 and a module-level reader. `read_model` picks the format from the path.
 Adding a format touches this registry, never the engine.
 
+A format may also have `defer_values(name, shape, make)`: the values are made
+by `make()` only while the model is written, one tensor at a time (a GraphDef
+then never holds old and new tensor contents together). `defer_values` here
+falls back to `replace_values` for formats without it.
+
 Archives (gpucompress.codec) need two more verbs, and only these:
 
 - `to_skeleton(names) -> bytes`: the model serialized deterministically with
@@ -48,8 +53,8 @@ from ..errors import InputError
 from .graphdef import GraphDefModel, read_graphdef
 from .weights import Weight
 
-__all__ = ["FORMATS", "GraphDefModel", "Weight", "default_output", "model_class", "model_format",
-           "read_model", "write_model"]
+__all__ = ["FORMATS", "GraphDefModel", "Weight", "default_output", "defer_values", "model_class",
+           "model_format", "model_pieces", "read_model", "write_model"]
 
 # format_name -> "module:class" of the model class with from_skeleton (used by
 # archives); imported on demand so h5py and TensorFlow load only when needed.
@@ -147,6 +152,26 @@ def read_model(path: str | os.PathLike):
 
         return read_tflite(path)
     return read_graphdef(path)
+
+
+def defer_values(model, name: str, shape: tuple[int, ...], make) -> None:
+    """Give a model's weight new values made by make() when the model is written.
+
+    Formats with their own `defer_values` make them one tensor at a time while
+    serializing; the others get replace_values({name: make()}) now. Raises
+    KeyError for an unknown name, ValueError for a shape that is not the weight's.
+    """
+    own = getattr(model, "defer_values", None)
+    if own is not None:
+        own(name, shape, make)
+    else:
+        model.replace_values({name: make()})
+
+
+def model_pieces(model):
+    """Return an iterator over `model.to_bytes()` in pieces (one piece for formats that cannot stream)."""
+    pieces = getattr(model, "pieces", None)
+    return pieces() if pieces is not None else iter([model.to_bytes()])
 
 
 def write_model(model, path: str | os.PathLike) -> int:

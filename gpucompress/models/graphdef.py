@@ -11,6 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy
 from google.protobuf.message import DecodeError
@@ -46,7 +47,10 @@ class GraphDefModel:
     """A frozen GraphDef and its Const weights.
 
     The model owns its GraphDef message: `from_proto` copies the caller's, and
-    `replace_values` edits only this copy.
+    `replace_values` edits only this copy. `defer_values` leaves the message
+    alone: the new values are made node by node while the model is serialized,
+    so a clustered model never holds both the old and the new tensor_content
+    (the upb backend keeps a replaced field's old bytes until the message dies).
     """
 
     format_name = "graphdef"
@@ -58,6 +62,8 @@ class GraphDefModel:
         self._nodes = {}
         # Skeleton tensors waiting for their values: name -> ("content",) or ("values", count).
         self._missing: dict[str, tuple] = {}
+        # Weights whose values are made when serialized: name -> (make, skeleton form or None).
+        self._deferred: dict[str, tuple[Callable[[], numpy.ndarray], tuple | None]] = {}
         for node in graph_def.node:
             self._add_const(node.name, node)
         for function in graph_def.library.function:
@@ -111,7 +117,8 @@ class GraphDefModel:
                     shape=shape,
                     floating=floating,
                     max_distinct=max_distinct,
-                    load=(lambda t=tensor, n=name: self._load(n, t)),
+                    load=(lambda n=name, t=tensor: self._made(n) if n in self._deferred
+                          else self._load(n, t)),
                 )
             )
         return result
@@ -136,14 +143,39 @@ class GraphDefModel:
             shape = tensor_proto.tensor_shape(tensor)
             if tuple(array.shape) != shape:
                 raise ValueError(f"values[{name!r}].shape={array.shape} should be {shape}.")
-            form = self._missing.pop(name, None)
-            # A skeleton tensor gets back the storage form it had: store_numpy
-            # keeps the form (and the count of *_val entries) it finds.
-            if form is not None and form[0] == "content":
-                tensor.tensor_content = b"\0"
-            elif form is not None:
-                getattr(tensor, tensor_proto._value_field(tensor.dtype)).extend([0] * form[1])
-            tensor_proto.store_numpy(tensor, array)
+            deferred = self._deferred.pop(name, None)
+            form = self._missing.pop(name, None) or (deferred[1] if deferred else None)
+            _store(tensor, array, form)
+
+    def defer_values(self, name: str, shape: tuple[int, ...], make: Callable[[], numpy.ndarray]) -> None:
+        """Give a weight new values that are made only when the model is serialized.
+
+        make() returns an array of `shape` (cast to the weight's dtype); it is
+        called once per node each time the model is written (save, to_bytes,
+        to_skeleton) or the weight loaded, and its array dropped right after,
+        so memory holds one tensor's new values at a time. The bytes written
+        are those replace_values({name: make()}) gives. Raises KeyError for an
+        unknown name, ValueError when shape is not the weight's.
+        """
+        tensor = self._nodes[name].attr["value"].tensor
+        expected = tensor_proto.tensor_shape(tensor)
+        if tuple(shape) != expected:
+            raise ValueError(f"shape of {name!r}={tuple(shape)} should be {expected}.")
+        previous = self._deferred.get(name)
+        form = self._missing.pop(name, None) or (previous[1] if previous else None)
+        self._deferred[name] = (make, form)
+
+    def _made(self, name: str) -> numpy.ndarray:
+        """Return the deferred values of a weight, checked against its shape (FormatError if not)."""
+        tensor = self._nodes[name].attr["value"].tensor
+        array = numpy.asarray(self._deferred[name][0]())
+        shape = tensor_proto.tensor_shape(tensor)
+        if tuple(array.shape) != shape:
+            raise FormatError(f"values made for {name!r} have shape {array.shape}, the weight {shape}")
+        return array.astype(tensor_proto.float_numpy_dtype(tensor.dtype), copy=False)
+
+    def _store_deferred(self, name: str, tensor) -> None:
+        _store(tensor, self._made(name), self._deferred[name][1])
 
     def to_skeleton(self, names) -> bytes:
         """Return the model serialized deterministically without the values of the named weights.
@@ -151,24 +183,27 @@ class GraphDefModel:
         names: floating weights (as listed by weights()). The skeleton records
         each removed tensor's storage form (tensor_content, or the number of
         *_val entries), so that `from_skeleton` then `replace_values` with the
-        same values gives back `to_bytes()` exactly. Raises KeyError for an
-        unknown name, ValueError for a weight that is not floating.
+        same values gives back `to_bytes()` exactly. Deferred values of the
+        other weights are made node by node (no copy of the whole message).
+        Raises KeyError for an unknown name, ValueError for a weight that is
+        not floating.
         """
-        copy = GraphDefModel.from_proto(self.graph_def)
-        removed = []
+        removed, edits = [], {}
         for name in dict.fromkeys(names):
-            tensor = copy._nodes[name].attr["value"].tensor
+            tensor = self._nodes[name].attr["value"].tensor
             if tensor_proto.float_numpy_dtype(tensor.dtype) is None:
                 raise ValueError(f"weight {name!r} is not floating; only floating values can be removed.")
-            if tensor.tensor_content:
-                removed.append([name, "content", 0])
-                tensor.tensor_content = b""
-            else:
-                field = getattr(tensor, tensor_proto._value_field(tensor.dtype))
-                removed.append([name, "values", len(field)])
-                del field[:]
+            form = self._deferred[name][1] if name in self._deferred else None
+            if form is None:
+                form = (("content", 0) if tensor.tensor_content
+                        else ("values", len(getattr(tensor, tensor_proto._value_field(tensor.dtype)))))
+            removed.append([name, form[0], form[1]])
+            edits[name] = _clear
+        for name in self._deferred:
+            edits.setdefault(name, lambda tensor, n=name: self._store_deferred(n, tensor))
         header = json.dumps(removed, separators=(",", ":")).encode("utf-8")
-        return SKELETON_MAGIC + struct.pack("<I", len(header)) + header + copy.to_bytes()
+        body = b"".join(self._pieces(edits, check=False, require_values=False))
+        return SKELETON_MAGIC + struct.pack("<I", len(header)) + header + body
 
     @classmethod
     def from_skeleton(cls, data: bytes, *, source: str = "skeleton") -> "GraphDefModel":
@@ -222,10 +257,101 @@ class GraphDefModel:
 
         Raises FormatError for a skeleton whose removed weights have no values yet.
         """
+        if not self._deferred:
+            self._check_complete()
+            return self.graph_def.SerializeToString(deterministic=True)
+        return b"".join(self.pieces())
+
+    def pieces(self, *, check: bool = False) -> Iterator[bytes]:
+        """Yield `to_bytes()` in pieces (one per node, then the rest), deferred values made per node.
+
+        check: parse every piece back (FormatError as to_bytes, or when one
+        does not parse). Never holds the whole output in memory.
+        """
+        edits = {name: (lambda tensor, n=name: self._store_deferred(n, tensor)) for name in self._deferred}
+        return self._pieces(edits, check=check)
+
+    def _check_complete(self) -> None:
         if self._missing:
             raise FormatError(f"{len(self._missing)} skeleton tensors have no values "
                               f"(first: {next(iter(self._missing))!r})")
-        return self.graph_def.SerializeToString(deterministic=True)
+
+    def _pieces(self, edits: dict[str, Callable], *, check: bool, require_values: bool = True) -> Iterator[bytes]:
+        """Yield the deterministic serialization, each named weight's tensor edited in a copy of its node.
+
+        Protobuf writes a message's fields in field-number order (unknown fields
+        last), so the deterministic GraphDef is its nodes (field 1), each framed
+        as tag + length + NodeDef, then the other fields. A GraphDef with
+        unknown top-level fields comes in one piece (edited in a whole copy).
+        """
+        if require_values:
+            self._check_complete()
+        graph_pb2 = _graph_pb2()
+        graph_def = self.graph_def
+        if _has_unknown_fields(graph_def):
+            copy = graph_pb2.GraphDef()
+            copy.CopyFrom(graph_def)
+            nodes = GraphDefModel(copy)._nodes
+            for name, edit in edits.items():
+                edit(nodes[name].attr["value"].tensor)
+            data = copy.SerializeToString(deterministic=True)
+            del copy, nodes
+            if check:
+                graph_pb2.GraphDef().ParseFromString(data)
+            yield data
+            return
+        from tensorboard.compat.proto import node_def_pb2
+
+        for node in graph_def.node:
+            edit = edits.get(node.name)
+            if edit is not None:
+                copy = node_def_pb2.NodeDef()
+                copy.CopyFrom(node)
+                edit(copy.attr["value"].tensor)
+                data = copy.SerializeToString(deterministic=True)
+                del copy
+            else:
+                data = node.SerializeToString(deterministic=True)
+            if check:
+                # A fresh message each time: parsing again into one would grow its arena.
+                node_def_pb2.NodeDef().ParseFromString(data)
+            yield _NODE_TAG + _varint(len(data)) + data
+        rest = graph_pb2.GraphDef()
+        for field, value in graph_def.ListFields():
+            if field.name == "node":
+                continue
+            if field.message_type is not None:
+                getattr(rest, field.name).CopyFrom(value)
+            else:
+                setattr(rest, field.name, value)
+        if any(FUNCTION_SEPARATOR in name for name in edits):
+            for function in rest.library.function:
+                for node in function.node_def:
+                    edit = edits.get(f"{function.signature.name}{FUNCTION_SEPARATOR}{node.name}")
+                    if edit is not None and node.op == "Const" and "value" in node.attr:
+                        edit(node.attr["value"].tensor)
+        data = rest.SerializeToString(deterministic=True)
+        if check:
+            graph_pb2.GraphDef().ParseFromString(data)
+        yield data
+
+
+def _store(tensor, array: numpy.ndarray, form: tuple | None) -> None:
+    """Store array into a tensor; a skeleton tensor (form not None) first gets back its storage form."""
+    # store_numpy keeps the form (and the count of *_val entries) it finds.
+    if form is not None and form[0] == "content":
+        tensor.tensor_content = b"\0"
+    elif form is not None:
+        getattr(tensor, tensor_proto._value_field(tensor.dtype)).extend([0] * form[1])
+    tensor_proto.store_numpy(tensor, array)
+
+
+def _clear(tensor) -> None:
+    """Remove a floating tensor's values (a skeleton's emptied tensor)."""
+    if tensor.tensor_content:
+        tensor.tensor_content = b""
+    else:
+        del getattr(tensor, tensor_proto._value_field(tensor.dtype))[:]
 
 
 def read_graphdef(path: str | os.PathLike) -> GraphDefModel:
@@ -264,38 +390,12 @@ def _has_unknown_fields(message) -> bool:
 def serialized_pieces(model: GraphDefModel):
     """Yield `model.to_bytes()` in pieces, one node at a time, each piece checked to parse.
 
-    Protobuf writes a message's fields in field-number order (unknown fields
-    last), so the deterministic GraphDef is its nodes (field 1), each framed as
-    tag + length + NodeDef, then the other fields. Serializing piece by piece
-    never holds the whole output (nor a re-parsed copy) in memory. A GraphDef
+    Serializing piece by piece never holds the whole output (nor a re-parsed
+    copy) in memory; deferred values are made one node at a time. A GraphDef
     with unknown top-level fields comes in one piece. Raises FormatError as
     to_bytes, or when a piece does not parse back.
     """
-    graph_def = model.graph_def
-    if model._missing or _has_unknown_fields(graph_def):
-        data = model.to_bytes()
-        _graph_pb2().GraphDef().ParseFromString(data)
-        yield data
-        return
-    graph_pb2 = _graph_pb2()
-    from tensorboard.compat.proto import node_def_pb2
-
-    for node in graph_def.node:
-        data = node.SerializeToString(deterministic=True)
-        # A fresh message each time: parsing again into one would grow its arena.
-        node_def_pb2.NodeDef().ParseFromString(data)
-        yield _NODE_TAG + _varint(len(data)) + data
-    rest = graph_pb2.GraphDef()
-    for field, value in graph_def.ListFields():
-        if field.name == "node":
-            continue
-        if field.message_type is not None:
-            getattr(rest, field.name).CopyFrom(value)
-        else:
-            setattr(rest, field.name, value)
-    data = rest.SerializeToString(deterministic=True)
-    graph_pb2.GraphDef().ParseFromString(data)
-    yield data
+    return model.pieces(check=True)
 
 
 def write_graphdef(model: GraphDefModel, path: str | os.PathLike) -> int:
