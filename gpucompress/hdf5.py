@@ -18,6 +18,9 @@ import io
 from .errors import FormatError, InputError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# What h5py raises on a damaged file: its C layer's errors surface as these
+# (an out-of-range length as OverflowError, a bad type code as TypeError).
+CORRUPT_HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError)
 
 
 def h5py_module():
@@ -88,7 +91,7 @@ def _check_self_contained(handle, label: str) -> None:
                     _check_dataset(h5py, item, item_path, label)
     except FormatError:
         raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
+    except CORRUPT_HDF5_ERRORS as error:
         raise FormatError(f"{label}: corrupt HDF5 file ({error})") from None
 
 

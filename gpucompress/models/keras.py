@@ -30,7 +30,7 @@ import numpy
 from .. import limits
 from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
-from ..hdf5 import HDF5_SIGNATURE, h5py_module, open_hdf5
+from ..hdf5 import CORRUPT_HDF5_ERRORS, HDF5_SIGNATURE, h5py_module, open_hdf5
 from .tensor_proto import MAX_TENSOR_VALUES
 from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight, variable_names
 
@@ -90,7 +90,7 @@ class _HDF5Weights:
 
             try:
                 self._open().visititems(visit)
-            except (OSError, RuntimeError, KeyError, ValueError) as error:
+            except CORRUPT_HDF5_ERRORS as error:
                 raise FormatError(f"{self.label}: corrupt HDF5 file ({error})") from None
             self._shapes = dict(sorted(found.items()))
         return self._shapes
@@ -119,7 +119,7 @@ class _HDF5Weights:
     def _load(self, name: str) -> numpy.ndarray:
         try:
             return numpy.asarray(self._open()[name][()])
-        except (OSError, RuntimeError, ValueError) as error:
+        except CORRUPT_HDF5_ERRORS as error:
             raise FormatError(f"{self.label}: cannot read dataset {name} ({error})") from None
 
     def check_values(self, values: dict[str, numpy.ndarray]) -> None:
