@@ -15,7 +15,8 @@ import time
 from typing import Iterator
 
 DEFAULT_DELAY = 0.5
-# Seconds before the bar shows; GPUCOMPRESS_PROGRESS_DELAY overrides it (0: at once, as the tests use).
+# Seconds before the bar shows; GPUCOMPRESS_PROGRESS_DELAY overrides it (0: at once and at every
+# update, as the tests use).
 DELAY_VARIABLE = "GPUCOMPRESS_PROGRESS_DELAY"
 REDRAW_SECONDS = 0.25
 NAME_CHARS = 40
@@ -83,8 +84,11 @@ def progress_bar(enabled: bool, description: str, unit: str = "tensors",
 
     delay = _delay()
     stop = threading.Event()
+    # A delay of 0 asks for the bar at once: then every update draws too (tqdm
+    # otherwise skips updates within 0.1 s of the last draw, which is all of a
+    # small model's run now that the kernels are compiled ahead of time).
     with tqdm(total=total, desc=description, unit=f" {unit}", file=sys.stderr, leave=False,
-              delay=delay, dynamic_ncols=True, mininterval=0.1) as bar:
+              delay=delay, dynamic_ncols=True, mininterval=0.1 if delay else 0) as bar:
         redraw = threading.Thread(target=_redraw, args=(bar, stop, delay), daemon=True)
         redraw.start()
         try:
