@@ -7,9 +7,7 @@ ever changes.
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,6 +18,7 @@ from .. import limits
 from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
 from . import tensor_proto
+from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
 
 # Protocol buffers cannot exceed 2 GiB.
@@ -34,7 +33,6 @@ FUNCTION_SEPARATOR = "::"
 # A skeleton: magic, u32 length of a JSON list of the removed tensors and their
 # storage forms, that JSON, then the GraphDef with those tensors' values cleared.
 SKELETON_MAGIC = b"GDSK"
-MAX_SKELETON_HEADER_BYTES = 1 << 26
 
 
 def _graph_pb2():
@@ -201,9 +199,8 @@ class GraphDefModel:
             edits[name] = _clear
         for name in self._deferred:
             edits.setdefault(name, lambda tensor, n=name: self._store_deferred(n, tensor))
-        header = json.dumps(removed, separators=(",", ":")).encode("utf-8")
         body = b"".join(self._pieces(edits, check=False, require_values=False))
-        return SKELETON_MAGIC + struct.pack("<I", len(header)) + header + body
+        return frame_skeleton(SKELETON_MAGIC, removed, body)
 
     @classmethod
     def from_skeleton(cls, data: bytes, *, source: str = "skeleton") -> "GraphDefModel":
@@ -212,18 +209,8 @@ class GraphDefModel:
 
         Raises FormatError when the bytes are not a valid skeleton.
         """
-        if len(data) < 8 or data[:4] != SKELETON_MAGIC:
-            raise FormatError(f"{source}: not a GraphDef skeleton")
-        (length,) = struct.unpack_from("<I", data, 4)
-        if length > min(len(data) - 8, MAX_SKELETON_HEADER_BYTES):
-            raise FormatError(f"{source}: skeleton header of {length} bytes exceeds the data")
-        try:
-            removed = json.loads(data[8 : 8 + length].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as error:
-            raise FormatError(f"{source}: skeleton header is not JSON ({error})") from None
-        model = cls.from_bytes(data[8 + length :], source=source)
-        if not isinstance(removed, list):
-            raise FormatError(f"{source}: skeleton header should be a list")
+        removed, body = split_skeleton(data, SKELETON_MAGIC, "GraphDef", source)
+        model = cls.from_bytes(body, source=source)
         for entry in removed:
             model._check_removed(entry, source)
         return model

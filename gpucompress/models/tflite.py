@@ -24,9 +24,7 @@ scale squared (not weighted yet).
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import numpy
 from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
 from .flatbuffer import Reader
+from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
 
 # Flatbuffers address with uint32 offsets; a buffer stored after the flatbuffer
@@ -46,7 +45,6 @@ SCHEMA_VERSION = 3
 # A skeleton: magic, u32 length of a JSON list of the removed weights, that
 # JSON, then the file with those weights' buffers zeroed.
 SKELETON_MAGIC = b"TFSK"
-MAX_SKELETON_HEADER_BYTES = 1 << 26
 
 
 def schema():
@@ -338,24 +336,15 @@ class TFLiteModel:
                 raise ValueError(f"weight {name!r} is not floating or integer; it cannot be removed.")
             start, length = self.structure.buffers[entry.buffer]
             copy[start : start + length] = bytes(length)
-        header = json.dumps(names, separators=(",", ":")).encode("utf-8")
-        return SKELETON_MAGIC + struct.pack("<I", len(header)) + header + bytes(copy)
+        return frame_skeleton(SKELETON_MAGIC, names, bytes(copy))
 
     @classmethod
     def from_skeleton(cls, data: bytes, *, source: str = "skeleton") -> "TFLiteModel":
         """Rebuild a model from `to_skeleton` bytes; its removed weights need replace_values
         before to_bytes or save. Raises FormatError when the bytes are not a valid skeleton."""
-        if len(data) < 8 or data[:4] != SKELETON_MAGIC:
-            raise FormatError(f"{source}: not a TFLite skeleton")
-        (length,) = struct.unpack_from("<I", data, 4)
-        if length > min(len(data) - 8, MAX_SKELETON_HEADER_BYTES):
-            raise FormatError(f"{source}: skeleton header of {length} bytes exceeds the data")
-        try:
-            names = json.loads(data[8 : 8 + length].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as error:
-            raise FormatError(f"{source}: skeleton header is not JSON ({error})") from None
-        model = cls(data[8 + length :], source=source)
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        names, body = split_skeleton(data, SKELETON_MAGIC, "TFLite", source)
+        model = cls(body, source=source)
+        if not all(isinstance(n, str) for n in names):
             raise FormatError(f"{source}: skeleton header should be a list of names")
         for name in names:
             entry = model._entries.get(name)
