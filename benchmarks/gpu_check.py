@@ -9,7 +9,7 @@ the one imported). For every k in (16, 256), per-tensor and global codebooks, an
 gpucompress.engine.METHODS, it runs `python -m gpucompress compress` in a fresh process on the
 device under test and on the CPU, compares the two output files byte for byte, times each run end to
 end (wall clock around the process; the first pass, whose files are compared, is the warm-up that
-fills Numba's and CuPy's kernel caches; then best of --repeats more) and reads its phase times from
+fills CuPy's kernel cache; then best of --repeats more) and reads its phase times from
 the --report JSON. Then, in one process per device, it times the cluster phase alone
 (cluster_weights, best of --repeats after a warm-up). --budget bounds the step: the timed repeats
 and the clustering-alone runs are cut to fit it (the report says which), the first pass never. Writes DATE-NAME.json and DATE-NAME.md (NAME: the GPU's short name, e.g. h200, or
@@ -35,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 KS = (16, 256)
 # A CLI run that takes longer than this is recorded as timed out, and the check goes on.
 RUN_TIMEOUT = 90.0
-# The first pass may compile (Numba compiles each twin on its first use in a fresh install, which
-# took up to 90 s on a loaded 2-core machine): its runs get longer.
+# The first pass may compile (CuPy compiles its kernels on first use per device and caches them):
+# its runs get longer.
 FIRST_PASS_TIMEOUT = 240.0
 
 
@@ -197,7 +197,7 @@ def end_to_end(model: Path, work: Path, sides: list[dict], configs, repeats: int
     """Run every configuration on both sides; return (rows, first pass).
 
     First pass: each configuration once per side, in order; its files are the ones compared, and
-    it is the warm-up (the first process per device compiles with Numba or fills CuPy's kernel
+    it is the warm-up (the first process per device fills CuPy's kernel
     cache). Then the timed passes: `repeats` more runs of each, while time.monotonic() < deadline
     (a configuration left out keeps its first-pass time, marked cold).
     """

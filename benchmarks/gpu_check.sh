@@ -106,7 +106,7 @@ cd "$work" || exit 1
 export PYTHONPATH=$work/pkg:$site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONDONTWRITEBYTECODE=1 TF_CPP_MIN_LOG_LEVEL=2
 # Kernel caches in the scratch folder: the first run of each device fills them (the warm-up).
-export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$work/numba-cache} CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$work/cupy-cache}
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$work/cupy-cache}
 step "the installed package is the one imported" "$python" -c "
 import sys, gpucompress, gpucompress.kernels as kernels
 from gpucompress.device import gpu_available

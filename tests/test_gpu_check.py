@@ -3,7 +3,7 @@
 The dry run installs gpucompress from a copy of this tree into a scratch folder, runs the gpu
 tests against that install (they skip here), and compares the CLI's output files between two
 fresh processes per configuration. GPUCOMPRESS_COMPILED=0 keeps it short: both sides run the array
-code (the code CuPy runs), so no Numba compilation happens in the fresh install.
+code (the code CuPy runs) on NumPy against itself, the dry run's cheapest form.
 """
 from __future__ import annotations
 
