@@ -286,3 +286,17 @@ def write_facenet(path, width: int = 1, seed: int = 0) -> int:
     with open(path, "wb") as stream:
         stream.write(graph_def.SerializeToString(deterministic=True))
     return count
+
+
+def cached_graph(cache, width: float = 1):
+    """Return the path of the FaceNet-shaped graph of `width` under the folder `cache`, writing it
+    (atomically: a temporary name, then rename) when it is missing. Returns a pathlib.Path."""
+    from pathlib import Path
+
+    path = Path(cache) / f"facenet-w{width}.pb"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        write_facenet(temporary, width=width)
+        temporary.replace(path)
+    return path

@@ -53,13 +53,7 @@ RSS_WIDTHS = {"full": {"100 MB": 0.957, "400 MB": 0.478}, "quick": {"quick": 16}
 
 def model_path(cache: Path, width: int) -> Path:
     """Return the cached FaceNet-shaped graph of `width`, building it (atomically) when missing."""
-    path = cache / f"facenet-w{width}.pb"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        facenet.write_facenet(temporary, width=width)
-        temporary.replace(path)
-    return path
+    return facenet.cached_graph(cache, width)
 
 
 def selected_arrays(path: Path, k: int) -> dict[str, numpy.ndarray]:

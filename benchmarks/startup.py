@@ -81,13 +81,7 @@ def write_tiny_graph(path: Path) -> None:
 
 def facenet_graph(cache: Path, width: int = 1) -> Path:
     """Return the cached FaceNet-shaped graph of `width` (the file benchmarks/run.py caches), building it if missing."""
-    path = cache / f"facenet-w{width}.pb"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        facenet.write_facenet(temporary, width=width)
-        temporary.replace(path)
-    return path
+    return facenet.cached_graph(cache, width)
 
 
 def floor_seconds(path: Path, workdir: Path, runs: int = 3) -> float:
