@@ -60,6 +60,18 @@ def check_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
     return path
 
 
+def read_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> tuple[Path, bytes]:
+    """Return (path as a Path, the file's bytes) after check_input_file's checks (max_bytes too).
+
+    Raises InputError with one line naming the problem, a failed read included.
+    """
+    path = check_input_file(path, max_bytes=max_bytes)
+    try:
+        return path, path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+
+
 def check_output_path(output: str | os.PathLike, inputs: list[Path], *, overwrite: bool,
                       directory: bool = False) -> Path:
     """Return `output` as a Path after checking it may be written.

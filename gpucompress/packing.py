@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy
 
 from . import device as devices
-from .api import path_bytes, path_zip_size, pieces_zip_size, zip_size
+from .api import path_bytes, path_zip_size, pieces_zip_size
 from .clustering import ClusteringRun, TensorOutcome, cluster_weights
 from .codec import archive as archives
 from .codec import entropy
 from .errors import FormatError, GpucompressError, InputError, OptionsError
-from .files import check_input_file, check_output_path, overwriting, write_atomic
+from .files import check_output_path, overwriting, read_input_file, write_atomic
 from .models import HDF5_SUFFIXES, default_output, defer_values, model_class, model_pieces, read_model
 from .options import CompressOptions
 from .select import CLUSTER
@@ -255,11 +255,7 @@ def read_archive(source: str | os.PathLike | bytes | bytearray | memoryview):
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_archive(bytes(source))
-    path = check_input_file(source, max_bytes=MAX_ARCHIVE_BYTES)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    path, data = read_input_file(source, max_bytes=MAX_ARCHIVE_BYTES)
     return decode_archive(data, source=str(path))
 
 
@@ -346,11 +342,7 @@ def unpack_file(
     Returns (output path, bytes written). Raises InputError or FormatError; no
     output file exists after an error.
     """
-    archive_path = check_input_file(archive_path, max_bytes=MAX_ARCHIVE_BYTES)
-    try:
-        data = archive_path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{archive_path}: cannot read ({error.strerror})") from None
+    archive_path, data = read_input_file(archive_path, max_bytes=MAX_ARCHIVE_BYTES)
     archive = archives.read_archive(data, source=str(archive_path))
     try:
         model_class(archive.format_name)

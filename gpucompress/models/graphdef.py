@@ -15,8 +15,8 @@ import numpy
 from google.protobuf.message import DecodeError
 
 from .. import limits
-from ..errors import FormatError, InputError
-from ..files import check_input_file, write_atomic
+from ..errors import FormatError
+from ..files import read_input_file, write_atomic
 from . import tensor_proto
 from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
@@ -343,11 +343,7 @@ def _clear(tensor) -> None:
 
 def read_graphdef(path: str | os.PathLike) -> GraphDefModel:
     """Read a frozen GraphDef file. Raises InputError (path) or FormatError (contents)."""
-    path = check_input_file(path, max_bytes=MAX_GRAPHDEF_BYTES)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    path, data = read_input_file(path, max_bytes=MAX_GRAPHDEF_BYTES)
     if not data:
         raise FormatError(f"{path}: empty file, not a TensorFlow GraphDef")
     return GraphDefModel.from_bytes(data, source=str(path))

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy
 
 from .. import limits
-from ..errors import FormatError, InputError
-from ..files import check_input_file, write_atomic
+from ..errors import FormatError
+from ..files import read_input_file, write_atomic
 from ..hdf5 import CORRUPT_HDF5_ERRORS, HDF5_SIGNATURE, h5py_module, open_hdf5
 from .tensor_proto import MAX_TENSOR_VALUES
 from .weights import ROLE_OPTIMIZER, ROLE_VARIABLE, Weight, variable_names
@@ -313,11 +313,7 @@ def _read_zip(data: bytes, source: str) -> dict[str, tuple[int, bytes]]:
 
 
 def _read_bytes(path: str | os.PathLike) -> tuple[Path, bytes]:
-    path = check_input_file(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    path, data = read_input_file(path)
     if not data:
         raise FormatError(f"{path}: empty file")
     return path, data

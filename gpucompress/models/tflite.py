@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy
 
 from ..errors import FormatError, InputError
-from ..files import check_input_file, write_atomic
+from ..files import read_input_file, write_atomic
 from .flatbuffer import Reader
 from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
@@ -375,11 +375,7 @@ class TFLiteModel:
 
 def read_tflite(path: str | os.PathLike) -> TFLiteModel:
     """Read a .tflite file. Raises InputError (path) or FormatError (contents)."""
-    path = check_input_file(path, max_bytes=MAX_TFLITE_BYTES)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    path, data = read_input_file(path, max_bytes=MAX_TFLITE_BYTES)
     return TFLiteModel(data, source=str(path))
 
 
