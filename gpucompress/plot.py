@@ -6,7 +6,6 @@ drawn by the Agg canvas): no pyplot state, no display needed.
 from __future__ import annotations
 
 import io
-import math
 import os
 
 import numpy

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import untrusted_files as craft  # noqa: E402
 
 from gpucompress import files, limits  # noqa: E402
-from gpucompress.errors import GpucompressError, InputError, OutputError  # noqa: E402
+from gpucompress.errors import GpucompressError, OutputError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Address-space cap of every CLI run (the fixed code needs well under 1 GiB; the unfixed one

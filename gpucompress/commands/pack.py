@@ -63,7 +63,7 @@ def run_pack(arguments) -> int:
     print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}, cluster {seconds['cluster']:.2f}, "
           f"encode {seconds['encode']:.2f}, verify+write {seconds['verify']:.2f}, zip {seconds['zip']:.2f})")
     original = sizes["original"]
-    print(f"sizes (x = smaller than the original):")
+    print("sizes (x = smaller than the original):")
     print(_row("original", original, original))
     if "original_zip" in sizes:
         print(_row("zip of original", sizes["original_zip"], original))

@@ -15,6 +15,7 @@ import contextlib
 import io
 import math
 import warnings
+from pathlib import Path
 
 import numpy
 
@@ -118,10 +119,8 @@ def tflm_bytes(model, names, n_clusters: int) -> tuple[bytes, dict[str, str]]:
     return bytes(data), skipped
 
 
-def tflm_output(path) -> "Path":
+def tflm_output(path) -> Path:
     """Return the default --tflm output path: `model.tflite` -> `model.tflm.tflite`."""
-    from pathlib import Path
-
     path = Path(path)
     stem = path.name[: -len(".tflite")] if path.name.lower().endswith(".tflite") else path.name
     return path.with_name(f"{stem}.tflm.tflite")
