@@ -61,18 +61,22 @@ def _lloyd_method(batch, centroids, max_iter):
 METHODS: dict[str, Callable] = {"lloyd": _lloyd_method, "optimal": optimal}
 
 
-def plan_batches(sizes: Sequence[int], batch_values: int) -> list[range]:
+def plan_batches(sizes: Sequence[int], batch_values: int, counts: Sequence[int] | None = None) -> list[range]:
     """Split array indices, in order, into consecutive batches of at most batch_values values.
 
-    An array larger than batch_values forms a batch of its own. Returns ranges of indices.
+    counts: segments per array (default 1 each); a batch holds at most
+    fixedpoint.MAX_SEGMENTS segments. An array larger than batch_values (or
+    with that many segments) forms a batch of its own. Returns ranges of indices.
     """
-    batches, start, total = [], 0, 0
+    batches, start, total, segments = [], 0, 0, 0
     limit = fixedpoint.MAX_SEGMENTS
-    for index, size in enumerate(sizes):
-        if index > start and (total + size > batch_values or index - start >= limit):
+    counts = counts if counts is not None else [1] * len(sizes)
+    for index, (size, count) in enumerate(zip(sizes, counts)):
+        if index > start and (total + size > batch_values or segments + count > limit):
             batches.append(range(start, index))
-            start, total = index, 0
+            start, total, segments = index, 0, 0
         total += size
+        segments += count
     if start < len(sizes):
         batches.append(range(start, len(sizes)))
     return batches
@@ -132,8 +136,11 @@ def _concatenated(values: list[numpy.ndarray], ids: list[int]) -> numpy.ndarray:
     return out
 
 
-def _cpu_batch(values: list[numpy.ndarray], ids: list[int], sizes: numpy.ndarray):
+def _cpu_batch(values: list[numpy.ndarray], ids: list[int], sizes: numpy.ndarray, owners: numpy.ndarray):
     """Return the SegmentBatch of arrays ids on the CPU, each scale taken from its sorted segment's ends.
+
+    sizes: int64 (S,) the segments' sizes (the arrays' own, or their channels');
+    owners: int64 (S,) the array index of each segment (for the error message).
 
     Sorting first gives max |x| for free and lets the values sort in their own
     precision (float32 sorts ~2x faster than int64 keys). Raises OptionsError
@@ -146,9 +153,20 @@ def _cpu_batch(values: list[numpy.ndarray], ids: list[int], sizes: numpy.ndarray
     low, high = segment_extremes(sorted_values, offsets)
     finite = numpy.isfinite(low) & numpy.isfinite(high)
     if not finite.all():
-        raise OptionsError(_nonfinite_message(ids[int(numpy.argmin(finite))]))
+        raise OptionsError(_nonfinite_message(int(owners[int(numpy.argmin(finite))])))
     exponents = fixedpoint.segment_exponents(numpy.maximum(high, -low), sizes)
     return batch_from_sorted(flat, sorted_values, offsets, exponents)
+
+
+def _check_arguments(n_clusters, init, method, max_iter) -> None:
+    if not isinstance(n_clusters, int) or n_clusters < 2:
+        raise OptionsError(f"n_clusters={n_clusters!r} should be an integer >= 2.")
+    if init not in INITIALIZERS:
+        raise OptionsError(f"init={init!r} should be one of {sorted(INITIALIZERS)}.")
+    if method not in METHODS:
+        raise OptionsError(f"method={method!r} should be one of {sorted(METHODS)}.")
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise OptionsError(f"max_iter={max_iter!r} should be an integer >= 0.")
 
 
 def cluster_arrays(
@@ -181,14 +199,80 @@ def cluster_arrays(
     for NaN or Inf may come after on_batch has reported earlier batches (the
     CPU path finds them while sorting), never after a result is returned.
     """
-    if not isinstance(n_clusters, int) or n_clusters < 2:
-        raise OptionsError(f"n_clusters={n_clusters!r} should be an integer >= 2.")
-    if init not in INITIALIZERS:
-        raise OptionsError(f"init={init!r} should be one of {sorted(INITIALIZERS)}.")
-    if method not in METHODS:
-        raise OptionsError(f"method={method!r} should be one of {sorted(METHODS)}.")
-    if not isinstance(max_iter, int) or max_iter < 0:
-        raise OptionsError(f"max_iter={max_iter!r} should be an integer >= 0.")
+    _check_arguments(n_clusters, init, method, max_iter)
+    results = _cluster(arrays, None, n_clusters, init, method, max_iter, device, seed, batch_values,
+                       on_batch, first_id)
+    return [ClusterResult(r.codebooks[0], r.labels, int(r.iterations[0]), r.converged) for r in results]
+
+
+@dataclass(frozen=True)
+class SegmentedResult:
+    """The clustering of one array cut into segments, each with its own codebook.
+
+    codebooks: float64 (S, k), row s the sorted centroids of segment s.
+    labels: (n,) unsigned ints in input order, each an index into its segment's row.
+    iterations: int64 (S,) Lloyd steps per segment. converged: every segment stopped before max_iter.
+    """
+
+    codebooks: numpy.ndarray
+    labels: numpy.ndarray
+    iterations: numpy.ndarray
+    converged: bool
+
+
+def cluster_segments(
+    arrays: Sequence[numpy.ndarray],
+    segment_sizes: Sequence[numpy.ndarray],
+    n_clusters: int = 256,
+    *,
+    init: str = "linear",
+    method: str = "optimal",
+    max_iter: int = 300,
+    device: str = "auto",
+    seed: int = 0,
+    batch_values: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    first_id: int = 0,
+) -> list[SegmentedResult]:
+    """Cluster consecutive segments of each array, one codebook per segment (per-channel, grouped).
+
+    arrays: as cluster_arrays (flattened); segment_sizes[i]: int64 sizes (>= 1
+    each) summing to arrays[i].size, the segments one after another. Every
+    segment is a segment of the same batched engine (no loop per segment): its
+    result is that of cluster_arrays on the segment alone, except the random
+    initializer's stream, which is (seed, first_id + i, s) for segment s of
+    array i. An array's segments always share a batch. Other arguments and
+    errors as cluster_arrays; also OptionsError for sizes that do not fit.
+    Returns one SegmentedResult per array, in order.
+    """
+    _check_arguments(n_clusters, init, method, max_iter)
+    if len(segment_sizes) != len(arrays):
+        raise OptionsError(f"segment_sizes has {len(segment_sizes)} entries, arrays {len(arrays)}.")
+    checked = []
+    for index, (array, sizes) in enumerate(zip(arrays, segment_sizes)):
+        sizes = numpy.asarray(sizes, dtype=numpy.int64).reshape(-1)
+        if sizes.size == 0 or sizes.min() < 1 or int(sizes.sum()) != numpy.asarray(array).size:
+            raise OptionsError(f"segment_sizes[{index}] should be sizes >= 1 summing to arrays[{index}].size.")
+        if sizes.size > fixedpoint.MAX_SEGMENTS:
+            raise OptionsError(f"arrays[{index}] has {sizes.size} segments, at most {fixedpoint.MAX_SEGMENTS}.")
+        checked.append(sizes)
+    return _cluster(arrays, checked, n_clusters, init, method, max_iter, device, seed, batch_values,
+                    on_batch, first_id)
+
+
+def _segment_draws(seed: int, ids: list[int], counts: numpy.ndarray, segmented: bool, k: int) -> numpy.ndarray:
+    """Return k-means++ draws (S, k) of a batch: stream (seed, id) for a whole array, (seed, id, s) for
+    its segment s (one host generator per segment, as kmeans_plus_plus_draws; kmeans++ only)."""
+    if not segmented:
+        return kmeans_plus_plus_draws(seed, ids, k)
+    rows = [numpy.random.default_rng([seed, int(i), s]).random(k) for i, count in zip(ids, counts.tolist())
+            for s in range(count)]
+    return numpy.stack(rows) if rows else numpy.zeros((0, k))
+
+
+def _cluster(arrays, segment_sizes, n_clusters, init, method, max_iter, device, seed, batch_values,
+             on_batch, first_id) -> list[SegmentedResult]:
+    """The batch loop of cluster_arrays (segment_sizes None: one segment per array) and cluster_segments."""
     resolved = devices.resolve_device(device)
     xp = devices.array_module(resolved)
     batch_values = batch_values or DEFAULT_BATCH_VALUES[resolved]
@@ -197,46 +281,55 @@ def cluster_arrays(
     on_cpu = xp is numpy and compiled.available()
     values = _check_arrays(arrays, check_finite=not on_cpu)
     sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
+    if segment_sizes is None:
+        segment_sizes = [sizes[i : i + 1] for i in range(len(values))]
+    counts = numpy.array([s.size for s in segment_sizes], dtype=numpy.int64)
+    all_sizes = numpy.concatenate(segment_sizes) if len(segment_sizes) else numpy.zeros(0, numpy.int64)
+    first_segment = numpy.concatenate([[0], numpy.cumsum(counts)]).astype(numpy.int64)
     if not on_cpu:
-        max_abs = numpy.array([max(float(v.max()), -float(v.min())) for v in values], dtype=numpy.float64)
-        exponents = fixedpoint.segment_exponents(max_abs, sizes)
-    results: list[ClusterResult] = []
+        exponents = fixedpoint.segment_exponents(_segment_max_abs(values, segment_sizes), all_sizes)
+    results: list[SegmentedResult] = []
     dtype = label_dtype(n_clusters)
-    for batch_range in plan_batches(sizes.tolist(), batch_values):
+    segmented = bool((counts > 1).any())
+    for batch_range in plan_batches(sizes.tolist(), batch_values, counts.tolist()):
         started = time.perf_counter()
         ids = list(batch_range)
+        segments = slice(int(first_segment[ids[0]]), int(first_segment[ids[-1] + 1]))
+        owners = numpy.repeat(numpy.array(ids, dtype=numpy.int64), counts[ids])
         if on_cpu:
-            batch = _cpu_batch(values, ids, sizes[ids])
+            batch = _cpu_batch(values, ids, all_sizes[segments], owners)
         else:
             # Sent in float32 where that is exact (half the bytes over PCIe);
             # build_batch widens on the device, exactly.
             batch = build_batch(
                 xp.asarray(_concatenated(values, ids)),
-                xp.asarray(sizes[ids]),
-                xp.asarray(exponents[ids]),
+                xp.asarray(all_sizes[segments]),
+                xp.asarray(exponents[segments]),
             )
         draws = None
         if init == "kmeans++":
-            draws = kmeans_plus_plus_draws(seed, [first_id + i for i in ids], n_clusters)
+            draws = _segment_draws(seed, [first_id + i for i in ids], counts[ids], segmented, n_clusters)
         initial = INITIALIZERS[init](batch, n_clusters, draws)
         centroids, iterations = METHODS[method](batch, initial, max_iter)
         labels = devices.to_numpy(assign_labels(batch, centroids, dtype))
         codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
         iterations = devices.to_numpy(iterations)
         offsets = numpy.concatenate([[0], numpy.cumsum(sizes[ids])])
+        rows = numpy.concatenate([[0], numpy.cumsum(counts[ids])])
         for row in range(len(ids)):
+            steps = iterations[rows[row] : rows[row + 1]].astype(numpy.int64)
             results.append(
-                ClusterResult(
-                    codebook=codebooks[row].copy(),
+                SegmentedResult(
+                    codebooks=codebooks[rows[row] : rows[row + 1]].copy(),
                     # A view: the batch's labels are new memory that only the results share.
                     labels=labels[offsets[row] : offsets[row + 1]],
-                    iterations=int(iterations[row]),
-                    converged=bool(iterations[row] < max_iter),
+                    iterations=steps,
+                    converged=bool((steps < max_iter).all()),
                 )
             )
         log.debug(
-            "batch of %d arrays, %d values on %s: %.3f s",
-            len(ids), int(offsets[-1]), resolved, time.perf_counter() - started,
+            "batch of %d arrays, %d segments, %d values on %s: %.3f s",
+            len(ids), int(rows[-1]), int(offsets[-1]), resolved, time.perf_counter() - started,
         )
         # Release this batch's device arrays before the next one is built:
         # otherwise two batches' working memory (~50 bytes a value) coexist.
@@ -244,3 +337,16 @@ def cluster_arrays(
         if on_batch is not None:
             on_batch(len(ids))
     return results
+
+
+def _segment_max_abs(values: list[numpy.ndarray], segment_sizes: list[numpy.ndarray]) -> numpy.ndarray:
+    """Return float64 max |x| of every segment of every array, in order (array code per array)."""
+    parts = []
+    for v, sizes in zip(values, segment_sizes):
+        if sizes.size == 1:
+            parts.append(numpy.array([max(float(v.max()), -float(v.min()))], dtype=numpy.float64))
+            continue
+        starts = numpy.concatenate([[0], numpy.cumsum(sizes)[:-1]])
+        parts.append(numpy.maximum(numpy.maximum.reduceat(v, starts).astype(numpy.float64),
+                                   -numpy.minimum.reduceat(v, starts).astype(numpy.float64)))
+    return numpy.concatenate(parts) if parts else numpy.zeros(0, numpy.float64)
