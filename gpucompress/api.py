@@ -177,6 +177,9 @@ def compress_file(
         if kind != "tflite":
             raise OptionsError(f"tflm=True (--tflm) needs a .tflite model; {input_path} is a {kind} model.")
         check_tflm_clusters(options.n_clusters)
+        if options.granularity != "per-tensor":
+            raise OptionsError(f"tflm=True (--tflm) writes one lookup table per tensor; granularity="
+                               f"{options.granularity!r} makes one codebook per channel or group.")
         output_path = tflm_output(input_path) if output_path is None else output_path
     if output_path is None:
         from .models.freeze import frozen_output

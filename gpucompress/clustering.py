@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy
 
+from . import channels
 from . import device as devices
 from . import engine
 from .kernels import compiled
@@ -34,6 +35,13 @@ class TensorOutcome:
     codebook_id: which codebook (0..) this tensor uses; tensors of a global
     run share codebook 0. sum_squares: sum of the squared finite original
     values, in float64 (the signal energy that relative error and SNR divide by).
+    Per-channel and grouped codebooks: codebook is (rows, k), row r serving
+    channels [r * group_size, (r + 1) * group_size) along channel_axis
+    (channels.Layout); channel_axis None: one codebook (k,). axis_source says
+    where the axis came from ("layer kind", "name", "last axis (layer kind
+    unknown)", "option"). kept_zeros: exact zeros kept exactly (0.0 is in every
+    codebook row, the other values had k - 1 centroids); zero_share: the
+    share of exact zeros among the values.
     """
 
     name: str
@@ -50,6 +58,11 @@ class TensorOutcome:
     sse: float = 0.0
     codebook_id: int | None = None
     sum_squares: float = 0.0
+    channel_axis: int | None = None
+    group_size: int | None = None
+    axis_source: str | None = None
+    kept_zeros: bool = False
+    zero_share: float = 0.0
 
     @property
     def size(self) -> int:
@@ -58,10 +71,19 @@ class TensorOutcome:
 
     def values(self) -> numpy.ndarray:
         """Return the clustered tensor (its shape and dtype): codebook[labels], non-finite values kept."""
-        flat = self.codebook[self.labels]
+        if self.channel_axis is None:
+            flat = self.codebook[self.labels]
+        else:
+            flat = self.layout().expand(self.codebook, self.labels).reshape(-1)
         if self.nonfinite_index is not None and self.nonfinite_index.size:
             flat[self.nonfinite_index] = self.nonfinite_values
         return flat.reshape(self.shape)
+
+    def layout(self) -> channels.Layout | None:
+        """Return the channel Layout of per-channel or grouped codebooks, None for one codebook."""
+        if self.channel_axis is None:
+            return None
+        return channels.Layout(tuple(self.shape), self.channel_axis, self.group_size)
 
 
 @dataclass
@@ -76,18 +98,47 @@ class ClusteringRun:
         return [t for t in self.tensors if t.clustered]
 
 
+# keep_zeros=None (auto) keeps the exact zeros of a tensor with more than this share of them.
+AUTO_ZEROS_SHARE = 0.3
+
+
 @dataclass
 class _Pending:
     weight: Weight
     values: numpy.ndarray
     finite_mask: numpy.ndarray | None  # None when all values are finite
-    finite: numpy.ndarray  # flat finite values, the tensor's dtype
+    finite: numpy.ndarray  # flat finite values, the tensor's dtype (C order, global mode)
+    layout: channels.Layout | None = None
+    axis_source: str | None = None
+    keep_zeros: bool = False
+    zero_share: float = 0.0
+    sent: numpy.ndarray | None = None  # the values the engine clusters (channel-major with a layout)
+    sent_mask: numpy.ndarray | None = None  # which positions of the (channel-major) tensor they are; None: all
+    sent_sizes: numpy.ndarray | None = None  # int64 (rows,) sent values per codebook row
+
+
+def _axis_for(weight: Weight, options: CompressOptions) -> tuple[int | None, str]:
+    """Return (default channel axis or None for the last, where it came from) of a weight."""
+    if options.channel_axis is not None:
+        return options.channel_axis, "option"
+    rank = len(weight.shape)
+    axis = channels.kind_axis(weight.layer_kind, rank)
+    if axis is not None:
+        return axis, f"layer kind {weight.layer_kind}"
+    axis = channels.kind_axis(channels.kind_from_name(weight.name), rank)
+    if axis is not None:
+        return axis, f"name ({channels.kind_from_name(weight.name)})"
+    return None, "last axis (layer kind unknown)"
 
 
 def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pending | None]:
     decision = decide_without_values(weight, options)
     if decision is not None:
         return decision, None
+    axis, source = _axis_for(weight, options) if options.granularity != "per-tensor" else (None, None)
+    # Decided (and the options checked against the shape) before the values are read.
+    layout = channels.layout_for(weight.name, tuple(weight.shape), options.granularity, options.group_size,
+                                 axis, None)
     values = weight.load()
     decision = decide_with_values(values, options)
     if not decision.cluster:
@@ -96,10 +147,33 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
     flat = values.reshape(-1)
     mask = numpy.isfinite(flat)
     all_finite = bool(mask.all())
-    return decision, _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask])
+    pending = _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask],
+                       layout, source if layout is not None else None)
+    if options.global_clusters:
+        return decision, pending
+    zeros = int(numpy.count_nonzero(flat == 0))
+    pending.zero_share = zeros / flat.size
+    pending.keep_zeros = bool(options.keep_zeros if options.keep_zeros is not None else
+                              pending.zero_share > AUTO_ZEROS_SHARE and options.n_clusters >= 3)
+    major = flat if layout is None else layout.to_channel_major(values)
+    sent_mask = None
+    if pending.keep_zeros and zeros:
+        sent_mask = numpy.isfinite(major) & (major != 0)
+    elif not all_finite:
+        sent_mask = mask if layout is None else numpy.isfinite(major)
+    pending.sent_mask = sent_mask
+    pending.sent = major if sent_mask is None else major[sent_mask]
+    full_sizes = layout.segment_sizes() if layout is not None else numpy.array([flat.size], numpy.int64)
+    if sent_mask is None:
+        pending.sent_sizes = full_sizes
+    else:
+        starts = numpy.concatenate([[0], numpy.cumsum(full_sizes)[:-1]])
+        pending.sent_sizes = numpy.add.reduceat(sent_mask, starts).astype(numpy.int64)
+    return decision, pending
 
 
 def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) -> TensorOutcome:
+    """Return the TensorOutcome of a tensor of a global run (one shared codebook (k,))."""
     weight, mask = pending.weight, pending.finite_mask
     codebook = codebook64.astype(pending.values.dtype)
     sse, sum_squares = _error_sums(pending.finite, codebook, labels_finite)
@@ -115,6 +189,77 @@ def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) 
         codebook=codebook, labels=labels, nonfinite_index=nonfinite_index,
         nonfinite_values=nonfinite_values, iterations=result.iterations,
         converged=result.converged, sse=sse, codebook_id=codebook_id, sum_squares=sum_squares,
+    )
+
+
+def _with_zero(codebooks: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Return (codebooks (rows, k + 1) with 0.0 inserted in sorted place, int64 (rows,) its column)."""
+    rows, k = codebooks.shape
+    column = numpy.count_nonzero(codebooks < 0, axis=1).astype(numpy.int64)
+    j = numpy.arange(k + 1)[None, :]
+    before = numpy.take_along_axis(codebooks, numpy.minimum(j, k - 1).repeat(rows, 0), axis=1)
+    after = numpy.take_along_axis(codebooks, numpy.maximum(j - 1, 0).repeat(rows, 0), axis=1)
+    col = column[:, None]
+    return numpy.where(j < col, before, numpy.where(j == col, 0.0, after)), column
+
+
+def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, converged, codebook_id,
+                       n_clusters: int) -> TensorOutcome:
+    """Return the TensorOutcome of a tensor clustered per tensor, per channel or per group.
+
+    codebooks64: float64 (rows, k') of the rows with values sent (empty rows
+    are filled here); sent_labels: the engine's labels of pending.sent.
+    """
+    weight, layout = pending.weight, pending.layout
+    rows = pending.sent_sizes.size
+    full = numpy.zeros((rows, codebooks64.shape[1]), dtype=numpy.float64)
+    # A row with no value sent (a channel of zeros or non-finite values only) keeps a codebook of zeros.
+    full[pending.sent_sizes > 0] = codebooks64
+    dtype = engine.label_dtype(n_clusters)
+    row_of_sent = numpy.repeat(numpy.arange(rows, dtype=numpy.int64), pending.sent_sizes)
+    labels = sent_labels.astype(dtype)
+    zero_column = None
+    if pending.keep_zeros:
+        full, zero_column = _with_zero(full)
+        labels = (labels + (labels >= zero_column[row_of_sent])).astype(dtype)
+    codebooks = full.astype(pending.values.dtype)
+    n = weight.size
+    if pending.sent_mask is None:
+        major_labels = labels
+    else:
+        full_sizes = layout.segment_sizes() if layout is not None else numpy.array([n], numpy.int64)
+        row_of_position = numpy.repeat(numpy.arange(rows, dtype=numpy.int64), full_sizes)
+        major_labels = (zero_column[row_of_position].astype(dtype) if zero_column is not None
+                        else numpy.zeros(n, dtype=dtype))
+        major_labels[pending.sent_mask] = labels
+    major = pending.sent if pending.sent_mask is None else None
+    if major is None:
+        flat = pending.values.reshape(-1)
+        major = flat if layout is None else layout.to_channel_major(pending.values)
+    finite = None if pending.finite_mask is None else numpy.isfinite(major)
+    k = codebooks.shape[1]
+    if layout is None:
+        flat_codebook, flat_labels = codebooks[0], major_labels
+    else:
+        full_sizes = layout.segment_sizes()
+        flat_codebook = codebooks.reshape(-1)
+        flat_labels = numpy.repeat(numpy.arange(rows, dtype=numpy.int64) * k, full_sizes) + major_labels
+    if finite is not None:
+        major, flat_labels = major[finite], flat_labels[finite]
+    sse, sum_squares = _error_sums(major, flat_codebook, flat_labels)
+    out_labels = major_labels if layout is None else layout.from_channel_major(major_labels)
+    nonfinite_index = nonfinite_values = None
+    if pending.finite_mask is not None:
+        nonfinite_index = numpy.flatnonzero(~pending.finite_mask)
+        nonfinite_values = pending.values.reshape(-1)[nonfinite_index].copy()
+    return TensorOutcome(
+        name=weight.name, dtype=weight.dtype, shape=weight.shape, clustered=True, reason=CLUSTER,
+        codebook=codebooks if layout is not None else codebooks[0], labels=out_labels,
+        nonfinite_index=nonfinite_index, nonfinite_values=nonfinite_values, iterations=iterations,
+        converged=converged, sse=sse, codebook_id=codebook_id, sum_squares=sum_squares,
+        channel_axis=None if layout is None else layout.axis,
+        group_size=None if layout is None else layout.group_size,
+        axis_source=pending.axis_source, kept_zeros=pending.keep_zeros, zero_share=pending.zero_share,
     )
 
 
@@ -240,12 +385,42 @@ def cluster_weights(
 
 
 def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch):
-    """Yield the TensorOutcome of each pending tensor, clustered in one engine call.
+    """Yield the TensorOutcome of each pending tensor, clustered in as few engine calls as there
+    are runs of tensors with the same codebook size (k, or k - 1 where zeros are kept).
 
     first_id: how many tensors earlier calls clustered (their codebook ids and
-    random streams come first).
+    random streams come first). Per-tensor codebooks go through cluster_arrays
+    (ours or faiss'), per-channel and grouped ones through engine.cluster_segments,
+    every channel a segment of the same batch.
     """
-    results = cluster_arrays([p.finite for p in pending], options.n_clusters, on_batch=on_batch,
-                             first_id=first_id, **kwargs)
-    for index, (p, result) in enumerate(zip(pending, results)):
-        yield _outcome(p, result.codebook, result.labels, result, first_id + index)
+    start = 0
+    while start < len(pending):
+        stop = start
+        while stop < len(pending) and pending[stop].keep_zeros == pending[start].keep_zeros:
+            stop += 1
+        run = pending[start:stop]
+        k = options.n_clusters - (1 if run[0].keep_zeros else 0)
+        # A tensor whose every value is an exact zero kept is never sent (the selection left
+        # tensors of <= k distinct values, so this is a tensor of zeros and a few values only).
+        sent = [p for p in run if p.sent.size]
+        if options.granularity == "per-tensor":
+            results = iter(cluster_arrays([p.sent for p in sent], k, on_batch=on_batch,
+                                          first_id=first_id + start, **kwargs))
+        else:
+            results = iter(engine.cluster_segments([p.sent for p in sent],
+                                                   [p.sent_sizes[p.sent_sizes > 0] for p in sent], k,
+                                                   on_batch=on_batch, first_id=first_id + start, **kwargs))
+        for index, p in enumerate(run):
+            if not p.sent.size:
+                codebooks, labels, iterations, converged = numpy.zeros((0, k)), numpy.zeros(0, numpy.uint8), 0, True
+            elif options.granularity == "per-tensor":
+                result = next(results)
+                codebooks, labels = result.codebook[None, :], result.labels
+                iterations, converged = result.iterations, result.converged
+            else:
+                result = next(results)
+                codebooks, labels = result.codebooks, result.labels
+                iterations, converged = int(result.iterations.max()), result.converged
+            yield _segmented_outcome(p, codebooks, labels, iterations, converged, first_id + start + index,
+                                     options.n_clusters)
+        start = stop

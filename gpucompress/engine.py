@@ -19,7 +19,7 @@ import numpy
 from . import device as devices
 from .errors import OptionsError
 from .kernels import compiled, fixedpoint
-from .kernels.initializers import INITIALIZERS, kmeans_plus_plus_draws
+from .kernels.initializers import INITIALIZERS
 from .kernels.lloyd import assign_labels, lloyd
 from .kernels.optimal import optimal
 from .kernels.segments import batch_from_sorted, build_batch, segment_extremes, sort_values
@@ -241,7 +241,7 @@ def cluster_segments(
     segment is a segment of the same batched engine (no loop per segment): its
     result is that of cluster_arrays on the segment alone, except the random
     initializer's stream, which is (seed, first_id + i, s) for segment s of
-    array i. An array's segments always share a batch. Other arguments and
+    array i (an array of one segment: (seed, first_id + i), as cluster_arrays). An array's segments always share a batch. Other arguments and
     errors as cluster_arrays; also OptionsError for sizes that do not fit.
     Returns one SegmentedResult per array, in order.
     """
@@ -260,13 +260,11 @@ def cluster_segments(
                     on_batch, first_id)
 
 
-def _segment_draws(seed: int, ids: list[int], counts: numpy.ndarray, segmented: bool, k: int) -> numpy.ndarray:
-    """Return k-means++ draws (S, k) of a batch: stream (seed, id) for a whole array, (seed, id, s) for
-    its segment s (one host generator per segment, as kmeans_plus_plus_draws; kmeans++ only)."""
-    if not segmented:
-        return kmeans_plus_plus_draws(seed, ids, k)
-    rows = [numpy.random.default_rng([seed, int(i), s]).random(k) for i, count in zip(ids, counts.tolist())
-            for s in range(count)]
+def _segment_draws(seed: int, ids: list[int], counts: numpy.ndarray, k: int) -> numpy.ndarray:
+    """Return k-means++ draws (S, k) of a batch: stream (seed, id) for an array of one segment (as
+    cluster_arrays), (seed, id, s) for segment s of an array of several (kmeans++ only)."""
+    rows = [numpy.random.default_rng([seed, int(i)] if count == 1 else [seed, int(i), s]).random(k)
+            for i, count in zip(ids, counts.tolist()) for s in range(count)]
     return numpy.stack(rows) if rows else numpy.zeros((0, k))
 
 
@@ -290,7 +288,6 @@ def _cluster(arrays, segment_sizes, n_clusters, init, method, max_iter, device, 
         exponents = fixedpoint.segment_exponents(_segment_max_abs(values, segment_sizes), all_sizes)
     results: list[SegmentedResult] = []
     dtype = label_dtype(n_clusters)
-    segmented = bool((counts > 1).any())
     for batch_range in plan_batches(sizes.tolist(), batch_values, counts.tolist()):
         started = time.perf_counter()
         ids = list(batch_range)
@@ -308,7 +305,7 @@ def _cluster(arrays, segment_sizes, n_clusters, init, method, max_iter, device, 
             )
         draws = None
         if init == "kmeans++":
-            draws = _segment_draws(seed, [first_id + i for i in ids], counts[ids], segmented, n_clusters)
+            draws = _segment_draws(seed, [first_id + i for i in ids], counts[ids], n_clusters)
         initial = INITIALIZERS[init](batch, n_clusters, draws)
         centroids, iterations = METHODS[method](batch, initial, max_iter)
         labels = devices.to_numpy(assign_labels(batch, centroids, dtype))

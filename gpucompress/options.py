@@ -13,6 +13,7 @@ MAX_CLUSTERS = 65536
 # 8.6 GB (2 min, measured in issue 15). Lloyd needs O(n + k): k=65536 peaks at
 # 0.18 GB. Figures: python benchmarks/large_k.py.
 MAX_OPTIMAL_CLUSTERS = 4096
+GRANULARITIES = ("per-tensor", "per-channel", "grouped")
 
 
 def _methods():
@@ -58,7 +59,24 @@ class CompressOptions:
     batch_values: values per device batch; None picks a default per device.
     engine: "gpucompress" (ours: exact, bit-identical on every device) or
         "faiss" (faiss.Kmeans; float32, subsampled, not bit-identical across
-        devices; method and init do not apply; needs the `faiss` extra).
+        devices; method and init do not apply; needs the `faiss` extra;
+        per-tensor codebooks only).
+    granularity: "per-tensor" (one codebook per tensor, the default),
+        "per-channel" (one per output channel) or "grouped" (one per
+        group_size consecutive channels, the last group smaller when
+        group_size does not divide the channel count). Tensors of rank 0 or 1
+        keep one codebook. Not with global_clusters.
+    group_size: channels per codebook with granularity "grouped" (required
+        there, refused otherwise); above a tensor's channel count is an error.
+    channel_axis: the channel axis for per-channel and grouped codebooks
+        (negative counts from the end); None: each tensor's output-channel
+        axis by layer kind where its format tells the kind, else the last
+        axis (channels.KIND_AXES, README "Per-channel codebooks").
+    keep_zeros: True: exact zeros stay exactly 0 and are not clustered (the
+        other values get k - 1 centroids, 0.0 is the k-th; needs
+        n_clusters >= 3); False: zeros are clustered like any value; None
+        (auto, the default): True for each tensor more than 30% of whose
+        values are exact zeros (the report says which). Not with global_clusters.
     """
 
     n_clusters: int = 256
@@ -73,6 +91,10 @@ class CompressOptions:
     batch_values: int | None = None
     all_variables: bool = False
     engine: str = "gpucompress"
+    granularity: str = "per-tensor"
+    group_size: int | None = None
+    channel_axis: int | None = None
+    keep_zeros: bool | None = None
 
     def __post_init__(self):
         if isinstance(self.whitelisted, (list, set, frozenset)):
@@ -89,11 +111,41 @@ class CompressOptions:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("method", self.method, tuple(sorted(_methods())))
         _check_choice("init", self.init, tuple(sorted(_initializers())))
+        self._check_granularity()
         if self.method == "optimal" and self.engine == "gpucompress" and self.n_clusters > MAX_OPTIMAL_CLUSTERS:
             raise OptionsError(
                 f"n_clusters={self.n_clusters} should be <= {MAX_OPTIMAL_CLUSTERS} with method='optimal' "
                 "(its dynamic program's memory grows as k squared: about 0.7 GB at k=4096, 8.6 GB at 16384); "
                 f"method='lloyd' (--method lloyd) takes up to {MAX_CLUSTERS}.")
+
+    def _check_granularity(self) -> None:
+        _check_choice("granularity", self.granularity, GRANULARITIES)
+        if self.granularity == "grouped":
+            if self.group_size is None:
+                raise OptionsError("granularity='grouped' needs group_size (--group-size G), the channels per codebook.")
+            _check_int("group_size", self.group_size, 1, None)
+        elif self.group_size is not None:
+            raise OptionsError(f"group_size={self.group_size!r} applies to granularity='grouped' only "
+                               f"(granularity={self.granularity!r}).")
+        if self.channel_axis is not None:
+            if isinstance(self.channel_axis, bool) or not isinstance(self.channel_axis, int):
+                raise OptionsError(f"channel_axis={self.channel_axis!r} should be an integer.")
+            if self.granularity == "per-tensor":
+                raise OptionsError(f"channel_axis={self.channel_axis} applies to granularity 'per-channel' or "
+                                   "'grouped' only (granularity='per-tensor').")
+        if self.keep_zeros not in (None, True, False):
+            raise OptionsError(f"keep_zeros={self.keep_zeros!r} should be True, False or None (auto).")
+        if self.global_clusters and self.granularity != "per-tensor":
+            raise OptionsError(f"granularity={self.granularity!r} does not apply to global_clusters "
+                               "(one codebook shared by every tensor).")
+        if self.global_clusters and self.keep_zeros:
+            raise OptionsError("keep_zeros=True does not apply to global_clusters (one codebook shared by every tensor).")
+        if self.keep_zeros and self.n_clusters < 3:
+            raise OptionsError(f"keep_zeros=True needs n_clusters >= 3 (0.0 takes one of the "
+                               f"n_clusters={self.n_clusters} centroids).")
+        if self.engine == "faiss" and self.granularity != "per-tensor":
+            raise OptionsError(f"granularity={self.granularity!r} needs engine='gpucompress' "
+                               "(engine='faiss' makes per-tensor codebooks only).")
 
 
 def _check_int(name, value, low, high):

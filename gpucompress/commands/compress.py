@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..options import DEVICES, ENGINES, CompressOptions
+from ..options import DEVICES, ENGINES, GRANULARITIES, CompressOptions
 from . import EXIT_OK, new_parser
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ examples:
   gpucompress compress model.tflite --n_clusters 16 --tflm -o model.tflm.tflite   # TFLite Micro LUT form
 
   gpucompress compress model.pb --engine faiss       # faiss k-means (pip install 'gpucompress[faiss]')
+
+  gpucompress compress model.keras --n_clusters 16 --granularity per-channel   # a codebook per output channel
+  gpucompress compress model.pb --n_clusters 16 --granularity grouped --group-size 8
+  gpucompress compress model.tflite --keep-zeros     # pruned weights stay exactly 0
 """
 
 
@@ -70,6 +74,20 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        help="gpucompress: exact, bit-identical on CPU and GPU; faiss: faiss k-means "
                        "(float32, subsampled, 25 iterations; results NOT bit-identical across devices "
                        "or faiss versions; --method/--init do not apply) (default %(default)s)")
+    group.add_argument("--granularity", choices=GRANULARITIES, default=defaults.granularity,
+                       help="one codebook per tensor, per output channel, or per group of --group-size channels "
+                       "(the last group smaller when G does not divide the channels) (default %(default)s)")
+    group.add_argument("--group-size", "--group_size", type=int, default=None, metavar="G",
+                       help="--granularity grouped: channels per codebook (1..the channel count)")
+    group.add_argument("--channel-axis", "--channel_axis", type=int, default=None, metavar="AXIS",
+                       help="per-channel/grouped: the channel axis of every tensor (negative from the end; "
+                       "default: each tensor's output-channel axis by layer kind, else the last)")
+    zeros = group.add_mutually_exclusive_group()
+    zeros.add_argument("--keep-zeros", "--keep_zeros", dest="keep_zeros", action="store_true", default=None,
+                       help="exact zeros stay exactly 0 and are not clustered (k - 1 centroids for the rest); "
+                       "default: on for each tensor more than 30%% zeros, as the report says")
+    zeros.add_argument("--no-keep-zeros", "--no_keep_zeros", dest="keep_zeros", action="store_false",
+                       help="cluster zeros like any value, whatever their share")
 
 
 def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
@@ -87,6 +105,10 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         all_variables=arguments.all_variables,
 
         engine=arguments.engine,
+        granularity=arguments.granularity,
+        group_size=arguments.group_size,
+        channel_axis=arguments.channel_axis,
+        keep_zeros=arguments.keep_zeros,
     )
 
 

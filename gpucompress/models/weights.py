@@ -25,7 +25,10 @@ class Weight:
     array of that shape and dtype (floating tensors only).
     role: ROLE_CONSTANT, ROLE_VARIABLE or ROLE_OPTIMIZER. aliases: other names
     the weight answers to in `whitelisted` (a SavedModel variable's own name,
-    e.g. "dense/kernel", next to its checkpoint path).
+    e.g. "dense/kernel", next to its checkpoint path). layer_kind: the kind of
+    layer that uses it, a key of channels.KIND_AXES ("conv", "depthwise",
+    "tflite_conv" ...), None when the reader cannot tell: it picks the
+    output-channel axis of per-channel codebooks.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Weight:
     load: Callable[[], numpy.ndarray]
     role: str = ROLE_CONSTANT
     aliases: tuple[str, ...] = ()
+    layer_kind: str | None = None
 
     @property
     def size(self) -> int:
