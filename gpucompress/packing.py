@@ -165,14 +165,15 @@ def index_exactly(name: str, dtype: str, values: numpy.ndarray) -> archives.Code
 def _from_outcome(outcome: TensorOutcome) -> archives.CodedTensor:
     nonfinite_index = outcome.nonfinite_index if outcome.nonfinite_index is not None else numpy.zeros(0, numpy.int64)
     return archives.CodedTensor(outcome.name, outcome.dtype, outcome.shape, outcome.codebook, outcome.labels,
-                                nonfinite_index, outcome.nonfinite_values)
+                                nonfinite_index, outcome.nonfinite_values, outcome.channel_axis, outcome.group_size)
 
 
 def _worth_coding(tensor: archives.CodedTensor, stored_bytes: int, codebook_share: float) -> bool:
     # Coded cost estimate: entropy of the indices, the ans count table, the codebook
     # (shared ones split between their users), the exceptions and the manifest entry.
     itemsize = tensor.codebook.dtype.itemsize
-    estimate = (entropy.entropy_bytes(tensor.indices, tensor.codebook.size) + 2 * tensor.codebook.size
+    k = tensor.codebook.shape[-1]
+    estimate = (entropy.entropy_bytes(tensor.indices, k) + 2 * k
                 + codebook_share + tensor.nonfinite_index.size * (8 + itemsize) + 96)
     return estimate < stored_bytes
 
@@ -205,7 +206,7 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
     data = archives.write_archive(archive, speed_tolerance)
     rest_skeleton = (archive.skeleton if len(coded) == len(candidates)
                      else model.to_skeleton([t.name for t in candidates]))
-    bound = sum(entropy.entropy_bytes(t.indices, t.codebook.size) for t in candidates)
+    bound = sum(entropy.entropy_bytes(t.indices, t.codebook.shape[-1]) for t in candidates)
     bound += sum(len(key[1]) for key in users)
     coders = Counter(archive.coders.values())
     coders["kept"] = len(candidates) - len(coded) + fills

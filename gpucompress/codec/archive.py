@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 import numpy
 
 from .. import limits
+from ..channels import Layout
 from ..errors import FormatError
 from . import bitpack, entropy
 
 MAGIC = b"GPCZ\r\n\x1a\n"
-VERSION = 1
+# Version 2: codebooks of several rows (per-channel and grouped codebooks). Version 1 files still read.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 HEADER = struct.Struct("<8sHH16sQQII")  # magic, version, flags, format, manifest stored/raw, CRCs
 
 # Limits on what a reader accepts (FORMAT.md, "Limits").
@@ -30,6 +33,7 @@ MAX_TENSORS = 1 << 20
 MAX_RANK = 32
 MAX_NAME_CHARS = 4096
 MAX_CODEBOOK = 1 << bitpack.MAX_BITS
+MAX_CODEBOOK_ROWS = 1 << 22
 MAX_TENSOR_VALUES = 1 << 31
 MAX_DECODED_BYTES = 1 << 32
 SKELETON_ZSTD_LEVEL = 19
@@ -51,7 +55,9 @@ def numpy_dtype(name: str) -> numpy.dtype:
 class CodedTensor:
     """One weight as a codebook and indices, plus the positions and values of its non-finite entries.
 
-    dtype: one of DTYPES; codebook: (k,) in that dtype, 1 <= k <= 65536;
+    dtype: one of DTYPES; codebook: (k,) in that dtype, 1 <= k <= 65536, or
+    (rows, k) with channel_axis set: row r serves channels [r * group_size,
+    (r + 1) * group_size) along channel_axis (channels.Layout);
     indices: (n,) integers < k in C order (any value at non-finite positions);
     nonfinite_index: sorted int64 positions, nonfinite_values: their values in
     the dtype (NaN payloads kept), both empty when there are none.
@@ -64,6 +70,8 @@ class CodedTensor:
     indices: numpy.ndarray
     nonfinite_index: numpy.ndarray = field(default_factory=lambda: numpy.zeros(0, numpy.int64))
     nonfinite_values: numpy.ndarray | None = None
+    channel_axis: int | None = None
+    group_size: int | None = None
 
     @property
     def size(self) -> int:
@@ -72,7 +80,11 @@ class CodedTensor:
 
     def values(self) -> numpy.ndarray:
         """Return the tensor: codebook[indices] with the non-finite values put back, in its shape."""
-        flat = self.codebook[self.indices]
+        if self.channel_axis is None:
+            flat = self.codebook[self.indices]
+        else:
+            flat = Layout(tuple(self.shape), self.channel_axis, self.group_size).expand(
+                self.codebook, self.indices).reshape(-1)
         if self.nonfinite_index.size:
             flat[self.nonfinite_index] = self.nonfinite_values
         return flat.reshape(self.shape)
@@ -110,17 +122,25 @@ def write_archive(archive: Archive, speed_tolerance: float = entropy.SPEED_TOLER
     codebooks, codebook_ids, tensors = [], {}, []
     for tensor in archive.tensors:
         codebook = numpy.ascontiguousarray(tensor.codebook, dtype=numpy_dtype(tensor.dtype))
-        if not 1 <= codebook.size <= MAX_CODEBOOK:
-            raise ValueError(f"codebook of {tensor.name!r} has {codebook.size} entries, should be 1..{MAX_CODEBOOK}.")
-        key = (tensor.dtype, codebook.tobytes())
+        rows, k = (1, codebook.size) if tensor.channel_axis is None else codebook.shape
+        if not 1 <= k <= MAX_CODEBOOK:
+            raise ValueError(f"codebook of {tensor.name!r} has {k} entries, should be 1..{MAX_CODEBOOK}.")
+        channels = None
+        if tensor.channel_axis is not None:
+            layout = Layout(tuple(tensor.shape), tensor.channel_axis, tensor.group_size)
+            if codebook.ndim != 2 or rows != layout.rows:
+                raise ValueError(f"codebook of {tensor.name!r} has shape {codebook.shape}, its channels need "
+                                 f"{layout.rows} rows.")
+            channels = {"axis": int(tensor.channel_axis), "group_size": int(tensor.group_size)}
+        key = (tensor.dtype, rows, codebook.tobytes())
         if key not in codebook_ids:  # identical codebooks (global mode) are stored once
             codebook_ids[key] = len(codebooks)
-            codebooks.append({"dtype": tensor.dtype, "size": int(codebook.size), "section": add(key[1])})
-        coder, stream = entropy.encode_indices(tensor.indices.reshape(-1), codebook.size, speed_tolerance)
+            codebooks.append({"dtype": tensor.dtype, "size": int(k), "rows": int(rows), "section": add(key[2])})
+        coder, stream = entropy.encode_indices(tensor.indices.reshape(-1), k, speed_tolerance)
         archive.coders[tensor.name] = coder
         entry = {"name": tensor.name, "dtype": tensor.dtype, "shape": [int(d) for d in tensor.shape],
                  "codebook": codebook_ids[key], "coder": coder, "section": add(stream),
-                 "nonfinite": int(tensor.nonfinite_index.size), "nonfinite_section": None}
+                 "nonfinite": int(tensor.nonfinite_index.size), "nonfinite_section": None, "channels": channels}
         if tensor.nonfinite_index.size:
             values = numpy.ascontiguousarray(tensor.nonfinite_values, dtype=numpy_dtype(tensor.dtype))
             entry["nonfinite_section"] = add(tensor.nonfinite_index.astype("<u8").tobytes() + values.tobytes())
@@ -161,8 +181,9 @@ def _read(view: memoryview, source: str) -> Archive:
         HEADER.unpack_from(view)
     if zlib.crc32(view[: HEADER.size - 4]) != header_crc:
         raise FormatError("header checksum mismatch (corrupt archive)")
-    if version != VERSION:
-        raise FormatError(f"archive format version {version} is not supported (this reader: {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"archive format version {version} is not supported (this reader: "
+                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     if flags:
         raise FormatError(f"unknown header flags {flags:#x}")
     format_name = format_name.rstrip(b"\0").decode("ascii", "replace")
@@ -177,7 +198,7 @@ def _read(view: memoryview, source: str) -> Archive:
     stored = view[HEADER.size : HEADER.size + stored_bytes]
     if zlib.crc32(stored) != manifest_crc:
         raise FormatError("manifest checksum mismatch (corrupt archive)")
-    manifest = _parse_manifest(entropy.zstd_decompress(stored, raw_bytes))
+    manifest = _parse_manifest(entropy.zstd_decompress(stored, raw_bytes), version)
     # Checked before any section is decoded: what the skeleton, the indices and the values will take.
     limits.check(decoding_bytes(manifest), len(view), "decoding the archive")
     offset = HEADER.size + stored_bytes
@@ -200,10 +221,12 @@ def _decode(format_name: str, manifest: dict, sections: list[memoryview]) -> Arc
     for entry in manifest["codebooks"]:
         dtype = numpy_dtype(entry["dtype"])
         data = sections[entry["section"]]
-        if len(data) != entry["size"] * dtype.itemsize:
-            raise FormatError(f"codebook section holds {len(data)} bytes, {entry['size']} {entry['dtype']} "
-                              f"values need {entry['size'] * dtype.itemsize}")
-        codebooks.append(numpy.frombuffer(data, dtype=dtype).copy())
+        count = entry["size"] * entry["rows"]
+        if len(data) != count * dtype.itemsize:
+            raise FormatError(f"codebook section holds {len(data)} bytes, {count} {entry['dtype']} "
+                              f"values need {count * dtype.itemsize}")
+        values = numpy.frombuffer(data, dtype=dtype).copy()
+        codebooks.append(values.reshape(entry["rows"], entry["size"]) if entry["rows"] > 1 else values)
     skeleton = entropy.zstd_decompress(sections[manifest["skeleton"]["section"]], manifest["skeleton"]["bytes"])
     tensors, coders = [], {}
     for entry in manifest["tensors"]:
@@ -211,13 +234,18 @@ def _decode(format_name: str, manifest: dict, sections: list[memoryview]) -> Arc
         if manifest["codebooks"][entry["codebook"]]["dtype"] != entry["dtype"]:
             raise FormatError(f"tensor {entry['name']!r} ({entry['dtype']}) uses a codebook of another dtype")
         n = int(numpy.prod(entry["shape"], dtype=numpy.int64))
-        indices = entropy.decode_indices(entry["coder"], sections[entry["section"]], n, codebook.size)
+        channels = entry["channels"]
+        if channels is not None and codebook.ndim == 1:
+            codebook = codebook[None, :]  # a per-channel tensor of one channel group
+        indices = entropy.decode_indices(entry["coder"], sections[entry["section"]], n, codebook.shape[-1])
         nonfinite_index, nonfinite_values = numpy.zeros(0, numpy.int64), None
         if entry["nonfinite"]:
             nonfinite_index, nonfinite_values = _nonfinite(sections[entry["nonfinite_section"]],
                                                            entry["nonfinite"], n, codebook.dtype)
         tensors.append(CodedTensor(entry["name"], entry["dtype"], tuple(entry["shape"]), codebook, indices,
-                                   nonfinite_index, nonfinite_values))
+                                   nonfinite_index, nonfinite_values,
+                                   None if channels is None else channels["axis"],
+                                   None if channels is None else channels["group_size"]))
         coders[entry["name"]] = entry["coder"]
     return Archive(format_name, skeleton, tensors, manifest["info"], coders)
 
@@ -233,15 +261,22 @@ def _nonfinite(data: memoryview, count: int, n: int, dtype: numpy.dtype):
 
 
 def decoding_bytes(manifest: dict) -> int:
-    """Return the bytes that decoding a (parsed) manifest's archive allocates: the skeleton, and
-    per tensor its indices (1 or 2 bytes a value) and its values (the dtype's size a value)."""
+    """Return the bytes that decoding a (parsed) manifest's archive allocates: the skeleton, the
+    codebooks, and per tensor its indices (1 or 2 bytes a value) and its values (the dtype's size
+    a value; per-channel codebooks also take a row of codebook per channel while expanding)."""
     total = manifest["skeleton"]["bytes"]
+    for entry in manifest["codebooks"]:
+        total += entry["size"] * entry["rows"] * numpy_dtype(entry["dtype"]).itemsize
     for entry in manifest["tensors"]:
         n = 1
         for d in entry["shape"]:
             n *= d
-        index_bytes = 1 if manifest["codebooks"][entry["codebook"]]["size"] <= 256 else 2
+        codebook = manifest["codebooks"][entry["codebook"]]
+        index_bytes = 1 if codebook["size"] <= 256 else 2
         total += n * (index_bytes + numpy_dtype(entry["dtype"]).itemsize)
+        if entry["channels"] is not None:
+            channel_count = entry["shape"][entry["channels"]["axis"]]
+            total += n * 8 + channel_count * codebook["size"] * numpy_dtype(entry["dtype"]).itemsize
     return total
 
 
@@ -271,7 +306,22 @@ def _keys(entry, keys: set, what: str) -> None:
     _require(isinstance(entry, dict) and set(entry) == keys, f"{what} should be an object with keys {sorted(keys)}")
 
 
-def _parse_manifest(raw: bytes) -> dict:
+def _check_channels(entry: dict, rows: int) -> None:
+    """Check a tensor's "channels" (null, or {"axis", "group_size"}) against its shape and codebook rows."""
+    name, channels = entry["name"], entry["channels"]
+    if channels is None:
+        _require(rows == 1, f"{name!r} has one codebook but it has {rows} rows")
+        return
+    _keys(channels, {"axis", "group_size"}, f"channels of {name!r}")
+    shape = entry["shape"]
+    _require(_is_int(channels["axis"], 0, len(shape) - 1), f"channel axis of {name!r} out of range")
+    count = shape[channels["axis"]]
+    _require(_is_int(channels["group_size"], 1, max(count, 1)), f"group size of {name!r} out of range")
+    _require(rows == -(-count // channels["group_size"]),
+             f"{name!r} has {count} channels in groups of {channels['group_size']}, its codebook {rows} rows")
+
+
+def _parse_manifest(raw: bytes, version: int = VERSION) -> dict:
     try:
         manifest = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -290,7 +340,11 @@ def _parse_manifest(raw: bytes) -> dict:
     codebooks = manifest["codebooks"]
     _require(isinstance(codebooks, list) and len(codebooks) <= MAX_TENSORS, "codebooks should be a list")
     for entry in codebooks:
-        _keys(entry, {"dtype", "size", "section"}, "a codebook")
+        if version == 1:  # version 1: one row per codebook, no "rows" key
+            _keys(entry, {"dtype", "size", "section"}, "a codebook")
+            entry["rows"] = 1
+        _keys(entry, {"dtype", "size", "rows", "section"}, "a codebook")
+        _require(_is_int(entry["rows"], 1, MAX_CODEBOOK_ROWS), f"codebook rows should be 1..{MAX_CODEBOOK_ROWS}")
         _require(entry["dtype"] in DTYPES, f"codebook dtype should be one of {', '.join(DTYPES)}")
         _require(_is_int(entry["size"], 1, MAX_CODEBOOK), f"codebook size should be 1..{MAX_CODEBOOK}")
         used.append(entry["section"])
@@ -298,8 +352,11 @@ def _parse_manifest(raw: bytes) -> dict:
     _require(isinstance(tensors, list) and len(tensors) <= MAX_TENSORS, f"at most {MAX_TENSORS} tensors")
     names, decoded = set(), manifest["skeleton"]["bytes"]
     for entry in tensors:
-        _keys(entry, {"name", "dtype", "shape", "codebook", "coder", "section", "nonfinite",
-                      "nonfinite_section"}, "a tensor")
+        tensor_keys = {"name", "dtype", "shape", "codebook", "coder", "section", "nonfinite", "nonfinite_section"}
+        if version == 1:  # version 1: per-tensor codebooks only, no "channels" key
+            _keys(entry, tensor_keys, "a tensor")
+            entry["channels"] = None
+        _keys(entry, tensor_keys | {"channels"}, "a tensor")
         name = entry["name"]
         _require(isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name not in names,
                  "tensor names should be unique non-empty strings")
@@ -315,6 +372,7 @@ def _parse_manifest(raw: bytes) -> dict:
         decoded += n * numpy_dtype(entry["dtype"]).itemsize
         _require(decoded <= MAX_DECODED_BYTES, f"decoded contents exceed {MAX_DECODED_BYTES} bytes")
         _require(_is_int(entry["codebook"], 0, len(codebooks) - 1), f"bad codebook of {name!r}")
+        _check_channels(entry, codebooks[entry["codebook"]]["rows"])
         _require(entry["coder"] in entropy.CODERS, f"coder should be one of {', '.join(entropy.CODERS)}")
         _require(_is_int(entry["nonfinite"], 0, n), f"bad non-finite count of {name!r}")
         used.append(entry["section"])
