@@ -80,16 +80,47 @@ def snr_db(sse: float, sum_squares: float) -> float:
     return 10 * math.log10(sum_squares / sse) if sum_squares > 0 else -math.inf
 
 
+def _k_used(outcome: TensorOutcome) -> int:
+    """Return the distinct centroids the values use: of the one codebook, or the most of any row."""
+    k = outcome.codebook.shape[-1]
+    layout = outcome.layout()
+    if layout is None:
+        return int(numpy.unique(outcome.codebook[numpy.bincount(outcome.labels, minlength=k) > 0]).size)
+    moved = numpy.moveaxis(outcome.labels.reshape(outcome.shape), layout.axis, 0).reshape(layout.channels, -1)
+    cells = (layout.row_of_channel()[:, None] * k + moved).reshape(-1)
+    used = numpy.bincount(cells, minlength=layout.rows * k).reshape(layout.rows, k) > 0
+    # Repeated centroids (a row with fewer distinct values than k) count once.
+    ordered = numpy.sort(numpy.where(used, outcome.codebook.astype(numpy.float64), numpy.nan), axis=1)
+    distinct = numpy.isfinite(ordered[:, :1]).astype(numpy.int64).sum(axis=1) + (
+        (numpy.diff(ordered, axis=1) != 0) & numpy.isfinite(ordered[:, 1:])).sum(axis=1)
+    return int(distinct.max())
+
+
+def _granularity_fields(outcome: TensorOutcome) -> dict:
+    layout = outcome.layout()
+    if layout is None:
+        return {"granularity": "per-tensor", "codebooks": 1, "channel_axis": None, "axis_source": None,
+                "group_size": None, "last_group_channels": None}
+    return {"granularity": "per-channel" if layout.group_size == 1 else "grouped", "codebooks": layout.rows,
+            "channel_axis": layout.axis, "axis_source": outcome.axis_source, "group_size": layout.group_size,
+            # The last group is smaller when group_size does not divide the channels: said here.
+            "last_group_channels": (layout.channels - (layout.rows - 1) * layout.group_size
+                                    if layout.ragged else None)}
+
+
 def tensor_entry(outcome: TensorOutcome, seconds: float | None = None) -> dict:
     """Return the report entry of one tensor (see report.schema.json)."""
     entry = {"name": outcome.name, "dtype": outcome.dtype, "shape": list(outcome.shape),
              "values": outcome.size, "clustered": outcome.clustered, "reason": outcome.reason,
              "k": None, "k_used": None, "codebook_id": None, "sse": None, "relative_error": None,
-             "snr_db": None, "iterations": None, "converged": None, "seconds": None}
+             "snr_db": None, "iterations": None, "converged": None, "seconds": None,
+             "granularity": None, "codebooks": None, "channel_axis": None, "axis_source": None,
+             "group_size": None, "last_group_channels": None, "kept_zeros": None, "zero_share": None}
     if outcome.clustered:
+        entry.update(_granularity_fields(outcome))
         entry.update(
-            k=int(outcome.codebook.size),
-            k_used=int(numpy.unique(outcome.codebook[numpy.bincount(outcome.labels, minlength=outcome.codebook.size) > 0]).size),
+            k=int(outcome.codebook.shape[-1]),
+            k_used=_k_used(outcome), kept_zeros=outcome.kept_zeros, zero_share=float(outcome.zero_share),
             codebook_id=outcome.codebook_id, sse=outcome.sse,
             relative_error=_finite_or_none(relative_error(outcome.sse, outcome.sum_squares)),
             snr_db=_finite_or_none(snr_db(outcome.sse, outcome.sum_squares)),
@@ -135,6 +166,8 @@ def build_report(run: ClusteringRun, *, options: CompressOptions, input_path, ou
             "snr_db": _finite_or_none(snr_db(sse, energy)) if clustered else None,
             "size_ratio": input_bytes / output_bytes if output_bytes else None,
             "zip_bytes": dict(zip_bytes) if zip_bytes else None,
+            "codebooks": sum(1 if t.layout() is None else t.layout().rows for t in clustered),
+            "kept_zeros_tensors": sum(1 for t in clustered if t.kept_zeros),
         },
         "tensors": [tensor_entry(t, tensor_seconds.get(t.name)) for t in run.tensors],
     }
@@ -172,6 +205,26 @@ def _short(name: str, width: int) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
+def _granularity_lines(clustered: list[dict], totals: dict) -> list[str]:
+    """Return the summary lines on codebooks per channel or group, ragged groups and kept zeros."""
+    lines = []
+    split = [t for t in clustered if t.get("codebooks", 1) and t.get("granularity") not in (None, "per-tensor")]
+    if split:
+        unknown = sum(1 for t in split if (t["axis_source"] or "").startswith("last axis"))
+        lines.append(f"{totals['codebooks']:,} codebooks: {len(split)} tensors {split[0]['granularity']}"
+                     + (f" ({unknown} on their last axis, layer kind unknown)" if unknown else "")
+                     + (f", {len(clustered) - len(split)} of rank <= 1 per tensor" if len(split) < len(clustered) else ""))
+    ragged = [t for t in split if t["last_group_channels"] is not None]
+    if ragged:
+        lines.append(f"last group smaller (group size does not divide the channels) in {len(ragged)} tensors, e.g. "
+                     f"{ragged[0]['name']}: {ragged[0]['last_group_channels']} of {ragged[0]['group_size']}")
+    kept = [t for t in clustered if t.get("kept_zeros")]
+    if kept:
+        lines.append(f"exact zeros kept (0.0 in every codebook, k - 1 centroids for the rest) in {len(kept)} tensors"
+                     f", e.g. {kept[0]['name']} ({kept[0]['zero_share']:.0%} zeros)")
+    return lines
+
+
 def format_summary(report: dict, *, top: int = 8, name_width: int = 44) -> str:
     """Return a compact table of the largest clustered tensors and the totals of a report."""
     clustered = sorted((t for t in report["tensors"] if t["clustered"]), key=lambda t: (-t["values"], t["name"]))
@@ -191,7 +244,9 @@ def format_summary(report: dict, *, top: int = 8, name_width: int = 44) -> str:
     totals = report["totals"]
     if clustered:
         snr = "inf" if totals["snr_db"] is None else f"{totals['snr_db']:.1f}"
-        lines.append(f"all clustered weights: relative error {totals['relative_error']:.2%}, SNR {snr} dB")
+        lines.append(f"all clustered weights: relative error {totals['relative_error']:.2%}, SNR {snr} dB, "
+                     f"SSE {totals['sse']:.4g}")
+        lines.extend(_granularity_lines(clustered, totals))
     reasons: dict[str, int] = {}
     for t in report["tensors"]:
         if not t["clustered"]:

@@ -112,6 +112,14 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
     )
 
 
+def granularity_note(options: CompressOptions) -> str:
+    """Return the summary line's note on codebook granularity: "" per tensor, else ", per-channel" or
+    ", grouped by G" (the codebook count and ragged groups are in the table's footer)."""
+    if options.granularity == "per-tensor":
+        return ""
+    return ", per-channel" if options.granularity == "per-channel" else f", grouped by {options.group_size}"
+
+
 def add_subparser(subparsers) -> None:
     """Add the `compress` subcommand."""
     parser = new_parser(
@@ -231,7 +239,7 @@ def run_compress(arguments) -> int:
     print(f"wrote {summary.output_path}")
     print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, "
           f"{weights:,} weights, k={options.n_clusters}"
-          f"{' (global codebook)' if options.global_clusters else ''}, on {summary.device}")
+          f"{' (global codebook)' if options.global_clusters else ''}{granularity_note(options)}, on {summary.device}")
     print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}, select {seconds['select']:.2f}, "
           f"cluster {seconds['cluster']:.2f}, write {seconds['write']:.2f})")
     print(f"size {summary.input_bytes:,} -> {summary.output_bytes:,} bytes")

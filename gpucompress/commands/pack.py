@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..codec.entropy import SPEED_TOLERANCE
 from . import EXIT_OK, new_parser
-from .compress import add_clustering_arguments, options_from_arguments
+from .compress import add_clustering_arguments, granularity_note, options_from_arguments
 
 PACK_EXAMPLES = """\
 examples:
@@ -58,7 +58,7 @@ def run_pack(arguments) -> int:
     coders = ", ".join(f"{name} {count}" for name, count in sorted(summary.coders.items()) if count)
     print(f"wrote {summary.output_path}")
     print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, k={options.n_clusters}"
-          f"{' (global codebook)' if options.global_clusters else ''}, on {summary.device}; "
+          f"{' (global codebook)' if options.global_clusters else ''}{granularity_note(options)}, on {summary.device}; "
           f"{summary.coded} tensors indexed ({coders})")
     print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}, cluster {seconds['cluster']:.2f}, "
           f"encode {seconds['encode']:.2f}, verify+write {seconds['verify']:.2f}, zip {seconds['zip']:.2f})")
