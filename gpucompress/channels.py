@@ -30,7 +30,7 @@ GRANULARITIES = ("per-tensor", "per-channel", "grouped")
 # TFLite layouts: CONV_2D and TRANSPOSE_CONV filters [out, h, w, in] and
 # FULLY_CONNECTED [out, in] -> axis 0; DEPTHWISE_CONV_2D [1, h, w, out] -> last.
 KIND_AXES = {
-    "conv": -1, "dense": -1, "matmul": -1, "embedding": -1,
+    "conv": -1, "dense": -1, "matmul": -1, "embedding": -1, "matmul_transposed": 0,
     "depthwise": 2, "transpose_conv": -2,
     "tflite_conv": 0, "tflite_fully_connected": 0, "tflite_transpose_conv": 0, "tflite_depthwise": -1,
 }
@@ -48,16 +48,20 @@ def kind_axis(kind: str | None, rank: int) -> int | None:
     return axis if 0 <= axis < rank else None
 
 
-def kind_from_name(name: str) -> str | None:
-    """Return the layer kind a Keras/SavedModel variable path names ("depthwise", "transpose_conv",
-    "embedding"), or None: the rule for variables whose layer class the reader does not see."""
-    lowered = name.lower()
-    if "depthwise_kernel" in lowered or "depthwise" in lowered.split("/")[-1]:
+def kind_from_name(name: str, rank: int) -> str | None:
+    """Return the layer kind a Keras/SavedModel variable path names, or None: the rule for formats
+    whose reader does not see the layer class. Keras' default layer names carry it
+    ("depthwise_conv2d/depthwise_kernel", "conv2d_transpose/kernel", "embedding/embeddings");
+    a layer the user renamed falls back to the last axis (stated in the report)."""
+    parts = name.lower().replace(":0", "").split("/")
+    if rank == 4 and any("depthwise" in part for part in parts):
         return "depthwise"
-    if "transpose" in lowered and lowered.rstrip(":0").endswith("kernel"):
+    if rank >= 3 and any("transpose" in part for part in parts) and "kernel" in parts[-1].lstrip("_"):
         return "transpose_conv"
-    if lowered.rstrip(":0").endswith("embeddings"):
+    if rank == 2 and any(part.startswith("embedding") for part in parts):
         return "embedding"
+    if rank >= 2 and parts[-1].lstrip("_").startswith("kernel"):
+        return "conv" if rank > 2 else "dense"  # Keras kernels: [..., in, out]
     return None
 
 

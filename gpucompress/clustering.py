@@ -125,9 +125,10 @@ def _axis_for(weight: Weight, options: CompressOptions) -> tuple[int | None, str
     axis = channels.kind_axis(weight.layer_kind, rank)
     if axis is not None:
         return axis, f"layer kind {weight.layer_kind}"
-    axis = channels.kind_axis(channels.kind_from_name(weight.name), rank)
-    if axis is not None:
-        return axis, f"name ({channels.kind_from_name(weight.name)})"
+    for name in (weight.name, *weight.aliases):
+        kind = channels.kind_from_name(name, rank)
+        if kind is not None:
+            return channels.kind_axis(kind, rank), f"name ({kind})"
     return None, "last axis (layer kind unknown)"
 
 

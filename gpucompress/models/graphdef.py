@@ -30,6 +30,17 @@ _DTYPE_NAMES = {1: "float32", 2: "float64", 14: "bfloat16", 19: "float16", 3: "i
 
 FUNCTION_SEPARATOR = "::"
 
+# Ops whose weight input picks the output-channel axis of per-channel codebooks
+# (channels.KIND_AXES): op -> {input index: layer kind}.
+_WEIGHT_INPUTS = {
+    "Conv2D": {1: "conv"}, "Conv3D": {1: "conv"}, "Conv1D": {1: "conv"},
+    "MatMul": {1: "matmul"}, "DepthwiseConv2dNative": {1: "depthwise"},
+    "Conv2DBackpropInput": {1: "transpose_conv"}, "Conv3DBackpropInputV2": {1: "transpose_conv"},
+    "GatherV2": {0: "embedding"}, "Gather": {0: "embedding"}, "ResourceGather": {0: "embedding"},
+}
+# Ops a weight may pass through unchanged on its way to the op that uses it.
+_PASS_THROUGH = {"Identity", "ReadVariableOp", "Snapshot"}
+
 # A skeleton: magic, u32 length of a JSON list of the removed tensors and their
 # storage forms, that JSON, then the GraphDef with those tensors' values cleared.
 SKELETON_MAGIC = b"GDSK"
@@ -72,6 +83,31 @@ class GraphDefModel:
         if node.op == "Const" and "value" in node.attr:
             self._nodes[name] = node
 
+    def layer_kinds(self) -> dict[str, str]:
+        """Return {Const name: layer kind} for the Consts that feed a known op's weight input
+        (_WEIGHT_INPUTS; through Identity nodes), the rule of per-channel codebooks' default axis.
+
+        A Const feeding two kinds, or a MatMul with transpose_b, gets none (its last axis is used).
+        """
+        graphs = [("", self.graph_def.node)] + [(f"{f.signature.name}{FUNCTION_SEPARATOR}", f.node_def)
+                                                for f in self.graph_def.library.function]
+        kinds: dict[str, str] = {}
+        for prefix, nodes in graphs:
+            through = {node.name: node.input[0] for node in nodes if node.op in _PASS_THROUGH and node.input}
+            for node in nodes:
+                for index, kind in _WEIGHT_INPUTS.get(node.op, {}).items():
+                    if index >= len(node.input):
+                        continue
+                    if node.op == "MatMul" and node.attr["transpose_b"].b:
+                        kind = "matmul_transposed"
+                    source, seen = node.input[index].lstrip("^").split(":")[0], 0
+                    while source in through and seen < 16:  # a bounded walk: a cycle never hangs it
+                        source, seen = through[source].lstrip("^").split(":")[0], seen + 1
+                    name = prefix + source
+                    if name in self._nodes:
+                        kinds[name] = kind if kinds.get(name, kind) == kind else "ambiguous"
+        return {name: kind for name, kind in kinds.items() if kind != "ambiguous"}
+
     @classmethod
     def from_proto(cls, graph_def) -> "GraphDefModel":
         """Return a model over a copy of a GraphDef message (the caller's stays untouched)."""
@@ -98,7 +134,7 @@ class GraphDefModel:
 
     def weights(self) -> list[Weight]:
         """Return every Const tensor as a Weight, in graph order (main graph, then functions)."""
-        result = []
+        result, kinds = [], self.layer_kinds()
         for name, node in self._nodes.items():
             tensor = node.attr["value"].tensor
             dtype = tensor_proto.float_numpy_dtype(tensor.dtype)
@@ -117,6 +153,7 @@ class GraphDefModel:
                     max_distinct=max_distinct,
                     load=(lambda n=name, t=tensor: self._made(n) if n in self._deferred
                           else self._load(n, t)),
+                    layer_kind=kinds.get(name),
                 )
             )
         return result

@@ -120,6 +120,7 @@ class _Entry:
     dtype: numpy.dtype
     shape: tuple[int, ...]
     tensors: list[Tensor] = field(default_factory=list)
+    kinds: set = field(default_factory=set)  # layer kinds of the operators that use it (channels.KIND_AXES)
 
 
 @dataclass
@@ -224,7 +225,13 @@ class TFLiteModel:
 
     def _find_weights(self) -> dict[str, _Entry]:
         types, wanted = _numpy_types(), weight_inputs()
-        dequantize = schema().BuiltinOperator.DEQUANTIZE
+        op_codes = schema().BuiltinOperator
+        dequantize = op_codes.DEQUANTIZE
+        # TFLite's weight layouts: filters [out, h, w, in], FULLY_CONNECTED [out, in],
+        # DEPTHWISE_CONV_2D [1, h, w, out], embeddings [vocabulary, dim].
+        layer_kinds = {op_codes.CONV_2D: "tflite_conv", op_codes.FULLY_CONNECTED: "tflite_fully_connected",
+                       op_codes.TRANSPOSE_CONV: "tflite_transpose_conv", op_codes.DEPTHWISE_CONV_2D: "tflite_depthwise",
+                       op_codes.EMBEDDING_LOOKUP: "embedding", op_codes.GATHER: "embedding"}
         by_buffer: dict[int, _Entry] = {}
         for tensors, operators in zip(self.structure.tensors, self.structure.operators):
             producer = {out: op for op in operators for out in op.outputs}
@@ -247,6 +254,7 @@ class TFLiteModel:
                                                                   tensor.shape)
                     if all(t is not tensor for t in entry.tensors):
                         entry.tensors.append(tensor)
+                    entry.kinds.add(layer_kinds.get(op.code))
         entries, used = {}, set()
         for entry in by_buffer.values():
             name = entry.tensors[0].name
@@ -287,7 +295,9 @@ class TFLiteModel:
                 load = (lambda e=entry: self._values(e).copy())
             result.append(Weight(name=name, dtype=dtype, shape=entry.shape, floating=kind != "other",
                                  max_distinct=distinct if kind != "other" else 0, load=load,
-                                 aliases=tuple(dict.fromkeys(t.name for t in entry.tensors[1:]))))
+                                 aliases=tuple(dict.fromkeys(t.name for t in entry.tensors[1:])),
+                                 # one kind of user only: a buffer two kinds read has no one channel axis
+                                 layer_kind=next(iter(entry.kinds)) if len(entry.kinds) == 1 else None))
         return result
 
     def integer_weights(self) -> dict[str, dict]:
