@@ -31,8 +31,10 @@ class TensorStats:
     bytes. For floating tensors: distinct (distinct finite values), minimum,
     maximum, mean, std (of the finite values, float64), nonfinite (NaN/Inf
     count); None for other dtypes. looks_clustered: more values than
-    max_centroids but at most max_centroids distinct ones; centroids then holds
-    the sorted distinct values (float64), else None.
+    max_centroids but at most max_centroids distinct ones (centroids then holds
+    the sorted distinct values, float64), or at most max_centroids per channel
+    or group of channels along one axis (per-channel or grouped codebooks:
+    channel_axis, group_size and codebooks say how; centroids None).
     """
 
     name: str
@@ -49,6 +51,9 @@ class TensorStats:
     nonfinite: int | None = None
     looks_clustered: bool = False
     centroids: numpy.ndarray | None = field(default=None, repr=False, compare=False)
+    channel_axis: int | None = None
+    group_size: int | None = None
+    codebooks: int | None = None
 
     def to_dict(self) -> dict:
         """Return the statistics as JSON-ready values (centroids left out)."""
@@ -57,6 +62,7 @@ class TensorStats:
             "stored_bytes": self.stored_bytes, "share": self.share, "distinct": self.distinct,
             "min": self.minimum, "max": self.maximum, "mean": self.mean, "std": self.std,
             "nonfinite": self.nonfinite, "looks_clustered": self.looks_clustered,
+            "codebooks": self.codebooks, "channel_axis": self.channel_axis, "group_size": self.group_size,
         }
 
 
@@ -116,6 +122,41 @@ def _estimated_bytes(weight: Weight) -> int:
         return weight.size * (2 if weight.dtype == "bfloat16" else 0)
 
 
+# Group sizes tried, after per channel, to tell grouped codebooks from per-channel ones.
+GROUP_SIZES = (2, 4, 8, 16, 32, 64, 128)
+
+
+def _most_distinct(values: numpy.ndarray, axis: int, group_size: int) -> int:
+    """Return the most distinct finite values any group of group_size channels along axis holds."""
+    channels = values.shape[axis]
+    moved = numpy.moveaxis(values, axis, 0).reshape(channels, -1)
+    rows = -(-channels // group_size)
+    padded = numpy.full((rows * group_size, moved.shape[1]), numpy.nan)
+    padded[:channels] = moved
+    ordered = numpy.sort(padded.reshape(rows, -1), axis=1)  # NaN (padding, non-finite) sorts last
+    finite = numpy.isfinite(ordered)
+    distinct = finite[:, :1].sum(axis=1) + ((numpy.diff(ordered, axis=1) != 0) & finite[:, 1:]).sum(axis=1)
+    return int(distinct.max())
+
+
+def channel_codebooks(values: numpy.ndarray, distinct: int, max_centroids: int) -> tuple[int, int] | None:
+    """Return (axis, group size) when every channel (or group of channels) along one axis of a float64
+    tensor holds at most max_centroids distinct finite values, the largest group size that does
+    (GROUP_SIZES); None when no axis does. Axes are tried last first (the usual output channels);
+    an axis with too few channels to hold `distinct` values is skipped unsorted."""
+    for axis in reversed(range(values.ndim)):
+        channels = values.shape[axis]
+        if channels < 2 or distinct > channels * max_centroids or _most_distinct(values, axis, 1) > max_centroids:
+            continue
+        size = 1
+        for candidate in GROUP_SIZES:
+            if candidate >= channels or _most_distinct(values, axis, candidate) > max_centroids:
+                break
+            size = candidate
+        return axis, size
+    return None
+
+
 def tensor_stats(weight: Weight, stored_bytes: int, file_bytes: int,
                  max_centroids: int = DEFAULT_MAX_CENTROIDS) -> TensorStats:
     """Return the TensorStats of one weight (decodes floating weights once)."""
@@ -129,11 +170,18 @@ def tensor_stats(weight: Weight, stored_bytes: int, file_bytes: int,
         return TensorStats(**common, distinct=0, nonfinite=int(flat.size))
     distinct_values = numpy.unique(finite)
     looks_clustered = weight.size > max_centroids and distinct_values.size <= max_centroids
+    split = {}
+    if weight.size > max_centroids and not looks_clustered and len(weight.shape) >= 2:
+        found = channel_codebooks(flat.reshape(weight.shape), distinct_values.size, max_centroids)
+        if found is not None:
+            axis, size = found
+            looks_clustered = True
+            split = dict(channel_axis=axis, group_size=size, codebooks=-(-weight.shape[axis] // size))
     return TensorStats(
         **common, distinct=int(distinct_values.size), minimum=float(distinct_values[0]),
         maximum=float(distinct_values[-1]), mean=float(finite.mean()), std=float(finite.std()),
         nonfinite=int(flat.size - finite.size), looks_clustered=looks_clustered,
-        centroids=distinct_values if looks_clustered else None,
+        centroids=distinct_values if looks_clustered and not split else None, **split,
     )
 
 
@@ -186,7 +234,7 @@ def format_table(inspection: ModelInspection, *, limit: int | None = None, name_
     header = ("tensor", "dtype", "shape", "values", "distinct", "min", "max", "std", "file %")
     table = [header]
     for t in shown:
-        marker = "*" if t.looks_clustered else ""
+        marker = "" if not t.looks_clustered else "**" if t.codebooks else "*"
         table.append((_shorten(t.name, name_width), t.dtype, "x".join(map(str, t.shape)) or "scalar",
                       f"{t.values:,}", "-" if t.distinct is None else f"{t.distinct:,}{marker}",
                       _number(t.minimum), _number(t.maximum), _number(t.std), f"{100 * t.share:.1f}"))
@@ -210,4 +258,10 @@ def format_table(inspection: ModelInspection, *, limit: int | None = None, name_
         lines.append(f"* more than {inspection.max_centroids} values but at most {inspection.max_centroids} "
                      f"distinct: looks clustered ({clustered} of {floating} floating tensors, "
                      f"{share_text(share)} of their values)")
+        split = [t for t in inspection.tensors if t.codebooks]
+        if split:
+            grouped = sum(1 for t in split if t.group_size > 1)
+            lines.append(f"** at most {inspection.max_centroids} distinct per channel or group: {len(split)} "
+                         f"tensors with per-channel{' or grouped' if grouped else ''} codebooks, "
+                         f"{sum(t.codebooks for t in split):,} codebooks in all")
     return "\n".join(lines)

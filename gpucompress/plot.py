@@ -115,9 +115,10 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
     for weight in weights:
         total += numpy.histogram(_finite(weight), edges)[0]
     clustered: list[TensorStats] = [stats[w.name] for w in weights if stats[w.name].looks_clustered]
-    shared = numpy.unique(numpy.concatenate([t.centroids for t in clustered])) if clustered else None
-    if shared is not None and shared.size > max(t.distinct for t in clustered):
-        shared = None  # one codebook per tensor: each is drawn in its tensor's panel
+    one_book = [t for t in clustered if t.centroids is not None]
+    shared = numpy.unique(numpy.concatenate([t.centroids for t in one_book])) if one_book else None
+    if shared is not None and (shared.size > max(t.distinct for t in one_book) or len(one_book) < len(clustered)):
+        shared = None  # one codebook per tensor (or channel): each is drawn in its tensor's panel
 
     columns = 2
     rows = (len(shown) + columns - 1) // columns
@@ -138,6 +139,14 @@ def plot_weight_histograms(model, inspection: ModelInspection, path: str | os.Pa
         t = stats[weight.name]
         ax = figure.add_subplot(grid[1 + index // columns, index % columns])
         shape = "\u00d7".join(map(str, t.shape)) or "scalar"
+        if t.looks_clustered and t.codebooks:
+            # Per-channel codebooks: a histogram, and how many codebooks (not thousands of stems).
+            counts = numpy.histogram(_finite(weight), _edges(t.minimum, t.maximum, bins))[0]
+            _draw(ax, counts, _edges(t.minimum, t.maximum, bins), None,
+                  f"{_short(t.name)}\n{shape}, {_si(t.values)} values, std {t.std:.3g}\n{t.codebooks} codebooks "
+                  f"({'per channel' if t.group_size == 1 else f'groups of {t.group_size}'}, axis {t.channel_axis}), "
+                  f"<= {inspection.max_centroids} values each")
+            continue
         if t.looks_clustered:
             _draw_centroids(ax, _finite(weight), t.centroids,
                             f"{_short(t.name)}\n{shape}, {_si(t.values)} values, std {t.std:.3g}, "

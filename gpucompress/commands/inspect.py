@@ -33,6 +33,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--top", type=int, default=20, metavar="N",
                         help="rows of the table, largest tensors first (default %(default)s; 0: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing plot file")
+    parser.add_argument("--max-centroids", "--max_centroids", type=int, default=256, metavar="K",
+                        help="a tensor of more values but at most K distinct ones (or at most K per channel "
+                        "or group of channels: per-channel codebooks) looks clustered (default %(default)s)")
     parser.set_defaults(handler=run_inspect)
 
 
@@ -50,7 +53,9 @@ def run_inspect(arguments) -> int:
 
         plot_format(arguments.plot)
         check_output_path(arguments.plot, [Path(arguments.model)], overwrite=arguments.overwrite)
-    inspection = inspect_model(arguments.model, model=model)
+    if arguments.max_centroids < 1:
+        raise OptionsError(f"max_centroids={arguments.max_centroids} (--max-centroids) should be >= 1.")
+    inspection = inspect_model(arguments.model, model=model, max_centroids=arguments.max_centroids)
     if arguments.plot:
         from ..plot import plot_weight_histograms
 
