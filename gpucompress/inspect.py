@@ -143,10 +143,12 @@ def channel_codebooks(values: numpy.ndarray, distinct: int, max_centroids: int) 
     """Return (axis, group size) when every channel (or group of channels) along one axis of a float64
     tensor holds at most max_centroids distinct finite values, the largest group size that does
     (GROUP_SIZES); None when no axis does. Axes are tried last first (the usual output channels);
-    an axis with too few channels to hold `distinct` values is skipped unsorted."""
+    an axis with too few channels to hold `distinct` values, or whose channels hold no more than
+    max_centroids values each (they would fit any codebook), is skipped unsorted."""
     for axis in reversed(range(values.ndim)):
         channels = values.shape[axis]
-        if channels < 2 or distinct > channels * max_centroids or _most_distinct(values, axis, 1) > max_centroids:
+        if (channels < 2 or values.size // channels <= max_centroids or distinct > channels * max_centroids
+                or _most_distinct(values, axis, 1) > max_centroids):
             continue
         size = 1
         for candidate in GROUP_SIZES:
