@@ -40,11 +40,20 @@ def layer_seed(name: str, seed: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def trained_like(name: str, shape: tuple[int, ...], fan_in: int, seed: int = 0) -> numpy.ndarray:
+# Output channels of trained convolutions differ in scale by about an order of
+# magnitude; channel_gains draws each channel's gain log-uniformly over this span.
+CHANNEL_GAIN_SPAN = 10.0
+
+
+def trained_like(name: str, shape: tuple[int, ...], fan_in: int, seed: int = 0,
+                 channel_gains: bool = False) -> numpy.ndarray:
     """Return float32 values of `shape` shaped like trained conv weights (Laplace core, heavy tail).
 
     Deterministic in (name, shape, seed). The per-layer scale is gain / sqrt(fan_in)
-    with a gain that varies by layer, as trained layers' spreads do.
+    with a gain that varies by layer, as trained layers' spreads do. channel_gains:
+    also scale each output channel (the last axis) by a gain log-uniform in
+    [1/sqrt(span), sqrt(span)] (span CHANNEL_GAIN_SPAN = 10x), drawn from a stream of its own
+    (the values without gains are those of channel_gains=False).
     """
     rng = numpy.random.default_rng(layer_seed(name, seed))
     n = int(numpy.prod(shape))
@@ -53,14 +62,20 @@ def trained_like(name: str, shape: tuple[int, ...], fan_in: int, seed: int = 0) 
     tail = rng.random(n) < 0.02
     values[tail] = rng.standard_t(2.5, int(tail.sum())) * 3 * scale
     values += rng.normal(0.0, 0.05 * scale)  # trained layers are rarely centred exactly on 0
-    return values.astype(numpy.float32).reshape(shape)
+    values = values.reshape(shape)
+    if channel_gains:
+        gains = numpy.random.default_rng(layer_seed(name + "/channel_gains", seed)).uniform(
+            -0.5, 0.5, shape[-1])
+        values = values * numpy.exp(gains * numpy.log(CHANNEL_GAIN_SPAN))
+    return values.astype(numpy.float32)
 
 
 class GraphBuilder:
     """Appends NodeDefs to a GraphDef; every helper returns the new node's name."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, channel_gains: bool = False):
         graph_pb2, self._node_pb2 = _proto()
+        self.channel_gains = channel_gains
         self.graph_def = graph_pb2.GraphDef()
         self.graph_def.versions.producer = 27
         self.seed = seed
@@ -107,7 +122,8 @@ class GraphBuilder:
              batch_norm=True, relu=True):
         height, width = (kernel, kernel) if isinstance(kernel, int) else kernel
         shape = (height, width, channels_in, channels_out)
-        weights = self.const(f"{name}/weights", trained_like(name, shape, height * width * channels_in, self.seed))
+        weights = self.const(f"{name}/weights", trained_like(name, shape, height * width * channels_in, self.seed,
+                                                                   self.channel_gains))
         y = self.node("Conv2D", f"{name}/Conv2D", [x, weights], T=FLOAT, strides=[1, stride, stride, 1],
                       padding=padding, data_format="NHWC", use_cudnn_on_gpu=True)
         rng = numpy.random.default_rng(layer_seed(name + "/bn", self.seed))
@@ -180,14 +196,16 @@ def _block8(b, x, c, w, name, relu=True):
     return b.residual(x, up, 0.20 if relu else 1.0, name, relu=relu)
 
 
-def build_facenet(width: int = 1, image_size: int = 160, seed: int = 0):
+def build_facenet(width: int = 1, image_size: int = 160, seed: int = 0, channel_gains: bool = False):
     """Return (GraphDef, number of float32 values) of Inception-ResNet-v1 with a 128-d embedding.
 
     width: divides every channel count (1 = FaceNet 20170216-091149's shape; a
     float below 1 multiplies them, the values per layer growing as 1 / width**2).
     image_size: input height and width (160 as FaceNet). seed: the weights' seed.
+    channel_gains: scale each output channel of every kernel by its own gain
+    (trained_like), as trained nets' channels differ (benchmarks/granularity.py).
     """
-    b = GraphBuilder(seed)
+    b = GraphBuilder(seed, channel_gains)
     p = PREFIX
     x = _placeholder(b, image_size)
     c = lambda n: _channels(n, width)  # noqa: E731
@@ -229,7 +247,7 @@ def build_facenet(width: int = 1, image_size: int = 160, seed: int = 0):
     shape = b.const(f"{p}/Logits/Flatten/shape", numpy.array([-1, channels], dtype=numpy.int32))
     x = b.node("Reshape", f"{p}/Logits/Flatten/Reshape", [x, shape], T=FLOAT, Tshape=INT32)
     weights = b.const(f"{p}/Bottleneck/weights",
-                      trained_like(f"{p}/Bottleneck", (channels, 128), channels, seed))
+                      trained_like(f"{p}/Bottleneck", (channels, 128), channels, seed, channel_gains))
     x = b.node("MatMul", f"{p}/Bottleneck/MatMul", [x, weights], T=FLOAT,
                transpose_a=False, transpose_b=False)
     x = _dense_batch_norm(b, x, 128, f"{p}/Bottleneck/BatchNorm")
