@@ -42,10 +42,10 @@ def configurations(group_size: int) -> dict[str, dict]:
             f"grouped G={group_size}": {"granularity": "grouped", "group_size": group_size}}
 
 
-def measure(data: bytes, fields: dict, k: int, archive: bool) -> dict:
+def measure(data: bytes, fields: dict, k: int, archive: bool, method: str = "optimal", init: str = "linear") -> dict:
     """Cluster a fresh model of the graph bytes once; return its seconds, SSE, codebooks and archive bytes."""
     model = GraphDefModel.from_bytes(data)
-    options = CompressOptions(n_clusters=k, device="cpu", **fields)
+    options = CompressOptions(n_clusters=k, device="cpu", method=method, init=init, **fields)
     started = time.perf_counter()
     run = cluster_weights(model.weights(), options)
     seconds = time.perf_counter() - started
@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("-k", type=int, default=16, help="codebook size (default %(default)s)")
     parser.add_argument("--group-size", type=int, default=None,
                         help="channels per grouped codebook (default 8; 4 with --quick, whose first conv has 4)")
+    parser.add_argument("--method", default="optimal", help="clustering method (default %(default)s)")
+    parser.add_argument("--init", default="linear", help="init of --method lloyd (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per configuration (default 3)")
     parser.add_argument("--output", help="markdown file (default benchmarks/results/<date>-granularity.md)")
     arguments = parser.parse_args(argv)
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
     results = {label: [] for label in configs}
     for round_index in range(arguments.rounds):
         for label, fields in configs.items():  # interleaved: a slow moment hits every configuration
-            results[label].append(measure(data, fields, arguments.k, archive=round_index == 0))
+            results[label].append(measure(data, fields, arguments.k, archive=round_index == 0,
+                                          method=arguments.method, init=arguments.init))
             print(f"round {round_index + 1} {label}: {results[label][-1]['seconds']:.2f} s", file=sys.stderr)
     rows = {}
     for label, runs in results.items():
@@ -96,7 +99,8 @@ def main(argv=None) -> int:
              f"Machine: {machine.get('cpu')}, {machine.get('cores')} usable cores; CPU engine (no GPU figures). "
              f"Graph: width {width}, {count:,} float32 values, {len(data):,} bytes; every kernel's output "
              f"channels scaled by log-uniform gains over 10x (facenet.build_facenet(channel_gains=True)). "
-             f"k = {arguments.k}, method optimal. Clustering time: median of {arguments.rounds} interleaved "
+             f"k = {arguments.k}, method {arguments.method}"
+             f"{f' (init {arguments.init})' if arguments.method == 'lloyd' else ''}. Clustering time: median of {arguments.rounds} interleaved "
              f"rounds of `cluster_weights` (selection and reading the values included).", "",
              "| granularity | codebooks | total SSE | SSE / per-tensor | cluster s | time / per-tensor "
              "| archive bytes | archive / per-tensor |",

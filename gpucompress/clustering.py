@@ -16,7 +16,7 @@ from . import channels
 from . import device as devices
 from . import engine
 from .kernels import compiled
-from .models.weights import Weight
+from .models.weights import ROLE_VARIABLE, Weight
 from .options import CompressOptions
 from .select import CLUSTER, Decision, check_whitelist, decide_with_values, decide_without_values
 
@@ -125,7 +125,9 @@ def _axis_for(weight: Weight, options: CompressOptions) -> tuple[int | None, str
     axis = channels.kind_axis(weight.layer_kind, rank)
     if axis is not None:
         return axis, f"layer kind {weight.layer_kind}"
-    for name in (weight.name, *weight.aliases):
+    # Names are the rule of variables (Keras, SavedModel), whose readers see no layer class;
+    # a frozen graph's Consts get their kind from the ops that use them, or none.
+    for name in (weight.name, *weight.aliases) if weight.role == ROLE_VARIABLE else ():
         kind = channels.kind_from_name(name, rank)
         if kind is not None:
             return channels.kind_axis(kind, rank), f"name ({kind})"

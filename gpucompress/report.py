@@ -211,7 +211,8 @@ def _granularity_lines(clustered: list[dict], totals: dict) -> list[str]:
     split = [t for t in clustered if t.get("codebooks", 1) and t.get("granularity") not in (None, "per-tensor")]
     if split:
         unknown = sum(1 for t in split if (t["axis_source"] or "").startswith("last axis"))
-        lines.append(f"{totals['codebooks']:,} codebooks: {len(split)} tensors {split[0]['granularity']}"
+        lines.append(f"{totals['codebooks']:,} codebooks (SSE {totals['sse']:.4g} in all): {len(split)} tensors "
+                     f"{split[0]['granularity']}"
                      + (f" ({unknown} on their last axis, layer kind unknown)" if unknown else "")
                      + (f", {len(clustered) - len(split)} of rank <= 1 per tensor" if len(split) < len(clustered) else ""))
     ragged = [t for t in split if t["last_group_channels"] is not None]
@@ -244,8 +245,7 @@ def format_summary(report: dict, *, top: int = 8, name_width: int = 44) -> str:
     totals = report["totals"]
     if clustered:
         snr = "inf" if totals["snr_db"] is None else f"{totals['snr_db']:.1f}"
-        lines.append(f"all clustered weights: relative error {totals['relative_error']:.2%}, SNR {snr} dB, "
-                     f"SSE {totals['sse']:.4g}")
+        lines.append(f"all clustered weights: relative error {totals['relative_error']:.2%}, SNR {snr} dB")
         lines.extend(_granularity_lines(clustered, totals))
     reasons: dict[str, int] = {}
     for t in report["tensors"]:

@@ -334,3 +334,41 @@ def test_options_reject_what_does_not_apply():
         CompressOptions(granularity="per-channel", engine="faiss")
     with pytest.raises(OptionsError, match="keep_zeros=True does not apply to global_clusters"):
         CompressOptions(global_clusters=True, keep_zeros=True)
+
+
+def test_report_of_a_grouped_run_fits_the_schema(tmp_path):
+    from .test_report import validate
+
+    path = tmp_path / "m.pb"
+    path.write_bytes(_graph(numpy.random.default_rng(6)).to_bytes())
+    report = tmp_path / "r.json"
+    assert main(["compress", str(path), "--n_clusters", "8", "--granularity", "grouped", "--group-size", "4",
+                 "--report", str(report), "-q"]) == 0
+    loaded = json.loads(report.read_text())
+    validate(loaded)
+    entries = {t["name"]: t for t in loaded["tensors"]}
+    assert (entries["kernel"]["codebooks"], entries["kernel"]["last_group_channels"]) == (3, None)
+    assert (entries["matrix"]["codebooks"], entries["matrix"]["last_group_channels"]) == (3, 2)
+    assert entries["bias"]["granularity"] == "per-tensor" and entries["bias"]["codebooks"] == 1
+    assert entries["matrix"]["kept_zeros"] and entries["kernel"]["axis_source"] == "last axis (layer kind unknown)"
+    assert loaded["totals"]["codebooks"] == 3 + 3 + 2 + 1
+
+
+def test_inspect_tells_per_channel_and_grouped_codebooks(tmp_path):
+    from gpucompress.inspect import format_table, inspect_model
+
+    rng = numpy.random.default_rng(7)
+    model = GraphDefModel(graphdef_of(const_node("w", _scaled(rng, (3, 3, 16, 32)))))
+    for fields, group in (({"granularity": "per-channel"}, 1), ({"granularity": "grouped", "group_size": 4}, 4)):
+        run = cluster_weights(model.weights(), CompressOptions(n_clusters=8, device="cpu", **fields))
+        clustered = GraphDefModel(graphdef_of(const_node("w", run.clustered()[0].values())))
+        path = tmp_path / f"g{group}.pb"
+        path.write_bytes(clustered.to_bytes())
+        (stats,) = inspect_model(path, max_centroids=8).tensors
+        assert stats.looks_clustered and (stats.channel_axis, stats.group_size, stats.codebooks) == (3, group, 32 // group)
+        assert "** at most 8 distinct per channel or group" in format_table(inspect_model(path, max_centroids=8))
+    (plain,) = inspect_model(tmp_path / "g1.pb").tensors  # default 256: 256 or fewer in all, one codebook's worth
+    (raw,) = GraphDefModel(graphdef_of(const_node("w", _scaled(rng, (3, 3, 16, 32))))).weights()
+    path = tmp_path / "raw.pb"
+    path.write_bytes(GraphDefModel(graphdef_of(const_node("w", raw.load()))).to_bytes())
+    assert not inspect_model(path, max_centroids=8).tensors[0].looks_clustered
