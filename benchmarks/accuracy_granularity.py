@@ -68,8 +68,8 @@ CONFIGURATIONS: dict[str, Callable] = {
 class TrainedModel:
     """A trained Keras model saved as .keras, with its held-out data and training inputs."""
 
-    def __init__(self, name, path, x_train, y_train, x_test, y_test, accuracy):
-        self.name, self.path = name, path
+    def __init__(self, name, path, x_train, y_train, x_test, y_test, accuracy, parameters):
+        self.name, self.path, self.parameters = name, path, parameters
         self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
         self.accuracy = accuracy
 
@@ -114,7 +114,8 @@ def train_digits_cnn(folder: Path, epochs: int) -> TrainedModel:
     model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
     path = folder / "digits_cnn.keras"
     _save_without_optimizer(model, path)
-    return TrainedModel("digits CNN", path, x_train, y_train, x_test, y_test, _accuracy(model, x_test, y_test))
+    return TrainedModel("digits CNN", path, x_train, y_train, x_test, y_test, _accuracy(model, x_test, y_test),
+                        model.count_params())
 
 
 def train_synthetic_mlp(folder: Path, epochs: int) -> TrainedModel:
@@ -137,7 +138,8 @@ def train_synthetic_mlp(folder: Path, epochs: int) -> TrainedModel:
     model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
     path = folder / "synthetic_mlp.keras"
     _save_without_optimizer(model, path)
-    return TrainedModel("synthetic MLP", path, x_train, y_train, x_test, y_test, _accuracy(model, x_test, y_test))
+    return TrainedModel("synthetic MLP", path, x_train, y_train, x_test, y_test, _accuracy(model, x_test, y_test),
+                        model.count_params())
 
 
 def run_configuration(trained: TrainedModel, options: CompressOptions, folder: Path, tag: str) -> dict:
@@ -167,7 +169,6 @@ def main(argv=None) -> int:
         header = "| model | float32 accuracy | k | " + " | ".join(CONFIGURATIONS) + " |"
         lines += [header, "|" + "---|" * (3 + len(CONFIGURATIONS))]
         for trained in models:
-            original = trained.path.stat().st_size
             for k in ks:
                 cells = []
                 for label, configure in CONFIGURATIONS.items():
@@ -175,7 +176,8 @@ def main(argv=None) -> int:
                     result = run_configuration(trained, configure(k, trained), folder, tag)
                     cells.append(f"{100 * result['accuracy']:.1f}% ({result['archive'] / 1024:.1f} KiB)")
                     print(f"{trained.name} k={k} {label}: {cells[-1]}, SSE {result['sse']:.4g}", file=sys.stderr)
-                lines.append(f"| {trained.name} ({original / 1024:.0f} KiB .keras, {len(trained.y_test)} held out) "
+                lines.append(f"| {trained.name} ({trained.parameters:,} parameters = {4 * trained.parameters / 1024:.0f} KiB "
+                             f"float32, {len(trained.y_test)} held out) "
                              f"| {100 * trained.accuracy:.1f}% | {k} | " + " | ".join(cells) + " |")
     command = "python benchmarks/accuracy_granularity.py" + (" --quick" if arguments.quick else "")
     text = "\n".join([

@@ -5,7 +5,9 @@ Public API (importing it never imports TensorFlow):
 - `compress_file(input, output=None, options)`: cluster a model file, write the result.
 - `compress_graphdef(graph_def, options)`: a clustered copy of a GraphDef message.
 - `cluster_arrays(arrays, n_clusters, ...)`: the engine on plain arrays
-  (codebook and labels per array, bit-identical on CPU and GPU).
+  (codebook and labels per array, bit-identical on CPU and GPU);
+  `cluster_segments(arrays, segment_sizes, n_clusters, ...)`: a codebook per
+  segment of each array (per-channel and grouped codebooks).
 - `CompressOptions`: every knob, validated; `gpu_available()`.
 - `pack_file(input, output=None, options)`, `unpack_file(archive, output=None)`,
   `read_archive(path_or_bytes)`: compact `.gpcz` archives (codebooks and
@@ -13,7 +15,7 @@ Public API (importing it never imports TensorFlow):
 """
 from .api import CompressionSummary, compress_file, compress_graphdef
 from .device import gpu_available
-from .engine import ClusterResult, cluster_arrays
+from .engine import ClusterResult, SegmentedResult, cluster_arrays, cluster_segments
 from .errors import DeviceError, FormatError, GpucompressError, InputError, OptionsError
 from .options import CompressOptions
 from .packing import PackSummary, pack_file, read_archive, unpack_file
@@ -30,7 +32,9 @@ __all__ = [
     "InputError",
     "OptionsError",
     "PackSummary",
+    "SegmentedResult",
     "cluster_arrays",
+    "cluster_segments",
     "compress_file",
     "compress_graphdef",
     "gpu_available",

@@ -18,7 +18,6 @@ import numpy
 
 from .errors import OptionsError
 
-GRANULARITIES = ("per-tensor", "per-channel", "grouped")
 
 # Output-channel axis by layer kind, for a kernel of the given rank (negative: from the end).
 # TensorFlow/Keras layouts: Conv kernels [h, w, in, out], Dense [in, out] -> last;
