@@ -176,11 +176,12 @@ def _manifest_archive(path: Path, format_name: str, skeleton_frame: bytes, skele
     manifest_codebooks = []
     for dtype, data in codebooks:
         manifest_codebooks.append({"dtype": dtype, "size": len(data) // archives.numpy_dtype(dtype).itemsize,
-                                   "section": len(sections)})
+                                   "rows": 1, "section": len(sections)})
         sections.append(data)
     manifest_tensors = []
     for entry, stream in zip(tensors, streams):
-        manifest_tensors.append({**entry, "section": len(sections), "nonfinite": 0, "nonfinite_section": None})
+        manifest_tensors.append({**entry, "section": len(sections), "nonfinite": 0, "nonfinite_section": None,
+                                 "channels": None})
         sections.append(stream)
     manifest = {"info": {}, "skeleton": {"section": 0, "bytes": skeleton_bytes}, "codebooks": manifest_codebooks,
                 "tensors": manifest_tensors, "sections": [[len(s), zlib.crc32(s)] for s in sections]}
