@@ -156,11 +156,12 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
         return decision, pending
     zeros = int(numpy.count_nonzero(flat == 0))
     pending.zero_share = zeros / flat.size
-    pending.keep_zeros = bool(options.keep_zeros if options.keep_zeros is not None else
-                              pending.zero_share > AUTO_ZEROS_SHARE and options.n_clusters >= 3)
+    # A tensor without zeros keeps all k centroids for its values, whatever keep_zeros says.
+    pending.keep_zeros = zeros > 0 and bool(options.keep_zeros if options.keep_zeros is not None else
+                                            pending.zero_share > AUTO_ZEROS_SHARE and options.n_clusters >= 3)
     major = flat if layout is None else layout.to_channel_major(values)
     sent_mask = None
-    if pending.keep_zeros and zeros:
+    if pending.keep_zeros:
         sent_mask = numpy.isfinite(major) & (major != 0)
     elif not all_finite:
         sent_mask = mask if layout is None else numpy.isfinite(major)

@@ -74,7 +74,8 @@ class CompressOptions:
         axis (channels.KIND_AXES, README "Per-channel codebooks").
     keep_zeros: True: exact zeros stay exactly 0 and are not clustered (the
         other values get k - 1 centroids, 0.0 is the k-th; needs
-        n_clusters >= 3); False: zeros are clustered like any value; None
+        n_clusters >= 3; a tensor without zeros keeps all k for its values);
+        False: zeros are clustered like any value; None
         (auto, the default): True for each tensor more than 30% of whose
         values are exact zeros (the report says which). Not with global_clusters.
     """

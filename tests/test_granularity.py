@@ -372,3 +372,13 @@ def test_inspect_tells_per_channel_and_grouped_codebooks(tmp_path):
     path = tmp_path / "raw.pb"
     path.write_bytes(GraphDefModel(graphdef_of(const_node("w", raw.load()))).to_bytes())
     assert not inspect_model(path, max_centroids=8).tensors[0].looks_clustered
+
+
+def test_keep_zeros_on_a_tensor_without_zeros_keeps_every_centroid():
+    values = numpy.random.default_rng(8).normal(size=(40, 30)).astype(numpy.float32)
+    values[values == 0] = 1.0
+    model = GraphDefModel(graphdef_of(const_node("w", values)))
+    kept = cluster_weights(model.weights(), CompressOptions(n_clusters=8, device="cpu", keep_zeros=True))
+    plain = cluster_weights(model.weights(), CompressOptions(n_clusters=8, device="cpu"))
+    assert not kept.clustered()[0].kept_zeros
+    numpy.testing.assert_array_equal(kept.clustered()[0].codebook, plain.clustered()[0].codebook)
