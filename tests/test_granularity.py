@@ -7,6 +7,8 @@ import os
 
 import numpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpucompress import CompressOptions, OptionsError
 from gpucompress.channels import Layout, layout_for
@@ -382,3 +384,36 @@ def test_keep_zeros_on_a_tensor_without_zeros_keeps_every_centroid():
     plain = cluster_weights(model.weights(), CompressOptions(n_clusters=8, device="cpu"))
     assert not kept.clustered()[0].kept_zeros
     numpy.testing.assert_array_equal(kept.clustered()[0].codebook, plain.clustered()[0].codebook)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 7), min_size=2, max_size=3), axis_seed=st.integers(0, 10),
+       group_seed=st.integers(0, 10), seed=st.integers(0, 2 ** 16), zeros=st.booleans())
+def test_every_group_is_clustered_as_if_alone(shape, axis_seed, group_seed, seed, zeros):
+    # Property: the codebook of a channel group, and its values' labels, are those of clustering the
+    # group's values (channel-major) alone; zeros kept stay zeros. k = 4 so small groups matter.
+    rng = numpy.random.default_rng(seed)
+    values = rng.normal(size=shape).astype(numpy.float32)
+    if zeros:
+        values[rng.random(shape) < 0.5] = 0
+    axis = axis_seed % len(shape)
+    group = 1 + group_seed % shape[axis]
+    model = GraphDefModel(graphdef_of(const_node("w", values)))
+    options = CompressOptions(n_clusters=4, granularity="grouped", group_size=group, channel_axis=axis,
+                              device="cpu", min_n_weights=1)
+    (outcome,) = cluster_weights(model.weights(), options).clustered() or [None]
+    if outcome is None:  # 4 or fewer distinct values: left as it is
+        return
+    layout = outcome.layout()
+    major = layout.to_channel_major(values)
+    out_major = layout.to_channel_major(outcome.values())
+    starts = numpy.concatenate([[0], numpy.cumsum(layout.segment_sizes())])
+    for row in range(layout.rows):
+        part, got = major[starts[row]:starts[row + 1]], out_major[starts[row]:starts[row + 1]]
+        sent = part[part != 0] if outcome.kept_zeros else part
+        assert (got[part == 0] == 0).all() or not outcome.kept_zeros
+        if sent.size == 0:
+            continue
+        (alone,) = cluster_arrays([sent], 3 if outcome.kept_zeros else 4, device="cpu")
+        expected = alone.codebook.astype(numpy.float32)[alone.labels]
+        numpy.testing.assert_array_equal(got[part != 0] if outcome.kept_zeros else got, expected)
