@@ -267,10 +267,14 @@ def _pack_equals_compress(source, tmp_path, options, name):
 def keras_files(tmp_path_factory):
     """A functional Keras model (Embedding, Dense, BatchNormalization) as .keras, .h5, .weights.h5 and SavedModel."""
     pytest.importorskip("tensorflow")
-    from .keras_models import build_models
+    import keras
+
+    from .keras_models import _randomize_batch_norm, functional_model
 
     folder = tmp_path_factory.mktemp("granularity_keras")
-    _, functional, _ = build_models(seed=3)
+    keras.utils.set_random_seed(3)
+    functional = functional_model()  # untrained: no optimizer state to carry (its own tests cover that)
+    _randomize_batch_norm(functional, numpy.random.default_rng(3))
     paths = {"keras": folder / "m.keras", "h5": folder / "m.h5", "weights": folder / "m.weights.h5",
              "savedmodel": folder / "saved"}
     functional.save(paths["keras"])
