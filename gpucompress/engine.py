@@ -9,6 +9,7 @@ memory, never the output.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .errors import OptionsError
 from .kernels import compiled, fixedpoint
 from .kernels.initializers import INITIALIZERS, kmeans_plus_plus_draws
 from .kernels.lloyd import assign_labels, lloyd
-from .kernels.optimal import optimal
+from .kernels.optimal import exact_rows, optimal
 from .kernels.segments import batch_from_sorted, build_batch, segment_extremes, sort_values
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,17 @@ class ClusterResult:
     codebook: float64 (k,), sorted centroids (may repeat when the array has
     fewer distinct values than k). labels: (n,) unsigned ints, the index into the
     codebook of each value, in input order. iterations: Lloyd steps that moved
-    the centroids. converged: False when max_iter stopped it first.
+    the centroids. converged: False when max_iter stopped it first. exact:
+    True when the optimal method's DP ran on the array's distinct values (a
+    float16, bfloat16 or few-valued array), so its DP solution is the exact
+    optimum (before Lloyd's refinement, which never raises the SSE).
     """
 
     codebook: numpy.ndarray
     labels: numpy.ndarray
     iterations: int
     converged: bool
+    exact: bool = False
 
 
 def label_dtype(k: int) -> numpy.dtype:
@@ -113,6 +118,58 @@ def _check_arrays(arrays, check_finite: bool = True) -> list[numpy.ndarray]:
     return checked
 
 
+def _integer_weights(weights, arrays, values) -> list[numpy.ndarray | None]:
+    """Return per array None (uniform) or its int64 integer weights (fixedpoint.quantize_weights), flat.
+
+    weights: None or one entry per array: None, or a non-negative finite
+    float array of the array's shape. Raises OptionsError naming the index.
+    """
+    if weights is None:
+        return [None] * len(values)
+    if len(weights) != len(values):
+        raise OptionsError(f"weights holds {len(weights)} entries; it should hold one per array ({len(values)}).")
+    result = []
+    for index, (weight, array) in enumerate(zip(weights, arrays)):
+        if weight is None:
+            result.append(None)
+            continue
+        weight = numpy.asarray(weight)
+        shape = numpy.shape(array)
+        if weight.dtype.kind not in "fiu" or weight.dtype.kind == "c":
+            raise OptionsError(f"weights[{index}].dtype={weight.dtype} should be a real number dtype.")
+        if weight.shape != shape:
+            raise OptionsError(f"weights[{index}].shape={weight.shape} should be the array's shape {shape}.")
+        weight = weight.astype(numpy.float64, copy=False).reshape(-1)
+        if not numpy.isfinite(weight).all():
+            raise OptionsError(f"weights[{index}] holds NaN or Inf; weights should be finite and >= 0.")
+        if bool((weight < 0).any()):
+            raise OptionsError(f"weights[{index}] holds negative values; weights should be finite and >= 0.")
+        result.append(fixedpoint.quantize_weights(weight))
+    return result
+
+
+def _exact_candidates(values, exact_candidates) -> numpy.ndarray:
+    """Return host bool (n_arrays,): arrays of at most 65,536 possible values (float16, bfloat16, or flagged)."""
+    flags = numpy.array([v.dtype.itemsize == 2 for v in values], dtype=bool)
+    if exact_candidates is not None:
+        if len(exact_candidates) != len(values):
+            raise OptionsError(f"exact_candidates holds {len(exact_candidates)} entries; it should hold one per "
+                               f"array ({len(values)}).")
+        flags |= numpy.array([bool(flag) for flag in exact_candidates], dtype=bool)
+    return flags
+
+
+def _weighted_batch(values, integer_weights, ids: list[int], xp):
+    """Return the SegmentBatch of weighted arrays ids: scales from their total weights, sorted with the weights."""
+    sizes = numpy.array([values[i].size for i in ids], dtype=numpy.int64)
+    totals = numpy.array([max(1, int(integer_weights[i].sum())) for i in ids], dtype=numpy.int64)
+    max_abs = numpy.array([max(float(values[i].max()), -float(values[i].min())) for i in ids], dtype=numpy.float64)
+    exponents = fixedpoint.segment_exponents(max_abs, totals)
+    flat_weights = numpy.concatenate([integer_weights[i] for i in ids])
+    return build_batch(xp.asarray(_concatenated(values, ids)), xp.asarray(sizes), xp.asarray(exponents),
+                       xp.asarray(flat_weights))
+
+
 def _concatenated(values: list[numpy.ndarray], ids: list[int]) -> numpy.ndarray:
     """Return values[i] for i in ids one after the other, in float32 or float64.
 
@@ -163,6 +220,8 @@ def cluster_arrays(
     batch_values: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     first_id: int = 0,
+    weights: Sequence[numpy.ndarray | None] | None = None,
+    exact_candidates: Sequence[bool] | None = None,
 ) -> list[ClusterResult]:
     """Cluster the values of each array with 1-D k-means, many arrays per device batch.
 
@@ -174,6 +233,17 @@ def cluster_arrays(
     first_id: the id of arrays[0] for the random initializers (array i draws
     from the stream of id first_id + i), so that a caller may split one list
     of arrays over several calls and get the results of a single call.
+    weights: None, or one entry per array: None (every value weighs the
+    same) or a non-negative finite importance array of the array's shape;
+    the clustering then minimises sum w * (x - c)**2. Weights are made
+    integers first (kernels.fixedpoint.quantize_weights: resolution 2**-16 of
+    the array's largest weight), so results stay bit-identical on every
+    device; equal weights give exactly the unweighted result. A value of
+    weight 0 still gets its nearest centroid. exact_candidates: None, or one
+    bool per array: arrays known to hold at most 65,536 distinct values
+    (integers seen as float32); with method "optimal" those, and every
+    float16 and bfloat16 array, run the DP on their distinct values, which is
+    exact (ClusterResult.exact).
 
     Returns one ClusterResult per array, in order; bit-identical for the same
     inputs and options on every device and batch size. Raises OptionsError on
@@ -194,53 +264,67 @@ def cluster_arrays(
     batch_values = batch_values or DEFAULT_BATCH_VALUES[resolved]
     # The compiled CPU path sorts each batch's values first and reads max |x|
     # and finiteness off the sorted ends: no separate passes over the input.
+    # Weighted arrays sort through the array code (with their weights): they
+    # are checked for NaN and Inf first.
     on_cpu = xp is numpy and compiled.available()
-    values = _check_arrays(arrays, check_finite=not on_cpu)
+    values = _check_arrays(arrays, check_finite=not on_cpu or weights is not None)
+    integer_weights = _integer_weights(weights, arrays, values)
+    candidates = _exact_candidates(values, exact_candidates) if method == "optimal" else None
     sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
     if not on_cpu:
         max_abs = numpy.array([max(float(v.max()), -float(v.min())) for v in values], dtype=numpy.float64)
         exponents = fixedpoint.segment_exponents(max_abs, sizes)
-    results: list[ClusterResult] = []
     dtype = label_dtype(n_clusters)
-    for batch_range in plan_batches(sizes.tolist(), batch_values):
-        started = time.perf_counter()
-        ids = list(batch_range)
-        if on_cpu:
-            batch = _cpu_batch(values, ids, sizes[ids])
-        else:
-            # Sent in float32 where that is exact (half the bytes over PCIe);
-            # build_batch widens on the device, exactly.
-            batch = build_batch(
-                xp.asarray(_concatenated(values, ids)),
-                xp.asarray(sizes[ids]),
-                xp.asarray(exponents[ids]),
-            )
-        draws = None
-        if init == "kmeans++":
-            draws = kmeans_plus_plus_draws(seed, [first_id + i for i in ids], n_clusters)
-        initial = INITIALIZERS[init](batch, n_clusters, draws)
-        centroids, iterations = METHODS[method](batch, initial, max_iter)
-        labels = devices.to_numpy(assign_labels(batch, centroids, dtype))
-        codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
-        iterations = devices.to_numpy(iterations)
-        offsets = numpy.concatenate([[0], numpy.cumsum(sizes[ids])])
-        for row in range(len(ids)):
-            results.append(
-                ClusterResult(
+    # Weighted and unweighted arrays travel in batches of their own (each
+    # array's result depends on it alone); results come back in input order.
+    weighted = [i for i, w in enumerate(integer_weights) if w is not None]
+    uniform = [i for i, w in enumerate(integer_weights) if w is None]
+    by_index: dict[int, ClusterResult] = {}
+    for subset in (uniform, weighted):
+        for batch_range in plan_batches(sizes[subset].tolist(), batch_values):
+            started = time.perf_counter()
+            ids = [subset[position] for position in batch_range]
+            if subset is weighted:
+                batch = _weighted_batch(values, integer_weights, ids, xp)
+            elif on_cpu:
+                batch = _cpu_batch(values, ids, sizes[ids])
+            else:
+                # Sent in float32 where that is exact (half the bytes over PCIe);
+                # build_batch widens on the device, exactly.
+                batch = build_batch(
+                    xp.asarray(_concatenated(values, ids)),
+                    xp.asarray(sizes[ids]),
+                    xp.asarray(exponents[ids]),
+                )
+            distinct = numpy.zeros(len(ids), dtype=bool)
+            if candidates is not None and candidates[ids].any():
+                distinct = exact_rows(batch, candidates[ids], n_clusters)
+                batch = dataclasses.replace(batch, distinct_rows=distinct)
+            draws = None
+            if init == "kmeans++":
+                draws = kmeans_plus_plus_draws(seed, [first_id + i for i in ids], n_clusters)
+            initial = INITIALIZERS[init](batch, n_clusters, draws)
+            centroids, iterations = METHODS[method](batch, initial, max_iter)
+            labels = devices.to_numpy(assign_labels(batch, centroids, dtype))
+            codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
+            iterations = devices.to_numpy(iterations)
+            offsets = numpy.concatenate([[0], numpy.cumsum(sizes[ids])])
+            for row, index in enumerate(ids):
+                by_index[index] = ClusterResult(
                     codebook=codebooks[row].copy(),
                     # A view: the batch's labels are new memory that only the results share.
                     labels=labels[offsets[row] : offsets[row + 1]],
                     iterations=int(iterations[row]),
                     converged=bool(iterations[row] < max_iter),
+                    exact=bool(distinct[row]),
                 )
+            log.debug(
+                "batch of %d arrays, %d values on %s%s: %.3f s", len(ids), int(offsets[-1]), resolved,
+                " (weighted)" if subset is weighted else "", time.perf_counter() - started,
             )
-        log.debug(
-            "batch of %d arrays, %d values on %s: %.3f s",
-            len(ids), int(offsets[-1]), resolved, time.perf_counter() - started,
-        )
-        # Release this batch's device arrays before the next one is built:
-        # otherwise two batches' working memory (~50 bytes a value) coexist.
-        del batch, initial, centroids, labels, codebooks
-        if on_batch is not None:
-            on_batch(len(ids))
-    return results
+            # Release this batch's device arrays before the next one is built:
+            # otherwise two batches' working memory (~50 bytes a value) coexist.
+            del batch, initial, centroids, labels, codebooks
+            if on_batch is not None:
+                on_batch(len(ids))
+    return [by_index[index] for index in range(len(values))]

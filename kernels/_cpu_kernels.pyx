@@ -404,9 +404,10 @@ cdef inline int64_t upper_bound_near(const int64_t* keys, int64_t low, int64_t h
     return upper_bound(keys, found_low, found_high, key)
 
 
-cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, int64_t first, int64_t last, int64_t* current,
-                        int64_t k, int64_t max_iter, int64_t tag, int64_t key_bias, int64_t* updated,
-                        int64_t* borders, char* moved, char* border_moved, int64_t* iterations) noexcept nogil:
+cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, const int64_t* weight_prefix, int64_t first,
+                        int64_t last, int64_t* current, int64_t k, int64_t max_iter, int64_t tag, int64_t key_bias,
+                        int64_t* updated, int64_t* borders, char* moved, char* border_moved,
+                        int64_t* iterations) noexcept nogil:
     # Only what can change is recomputed: border j (the midpoint search
     # between clusters j and j + 1) when centroid j or j + 1 moved in the last
     # step, and cluster j's mean when one of its borders moved. The rest would
@@ -438,7 +439,9 @@ cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, int64_t fir
             if step == 0 or border_moved[j] or (j > 0 and border_moved[j - 1]):
                 start = borders[j - 1] if j > 0 else first
                 end = borders[j]
-                count = end - start
+                # Weighted (weight_prefix not NULL): the cluster's total
+                # weight, as lloyd.update_centroids' range_weights.
+                count = end - start if weight_prefix == NULL else weight_prefix[end] - weight_prefix[start]
                 value = current[j]
                 if count > 0:
                     # The uint64 sums wrap; the difference, read as int64, is
@@ -460,10 +463,12 @@ cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, int64_t fir
 
 def lloyd(const int64_t[::1] keys, const uint64_t[::1] prefix, const int64_t[::1] offsets,
           int64_t[:, ::1] centroids, int64_t max_iter, int64_t key_shift, int64_t key_bias,
-          int64_t[::1] iterations):
+          int64_t[::1] iterations, const int64_t[::1] weight_prefix):
     """Run Lloyd's algorithm on every segment in place (centroids, iterations): lloyd.lloyd's twin.
 
-    Raises MemoryError when the per-segment work arrays cannot be allocated.
+    weight_prefix: empty (every weight 1) or int64 (N + 1,) prefix sums of
+    the integer weights. Raises MemoryError when the per-segment work arrays
+    cannot be allocated.
     """
     cdef Py_ssize_t n_segments = centroids.shape[0]
     cdef int64_t k = centroids.shape[1]
@@ -473,8 +478,11 @@ def lloyd(const int64_t[::1] keys, const uint64_t[::1] prefix, const int64_t[::1
     cdef char* moved
     cdef char* border_moved
     cdef int failed = 0
+    cdef const int64_t* weights = NULL
     if n_segments == 0 or k == 0:
         return
+    if weight_prefix.shape[0] > 0:
+        weights = &weight_prefix[0]
     with nogil, parallel():
         for segment in prange(n_segments, schedule="dynamic"):
             updated = <int64_t*>malloc(k * sizeof(int64_t))
@@ -484,7 +492,8 @@ def lloyd(const int64_t[::1] keys, const uint64_t[::1] prefix, const int64_t[::1
             if updated == NULL or borders == NULL or moved == NULL or border_moved == NULL:
                 failed += 1
             else:
-                lloyd_segment(&keys[0], &prefix[0], offsets[segment], offsets[segment + 1], &centroids[segment, 0],
+                lloyd_segment(&keys[0], &prefix[0], weights, offsets[segment], offsets[segment + 1],
+                              &centroids[segment, 0],
                               k, max_iter, (<int64_t>segment) << key_shift, key_bias, updated, borders, moved,
                               border_moved, &iterations[segment])
             free(updated)

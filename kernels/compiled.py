@@ -190,13 +190,15 @@ def band_bin_borders(sums, counts, k: int, lows, width: int) -> numpy.ndarray:
     return band_groups_borders([(sums, counts, lows)], k, width)[0]
 
 
-def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int):
+def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int, weight_prefix=None):
     """Return (centroids, iterations) of Lloyd's algorithm on every segment: lloyd.lloyd's twin.
 
     keys: int64 (N,) sorted; prefix: uint64 (N + 1,); offsets: int64 (S + 1,);
-    centroids: int64 (S, k) sorted starts (not modified). One compiled loop
-    per segment instead of one array step per iteration: the same integer
-    midpoints, borders, sums and round-half-up means, so the same numbers.
+    centroids: int64 (S, k) sorted starts (not modified); weight_prefix: None
+    or int64 (N + 1,) prefix sums of integer weights (prefix then sums w * q).
+    One compiled loop per segment instead of one array step per iteration:
+    the same integer midpoints, borders, sums and round-half-up means, so the
+    same numbers.
     """
     keys = _int64("keys", keys, 1)
     prefix = numpy.ascontiguousarray(prefix, dtype=numpy.uint64)
@@ -206,8 +208,15 @@ def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_b
     out = numpy.array(centroids, dtype=numpy.int64, order="C", copy=True)
     if out.ndim != 2 or out.shape[0] != offsets.shape[0] - 1:
         raise KernelInputError(f"centroids {out.shape} should have one row per segment ({offsets.shape[0] - 1}).")
+    if weight_prefix is None:
+        weight_prefix = numpy.zeros(0, dtype=numpy.int64)  # the kernel's "every weight is 1"
+    else:
+        weight_prefix = _int64("weight_prefix", weight_prefix, 1)
+        if weight_prefix.shape != prefix.shape:
+            raise KernelInputError(f"weight_prefix {weight_prefix.shape} should have shape {prefix.shape}.")
     iterations = numpy.zeros(out.shape[0], dtype=numpy.int64)
-    _kernels().lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations)
+    _kernels().lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations,
+                     weight_prefix)
     return out, iterations
 
 

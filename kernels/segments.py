@@ -17,6 +17,8 @@ from .fixedpoint import (
     make_keys,
     prefix_sums,
     quantize,
+    range_weights,
+    weighted_prefix_sums,
 )
 
 
@@ -29,6 +31,10 @@ class SegmentBatch:
     keys: int64 (N,), sorted search keys (segment index in the high bits).
     prefix: uint64 (N + 1,), prefix sums of the sorted q.
     values: float32 or float64 (N,), the values in input order (for labelling).
+    weight_prefix: None (every value weighs 1), or int64 (N + 1,) prefix sums of
+    the integer weights in sorted order; prefix then holds the sums of w * q.
+    distinct_rows: None, or host bool (S,): segments whose DP bins are their
+    distinct values (optimal.exact_rows), which makes the DP exact on them.
     """
 
     offsets: object
@@ -36,6 +42,8 @@ class SegmentBatch:
     keys: object
     prefix: object
     values: object
+    weight_prefix: object = None
+    distinct_rows: object = None
 
     @property
     def n_segments(self) -> int:
@@ -44,6 +52,10 @@ class SegmentBatch:
     def sizes(self):
         """Return the int64 number of values of each segment."""
         return self.offsets[1:] - self.offsets[:-1]
+
+    def range_weights(self, starts, ends):
+        """Return int64 total weights of sorted positions [starts, ends) (their counts when unweighted)."""
+        return range_weights(self.weight_prefix, starts, ends)
 
     def sorted_q(self):
         """Return the int64 fixed-point values in sorted order."""
@@ -196,13 +208,15 @@ def batch_from_sorted(values, sorted_values, offsets, exponents) -> SegmentBatch
     return SegmentBatch(offsets, exponents, keys, prefix, values)
 
 
-def build_batch(values, sizes, exponents) -> SegmentBatch:
+def build_batch(values, sizes, exponents, weights=None) -> SegmentBatch:
     """Quantize and sort a flat batch of segments.
 
     values: float32 or float64 (N,) finite values, segments one after the
     other, on the target device. sizes: int64 (S,) segment lengths (>= 1) and
     exponents: int64 (S,) scales from segment_exponents, both on the same
-    device. Returns a SegmentBatch.
+    device. weights: None, or int64 (N,) integer weights in input order
+    (fixedpoint.quantize_weights; exponents then from each segment's total
+    weight). Returns a SegmentBatch.
     """
     xp = array_namespace(values)
     n_segments = int(sizes.shape[0])
@@ -210,6 +224,8 @@ def build_batch(values, sizes, exponents) -> SegmentBatch:
         raise ValueError(f"n_segments={n_segments} should be <= {MAX_SEGMENTS}.")
     offsets = xp.zeros(n_segments + 1, dtype=xp.int64)
     xp.cumsum(sizes, out=offsets[1:])
+    if weights is not None:
+        return _weighted_batch(values, offsets, exponents, weights)
     if xp is numpy and compiled.available():
         return batch_from_sorted(values, sort_values(values, offsets), offsets, exponents)
     segment_of_value = segment_indices(offsets)
@@ -218,3 +234,23 @@ def build_batch(values, sizes, exponents) -> SegmentBatch:
     keys = sort_segments(input_keys, offsets) if xp is numpy else xp.sort(input_keys)
     prefix = prefix_sums(key_values(keys))
     return SegmentBatch(offsets, exponents, keys, prefix, values)
+
+
+def _weighted_batch(values, offsets, exponents, weights) -> SegmentBatch:
+    """Return the SegmentBatch of weighted segments: keys sorted with their weights, weighted prefix sums.
+
+    Array code on every device (NumPy, compiled or not, and CuPy). The sort is
+    a stable argsort of the keys (CuPy's sorts are always stable): equal keys
+    keep their input order, so the weights' order within a run of equal
+    values, and the bin sums that split such a run, are the same everywhere.
+    """
+    xp = array_namespace(values)
+    segment_of_value = segment_indices(offsets)
+    input_keys = make_keys(quantize(xp.asarray(values, dtype=xp.float64), exponents[segment_of_value]),
+                           segment_of_value)
+    del segment_of_value
+    order = xp.argsort(input_keys, kind="stable")
+    keys = input_keys[order]
+    del input_keys
+    prefix, weight_prefix = weighted_prefix_sums(key_values(keys), xp.asarray(weights, dtype=xp.int64)[order])
+    return SegmentBatch(offsets, exponents, keys, prefix, values, weight_prefix)
