@@ -15,11 +15,16 @@ import numpy
 from . import device as devices
 from . import engine
 from .kernels import compiled
+from .importance import UNIFORM, WEIGHTED, resolve_importance, weighted_sse
 from .models.weights import Weight
 from .options import CompressOptions
 from .select import CLUSTER, Decision, check_whitelist, decide_with_values, decide_without_values
 
 log = logging.getLogger(__name__)
+
+# Weights known to hold at most this many distinct values (Weight.max_distinct)
+# are offered to the engine's exact DP on distinct values.
+EXACT_MAX_DISTINCT = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,10 @@ class TensorOutcome:
     codebook_id: which codebook (0..) this tensor uses; tensors of a global
     run share codebook 0. sum_squares: sum of the squared finite original
     values, in float64 (the signal energy that relative error and SNR divide by).
+    exact: the optimal method's DP ran on the tensor's distinct values (the
+    exact optimum: float16, bfloat16, int8/int16 integers). importance:
+    importance.WEIGHTED or importance.UNIFORM when the run had importances
+    (None otherwise); weighted_sse: sum w * (x - c)**2 with them (float64).
     """
 
     name: str
@@ -50,6 +59,9 @@ class TensorOutcome:
     sse: float = 0.0
     codebook_id: int | None = None
     sum_squares: float = 0.0
+    exact: bool = False
+    importance: str | None = None
+    weighted_sse: float | None = None
 
     @property
     def size(self) -> int:
@@ -82,9 +94,10 @@ class _Pending:
     values: numpy.ndarray
     finite_mask: numpy.ndarray | None  # None when all values are finite
     finite: numpy.ndarray  # flat finite values, the tensor's dtype
+    importance: numpy.ndarray | None = None  # flat float64, at the finite values
 
 
-def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pending | None]:
+def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple[Decision, _Pending | None]:
     decision = decide_without_values(weight, options)
     if decision is not None:
         return decision, None
@@ -96,13 +109,22 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
     flat = values.reshape(-1)
     mask = numpy.isfinite(flat)
     all_finite = bool(mask.all())
-    return decision, _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask])
+    weights = None
+    if importance is not None:
+        weights = importance.reshape(-1) if all_finite else importance.reshape(-1)[mask]
+    return decision, _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask],
+                              weights)
 
 
-def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) -> TensorOutcome:
+def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id, weighted_run=False) -> TensorOutcome:
     weight, mask = pending.weight, pending.finite_mask
     codebook = codebook64.astype(pending.values.dtype)
     sse, sum_squares = _error_sums(pending.finite, codebook, labels_finite)
+    importance_state = weighted = None
+    if weighted_run:
+        importance_state = UNIFORM if pending.importance is None else WEIGHTED
+        weighted = sse if pending.importance is None else weighted_sse(pending.finite, codebook, labels_finite,
+                                                                       pending.importance)
     if mask is None:
         labels, nonfinite_index, nonfinite_values = labels_finite, None, None
     else:
@@ -115,6 +137,7 @@ def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) 
         codebook=codebook, labels=labels, nonfinite_index=nonfinite_index,
         nonfinite_values=nonfinite_values, iterations=result.iterations,
         converged=result.converged, sse=sse, codebook_id=codebook_id, sum_squares=sum_squares,
+        exact=bool(getattr(result, "exact", False)), importance=importance_state, weighted_sse=weighted,
     )
 
 
@@ -150,6 +173,8 @@ def cluster_weights(
     on_batch: Callable[[int], None] | None = None,
     on_tensor: Callable[[TensorOutcome], None] | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
+    importance: dict | None = None,
+    importance_source: str = "",
 ) -> ClusteringRun:
     """Select and cluster a model's weights.
 
@@ -165,9 +190,15 @@ def cluster_weights(
     Per-tensor codebooks stream: weights are loaded one engine batch at a
     time and their loaded values dropped once clustered, so peak memory holds
     one batch, not the model twice. Results do not depend on the batching.
-    Raises OptionsError when a `whitelisted` name matches no weight.
+    importance: None, or {name or alias: importances} (from
+    importance.gather_importance; checked here against the weights before
+    anything is clustered); importance_source names it in messages. Raises
+    OptionsError when a `whitelisted` name matches no weight, or for a bad
+    importance entry (naming the weight); in global mode every clustered
+    weight needs an entry when any has one.
     """
     check_whitelist(weights, options)
+    resolved = None if importance is None else resolve_importance(importance, weights, importance_source)
     kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
                   device=options.device, seed=options.seed, batch_values=options.batch_values)
     cluster_arrays = engine.cluster_arrays
@@ -198,7 +229,7 @@ def cluster_weights(
     for weight in weights:
         progress(weight.name)
         started = time.perf_counter()
-        decision, prepared = _prepare(weight, options)
+        decision, prepared = _prepare(weight, options, None if resolved is None else resolved.get(weight.name))
         decisions.append(decision)
         seconds["select"] += time.perf_counter() - started
         if prepared is None:
@@ -207,7 +238,8 @@ def cluster_weights(
         full = pending and pending_values + prepared.finite.size > batch_values
         if full and not options.global_clusters:
             started = time.perf_counter()
-            for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+            for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch,
+                                          resolved is not None):
                 finish(outcome)
             finished += len(pending)
             pending, pending_values = [], 0
@@ -217,17 +249,26 @@ def cluster_weights(
     started = time.perf_counter()
     if pending and options.global_clusters:
         together = numpy.concatenate([p.finite.astype(_exact_common_dtype(pending), copy=False) for p in pending])
-        (result,) = cluster_arrays([together], options.n_clusters, **kwargs)
-        del together
+        extra = {}
+        if resolved is not None:
+            missing = [p.weight.name for p in pending if p.importance is None]
+            if missing:
+                raise OptionsError(f"importance {importance_source}: {missing[0]!r} has no entry; with "
+                                   "global_clusters every clustered weight needs one (one codebook weighs "
+                                   f"them together; {len(missing)} missing)")
+            extra["weights"] = [numpy.concatenate([p.importance for p in pending])]
+        (result,) = cluster_arrays([together], options.n_clusters, **kwargs, **extra)
+        del together, extra
         start = 0
         for p in pending:
             stop = start + p.finite.size
-            finish(_outcome(p, result.codebook, result.labels[start:stop], result, 0))
+            finish(_outcome(p, result.codebook, result.labels[start:stop], result, 0, resolved is not None))
             start = stop
         if on_batch:
             on_batch(len(pending))
     elif pending:
-        for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+        for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch,
+                                      resolved is not None):
             finish(outcome)
     del pending
     seconds["cluster"] += time.perf_counter() - started
@@ -239,13 +280,23 @@ def cluster_weights(
     return ClusteringRun(tensors, seconds)
 
 
-def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch):
+def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch,
+                   weighted_run: bool = False):
     """Yield the TensorOutcome of each pending tensor, clustered in one engine call.
 
     first_id: how many tensors earlier calls clustered (their codebook ids and
-    random streams come first).
+    random streams come first). weighted_run: the run has importances (each
+    pending tensor's, or None for uniform).
     """
+    extra = {}
+    if weighted_run:
+        extra["weights"] = [p.importance for p in pending]
+    if options.engine == "gpucompress":
+        # Integers of int8/int16 TFLite weights (float32 here): the format bounds
+        # their distinct values below their count, and the DP on them is exact.
+        extra["exact_candidates"] = [p.weight.max_distinct <= EXACT_MAX_DISTINCT and
+                                     p.weight.max_distinct < p.weight.size for p in pending]
     results = cluster_arrays([p.finite for p in pending], options.n_clusters, on_batch=on_batch,
-                             first_id=first_id, **kwargs)
+                             first_id=first_id, **kwargs, **extra)
     for index, (p, result) in enumerate(zip(pending, results)):
-        yield _outcome(p, result.codebook, result.labels, result, first_id + index)
+        yield _outcome(p, result.codebook, result.labels, result, first_id + index, weighted_run)

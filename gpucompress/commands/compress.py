@@ -28,6 +28,8 @@ examples:
   gpucompress compress model.tflite --n_clusters 16 --tflm -o model.tflm.tflite   # TFLite Micro LUT form
 
   gpucompress compress model.pb --engine faiss       # faiss k-means (pip install 'gpucompress[faiss]')
+  gpucompress compress model.keras --n_clusters 8 --importance grads.npz   # weighted by importances
+  gpucompress compress model.keras --n_clusters 8 --importance-from-data inputs.npz
 """
 
 
@@ -70,6 +72,21 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        help="gpucompress: exact, bit-identical on CPU and GPU; faiss: faiss k-means "
                        "(float32, subsampled, 25 iterations; results NOT bit-identical across devices "
                        "or faiss versions; --method/--init do not apply) (default %(default)s)")
+    add_importance_arguments(parser)
+
+
+def add_importance_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --importance and --importance-from-data (weighted k-means)."""
+    group = parser.add_argument_group("importance weights (weighted k-means: minimise sum w*(x-c)^2)")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--importance", metavar="NPZ",
+                        help="NumPy .npz of per-weight importances (non-negative, one array of the weight's "
+                        "shape per weight name, e.g. squared gradients); weights without an entry are "
+                        "clustered unweighted")
+    choice.add_argument("--importance-from-data", metavar="INPUTS_NPZ",
+                        help="compute the importances with TensorFlow: squared gradients of the outputs' "
+                        "energy sum(y^2) on these inputs (.npz, one array per model input; Keras .keras/.h5 "
+                        "and frozen GraphDef models)")
 
 
 def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
@@ -87,6 +104,8 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         all_variables=arguments.all_variables,
 
         engine=arguments.engine,
+        importance=getattr(arguments, "importance", None),
+        importance_from_data=getattr(arguments, "importance_from_data", None),
     )
 
 
@@ -210,7 +229,8 @@ def run_compress(arguments) -> int:
     print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, "
           f"{weights:,} weights, k={options.n_clusters}"
           f"{' (global codebook)' if options.global_clusters else ''}, on {summary.device}")
-    print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}, select {seconds['select']:.2f}, "
+    weighing = f", importance {seconds['importance']:.2f}" if options.importance_from_data else ""
+    print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}{weighing}, select {seconds['select']:.2f}, "
           f"cluster {seconds['cluster']:.2f}, write {seconds['write']:.2f})")
     print(f"size {summary.input_bytes:,} -> {summary.output_bytes:,} bytes")
     if summary.zip_bytes:
