@@ -130,21 +130,26 @@ def quantize_weights(weights: numpy.ndarray) -> numpy.ndarray | None:
     """Return int64 integer weights of a segment's non-negative float weights, or None for uniform ones.
 
     Takes host float weights (n,), finite and >= 0 (the caller checks).
-    The rule: w_int = rint(w * 2**WEIGHT_BITS / max(w)), and a positive w
-    that rounds to 0 gets 1 (a positive importance never drops out of the
-    objective); 0 stays 0. The integers are then divided by their greatest
-    common divisor (the objective is scale-free). Resolution: 2**-16 of the
-    largest weight. Returns None when every weight is 0 (no preference:
-    uniform) or when the reduced integers are all 1 (uniform exactly): the
-    unweighted path, whose arithmetic equals the weighted one with w = 1.
+    The rule: integer weights up to 2**WEIGHT_BITS (counts) are used as
+    they are; any others become w_int = rint(w * 2**WEIGHT_BITS / max(w)),
+    a positive w that rounds to 0 getting 1 (a positive importance never
+    drops out of the objective) and 0 staying 0. The integers are then
+    divided by their greatest common divisor (the objective is scale-free).
+    Resolution: 2**-16 of the largest weight. Returns None when every weight
+    is 0 (no preference: uniform) or when the reduced integers are all 1
+    (uniform exactly): the unweighted path, whose arithmetic equals the
+    weighted one with w = 1.
     """
     weights = numpy.asarray(weights, dtype=numpy.float64).reshape(-1)
     largest = float(weights.max()) if weights.size else 0.0
     if largest <= 0.0:
         return None
-    # w / largest * 2**16 in two exact-enough steps: one division, one ldexp.
-    scaled = numpy.rint(numpy.ldexp(weights / largest, WEIGHT_BITS)).astype(numpy.int64)
-    scaled = numpy.where((weights > 0) & (scaled == 0), 1, scaled)
+    if largest <= (1 << WEIGHT_BITS) and bool((weights == numpy.floor(weights)).all()):
+        scaled = weights.astype(numpy.int64)
+    else:
+        # w / largest * 2**16: one correctly rounded division, an exact ldexp, a rint.
+        scaled = numpy.rint(numpy.ldexp(weights / largest, WEIGHT_BITS)).astype(numpy.int64)
+        scaled = numpy.where((weights > 0) & (scaled == 0), 1, scaled)
     divisor = int(numpy.gcd.reduce(scaled[scaled > 0]))
     if divisor > 1:
         scaled //= divisor
