@@ -15,6 +15,7 @@ import numpy
 from . import device as devices
 from . import engine
 from .kernels import compiled
+from .errors import OptionsError
 from .importance import UNIFORM, WEIGHTED, resolve_importance, weighted_sse
 from .models.weights import Weight
 from .options import CompressOptions
