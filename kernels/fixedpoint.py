@@ -124,6 +124,9 @@ def rounded_mean(sums, counts):
 # (quantize_weights): every weighted sum, mean and DP gain is then as exact
 # and device independent as the unweighted ones.
 WEIGHT_BITS = 16
+# Integer weights fit in this many bits (w <= 2**WEIGHT_BITS): the weighted
+# sort packs each weight below its fixed-point value (segments._weighted_batch).
+WEIGHT_SHIFT = WEIGHT_BITS + 1
 
 
 def quantize_weights(weights: numpy.ndarray) -> numpy.ndarray | None:

@@ -324,3 +324,24 @@ def test_float16_exact_optimum_matches_the_reference_dp(k):
     assert result.exact
     got = weighted_sse_of(x, numpy.ones(x.size), result)
     assert got <= exact_sse_on_distinct(x, numpy.ones(x.size), k) * (1 + 1e-9)
+
+
+def test_the_gpu_sort_of_weighted_keys_gives_the_cpu_sequence(monkeypatch):
+    # CuPy sorts weighted keys with sort_by_key_then_weight; NumPy packs each
+    # weight under its value and sorts per segment. Both must give the same
+    # (key, weight) sequence, ties included (many equal values, varied weights).
+    from gpucompress.kernels import segments
+
+    rng = numpy.random.default_rng(9)
+    values = numpy.round(rng.normal(size=6000), 1)  # many ties
+    sizes = numpy.array([4000, 1500, 500], dtype=numpy.int64)
+    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
+    weights = rng.integers(0, 1 << 16, size=values.size)
+    exponents = fixedpoint.segment_exponents(numpy.array([numpy.abs(values[a:b]).max() for a, b in
+                                                          zip(offsets[:-1], offsets[1:])]), sizes << 16)
+    batch = build_batch(values, sizes, exponents, weights)
+    segment = segments.segment_indices(offsets)
+    keys = fixedpoint.make_keys(fixedpoint.quantize(values, exponents[segment]), segment)
+    gpu_keys, gpu_weights = segments.sort_by_key_then_weight(keys, weights.astype(numpy.int64))
+    assert numpy.array_equal(batch.keys, gpu_keys)
+    assert numpy.array_equal(batch.weight_prefix, numpy.concatenate([[0], numpy.cumsum(gpu_weights)]))
