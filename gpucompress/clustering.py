@@ -273,6 +273,12 @@ def cluster_weights(
             finish(outcome)
     del pending
     seconds["cluster"] += time.perf_counter() - started
+    if resolved:
+        unused = sorted(set(resolved) - set(outcomes))
+        if unused:
+            # Said out loud: an importance that changed nothing (its weight was left as it is).
+            log.warning("importance: %d entries are for weights left as they are (not clustered), unused: %s%s",
+                        len(unused), ", ".join(unused[:3]), " ..." if len(unused) > 3 else "")
     tensors = [
         outcomes.get(w.name) or TensorOutcome(name=w.name, dtype=w.dtype, shape=w.shape,
                                               clustered=False, reason=d.reason)

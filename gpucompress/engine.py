@@ -135,7 +135,7 @@ def _integer_weights(weights, arrays, values) -> list[numpy.ndarray | None]:
             continue
         weight = numpy.asarray(weight)
         shape = numpy.shape(array)
-        if weight.dtype.kind not in "fiu" or weight.dtype.kind == "c":
+        if weight.dtype.kind not in "fiu":
             raise OptionsError(f"weights[{index}].dtype={weight.dtype} should be a real number dtype.")
         if weight.shape != shape:
             raise OptionsError(f"weights[{index}].shape={weight.shape} should be the array's shape {shape}.")

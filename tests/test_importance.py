@@ -267,3 +267,11 @@ def test_importance_from_data_on_a_frozen_graph(keras_frozen, tmp_path, capsys):
                           "--importance-from-data", str(tmp_path / "inputs.npz")], capsys)
     assert code == 0, err
     assert "importance-weighted" in out
+
+
+def test_an_entry_for_a_weight_left_as_it_is_is_said(small_pb, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="gpucompress"):
+        compress_file(small_pb, tmp_path / "o.pb", CompressOptions(
+            n_clusters=8, whitelisted=("w2",), importance={"w2": numpy.ones(300)}))
+    assert any("importance: 1 entries are for weights left as they are" in r.getMessage() and "w2" in r.getMessage()
+               for r in caplog.records)
