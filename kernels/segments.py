@@ -273,9 +273,15 @@ def sort_by_key_then_weight(keys, weights):
     by weight, then by key. Equal (key, weight) pairs are interchangeable.
     """
     xp = array_namespace(keys)
-    by_weight = xp.argsort(weights, kind="stable")
-    order = by_weight[xp.argsort(keys[by_weight], kind="stable")]
+    by_weight = _stable_argsort(weights)
+    order = by_weight[_stable_argsort(keys[by_weight])]
     return keys[order], weights[order]
+
+
+def _stable_argsort(array):
+    # CuPy's argsort is always stable and takes no other kind; NumPy's must be asked.
+    xp = array_namespace(array)
+    return numpy.argsort(array, kind="stable") if xp is numpy else xp.argsort(array)
 
 
 def _sort_each_segment(array, offsets) -> None:
