@@ -17,6 +17,8 @@ from gpucompress.kernels.lloyd import lloyd
 from gpucompress.kernels.initializers import linear_init
 from gpucompress.kernels.segments import build_batch
 
+from .cupy_testing import assert_same, requires_gpu
+
 
 def exact_weighted_sse(values, weights, k):
     """Return the optimal weighted k-means SSE, sum w (x - c)**2, of 1-D values (exact DP on sorted values)."""
@@ -345,3 +347,43 @@ def test_the_gpu_sort_of_weighted_keys_gives_the_cpu_sequence(monkeypatch):
     gpu_keys, gpu_weights = segments.sort_by_key_then_weight(keys, weights.astype(numpy.int64))
     assert numpy.array_equal(batch.keys, gpu_keys)
     assert numpy.array_equal(batch.weight_prefix, numpy.concatenate([[0], numpy.cumsum(gpu_weights)]))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("method", ["optimal", "lloyd"])
+@pytest.mark.parametrize("k", [4, 16, 256])
+def test_weighted_and_exact_gpu_equals_cpu(method, k):
+    # The CuPy path of weighted batches (two stable argsorts) and of the exact
+    # DP on distinct values against the CPU's packed sort and compiled twins.
+    rng = numpy.random.default_rng(k)
+    arrays = [heavy(20000, 1), numpy.round(heavy(3000, 2), 2), heavy(40, 3), heavy(9000, 4).astype(numpy.float16)]
+    weights = [rng.exponential(size=a.size) ** 2 for a in arrays]
+    weights[2] = None
+    for extra in ({"weights": weights}, {}):
+        cpu = cluster_arrays(arrays, k, method=method, device="cpu", **extra)
+        on_gpu = cluster_arrays(arrays, k, method=method, device="gpu", **extra)
+        for a, b in zip(cpu, on_gpu):
+            assert_same((a.codebook, a.labels, a.iterations, a.exact), (b.codebook, b.labels, b.iterations, b.exact))
+
+
+def test_a_float16_graph_reports_its_exact_tensors(tmp_path, capsys):
+    import json
+
+    from gpucompress.cli import main
+
+    from .conftest import const_node, graphdef_of
+
+    rng = numpy.random.default_rng(0)
+    graph = graphdef_of(const_node("half", rng.laplace(scale=0.05, size=(64, 64)).astype("f2")),
+                        const_node("single", rng.laplace(scale=0.05, size=(64, 64)).astype("f4")))
+    path = tmp_path / "m.pb"
+    path.write_bytes(graph.SerializeToString())
+    report = tmp_path / "r.json"
+    assert main(["compress", str(path), "-o", str(tmp_path / "o.pb"), "--n_clusters", "16", "--report",
+                 str(report)]) == 0
+    assert "exact optimum (DP on the distinct values: float16, bfloat16, int8/int16): 1 tensors" in (
+        capsys.readouterr().out)
+    entries = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
+    assert entries["half"]["exact"] is True and entries["single"]["exact"] is False
+    assert entries["half"]["importance"] is None and entries["half"]["weighted_sse"] is None
