@@ -275,3 +275,18 @@ def test_an_entry_for_a_weight_left_as_it_is_is_said(small_pb, tmp_path, caplog)
             n_clusters=8, whitelisted=("w2",), importance={"w2": numpy.ones(300)}))
     assert any("importance: 1 entries are for weights left as they are" in r.getMessage() and "w2" in r.getMessage()
                for r in caplog.records)
+
+
+def test_compress_graphdef_takes_importance(small_pb):
+    from tensorboard.compat.proto import graph_pb2
+
+    from gpucompress.api import compress_graphdef
+
+    graph_def = graph_pb2.GraphDef()
+    graph_def.ParseFromString(small_pb.read_bytes())
+    weight = numpy.random.default_rng(4).exponential(size=(40, 40)) ** 3
+    weighted = compress_graphdef(graph_def, CompressOptions(n_clusters=8, importance={"w1": weight}))
+    plain = compress_graphdef(graph_def, CompressOptions(n_clusters=8))
+    assert weighted.SerializeToString() != plain.SerializeToString()
+    assert compress_graphdef(graph_def, CompressOptions(n_clusters=8, importance={"w1": numpy.full((40, 40), 2.0)})
+                             ).SerializeToString() == plain.SerializeToString()
