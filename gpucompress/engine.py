@@ -276,15 +276,20 @@ def cluster_arrays(
         exponents = fixedpoint.segment_exponents(max_abs, sizes)
     dtype = label_dtype(n_clusters)
     # Weighted and unweighted arrays travel in batches of their own (each
-    # array's result depends on it alone); results come back in input order.
-    weighted = [i for i, w in enumerate(integer_weights) if w is not None]
-    uniform = [i for i, w in enumerate(integer_weights) if w is None]
+    # array's result depends on it alone): consecutive runs of one kind, so
+    # batches, and on_batch's counts, still follow the input order.
+    runs: list[list[int]] = []
+    for index, weight in enumerate(integer_weights):
+        if not runs or (integer_weights[runs[-1][0]] is None) != (weight is None):
+            runs.append([])
+        runs[-1].append(index)
     by_index: dict[int, ClusterResult] = {}
-    for subset in (uniform, weighted):
+    for subset in runs:
+        weighted = integer_weights[subset[0]] is not None
         for batch_range in plan_batches(sizes[subset].tolist(), batch_values):
             started = time.perf_counter()
             ids = [subset[position] for position in batch_range]
-            if subset is weighted:
+            if weighted:
                 batch = _weighted_batch(values, integer_weights, ids, xp)
             elif on_cpu:
                 batch = _cpu_batch(values, ids, sizes[ids])
@@ -320,7 +325,7 @@ def cluster_arrays(
                 )
             log.debug(
                 "batch of %d arrays, %d values on %s%s: %.3f s", len(ids), int(offsets[-1]), resolved,
-                " (weighted)" if subset is weighted else "", time.perf_counter() - started,
+                " (weighted)" if weighted else "", time.perf_counter() - started,
             )
             # Release this batch's device arrays before the next one is built:
             # otherwise two batches' working memory (~50 bytes a value) coexist.

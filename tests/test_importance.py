@@ -290,3 +290,19 @@ def test_compress_graphdef_takes_importance(small_pb):
     assert weighted.SerializeToString() != plain.SerializeToString()
     assert compress_graphdef(graph_def, CompressOptions(n_clusters=8, importance={"w1": numpy.full((40, 40), 2.0)})
                              ).SerializeToString() == plain.SerializeToString()
+
+
+def test_importance_of_a_tensor_holding_nan_follows_its_finite_values(tmp_path):
+    values = numpy.random.default_rng(5).normal(size=(30, 30)).astype("f4")
+    values[3, 4] = numpy.nan
+    values[7, 1] = numpy.inf
+    path = tmp_path / "m.pb"
+    path.write_bytes(graphdef_of(const_node("w", values)).SerializeToString())
+    importance = numpy.random.default_rng(6).exponential(size=(30, 30))
+    summary = compress_file(path, tmp_path / "o.pb", CompressOptions(n_clusters=4, importance={"w": importance}))
+    (outcome,) = summary.run.clustered()
+    clustered = outcome.values()
+    assert numpy.isnan(clustered[3, 4]) and clustered[7, 1] == numpy.inf
+    finite = numpy.isfinite(values)
+    expected = float(numpy.sum(importance[finite] * (values[finite].astype(numpy.float64) - clustered[finite]) ** 2))
+    assert outcome.weighted_sse == pytest.approx(expected, rel=1e-6)

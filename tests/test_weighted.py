@@ -387,3 +387,13 @@ def test_a_float16_graph_reports_its_exact_tensors(tmp_path, capsys):
     entries = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
     assert entries["half"]["exact"] is True and entries["single"]["exact"] is False
     assert entries["half"]["importance"] is None and entries["half"]["weighted_sse"] is None
+
+
+def test_batches_follow_the_input_order_with_mixed_weights():
+    arrays = [heavy(100, i) for i in range(5)]
+    weights = [None, numpy.ones(100) * numpy.arange(100), None, None, numpy.arange(100.0)]
+    finished = []
+    results = cluster_arrays(arrays, 4, weights=weights, on_batch=finished.append)
+    assert finished == [1, 1, 2, 1]  # runs: [0], [1], [2, 3], [4]
+    for index in (0, 2, 3):
+        assert same([results[index]], cluster_arrays([arrays[index]], 4))
