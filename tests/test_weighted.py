@@ -397,3 +397,18 @@ def test_batches_follow_the_input_order_with_mixed_weights():
     assert finished == [1, 1, 2, 1]  # runs: [0], [1], [2, 3], [4]
     for index in (0, 2, 3):
         assert same([results[index]], cluster_arrays([arrays[index]], 4))
+
+
+def test_density_init_takes_weighted_quantiles():
+    from gpucompress.kernels.initializers import density_init
+
+    values = numpy.arange(10, dtype=numpy.float64)
+    sizes = numpy.array([10], dtype=numpy.int64)
+    exponents = fixedpoint.segment_exponents(numpy.array([9.0]), sizes * 100)
+    heavy_end = numpy.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 91], dtype=numpy.int64)  # 91% of the weight on 9
+    batch = build_batch(values, sizes, exponents, heavy_end)
+    centroids = fixedpoint.dequantize(density_init(batch, 2), batch.exponents[:, None])
+    assert centroids.tolist() == [[9.0, 9.0]]
+    ones = build_batch(values, sizes, exponents, numpy.ones(10, dtype=numpy.int64))
+    plain = build_batch(values, sizes, exponents)
+    assert numpy.array_equal(density_init(ones, 4), density_init(plain, 4))
