@@ -737,3 +737,44 @@ def value_labels(const floating[::1] values, const int64_t[::1] offsets, const d
                           table_offsets[segment + 1] - table_offsets[segment] - 2, &out[0])
                 start = end
                 segment = segment + 1
+
+
+def pack_weighted(const floating[::1] values, const int64_t[::1] offsets, const double[::1] scales,
+                  const int64_t[::1] weights, int64_t key_bias, int64_t weight_shift, int64_t[::1] out):
+    """Fill out (N,) with (rint(x * scale) + key_bias) << weight_shift | w per value (segments._weighted_batch)."""
+    # In parallel over segments: each value's fixed point, as fixedpoint.quantize
+    # (a normal scale makes x * 2**e exact, as ldexp), with its weight below it.
+    cdef Py_ssize_t segment
+    cdef int64_t index
+    cdef double scale
+    with nogil:
+        for segment in prange(offsets.shape[0] - 1, schedule="dynamic"):
+            scale = scales[segment]
+            for index in range(offsets[segment], offsets[segment + 1]):
+                out[index] = ((<int64_t>rint(<double>values[index] * scale) + key_bias) << weight_shift) | weights[index]
+
+
+def unpack_weighted(const int64_t[::1] packed, const int64_t[::1] offsets, int64_t key_shift, int64_t key_bias,
+                    int64_t weight_shift, int64_t[::1] keys, uint64_t[::1] prefix, int64_t[::1] weight_prefix):
+    """Fill keys (N,), prefix (N + 1,) of w * q and weight_prefix (N + 1,) from sorted packed values."""
+    # One sequential pass, as segments._weighted_batch's array code: the key is
+    # the segment tag plus q + key_bias; the uint64 sums of w * q wrap as
+    # fixedpoint.prefix_sums does; the weights' sums never wrap.
+    cdef uint64_t total = 0
+    cdef int64_t weight_total = 0
+    cdef int64_t mask = (1 << weight_shift) - 1
+    cdef Py_ssize_t segment
+    cdef int64_t index, tag, biased, weight
+    prefix[0] = 0
+    weight_prefix[0] = 0
+    with nogil:
+        for segment in range(offsets.shape[0] - 1):
+            tag = (<int64_t>segment) << key_shift
+            for index in range(offsets[segment], offsets[segment + 1]):
+                biased = packed[index] >> weight_shift
+                weight = packed[index] & mask
+                keys[index] = tag + biased
+                total += <uint64_t>((biased - key_bias) * weight)
+                weight_total += weight
+                prefix[index + 1] = total
+                weight_prefix[index + 1] = weight_total

@@ -396,3 +396,42 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
     kernels.value_labels(numpy.ascontiguousarray(values), offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
                           low_keys, shifts, tables, table_offsets, out)
     return out
+
+
+def pack_weighted(values, offsets, exponents, weights, key_bias: int, weight_shift: int):
+    """Return int64 (N,) (q + key_bias) << weight_shift | w of every value, or None when a scale is no normal double.
+
+    values: float32 or float64 (N,) finite, in input order; offsets: int64
+    (S + 1,); exponents: int64 (S,); weights: int64 (N,) in [0, 2**weight_shift).
+    q is fixedpoint.quantize of each value with its segment's exponent.
+    """
+    _check_vector("values", values, FLOATS)
+    offsets = _check_offsets(offsets, values.shape[0])
+    exponents = _int64("exponents", exponents, 1)
+    weights = _int64("weights", weights, 1)
+    if exponents.shape[0] != offsets.shape[0] - 1 or weights.shape != values.shape:
+        raise KernelInputError("exponents should hold one entry per segment and weights one per value.")
+    _check_range("weights", weights, 0, (1 << weight_shift) - 1)
+    scales = _normal_scales(exponents)
+    if scales is None:
+        return None
+    out = numpy.empty(values.shape[0], dtype=numpy.int64)
+    _kernels().pack_weighted(numpy.ascontiguousarray(values), offsets, scales, weights, int(key_bias),
+                             int(weight_shift), out)
+    return out
+
+
+def unpack_weighted(packed, offsets, key_shift: int, key_bias: int, weight_shift: int):
+    """Return (keys int64 (N,), prefix uint64 (N + 1,), weight_prefix int64 (N + 1,)) of per-segment sorted packed values.
+
+    The twin of segments._weighted_batch's array code after its sort: keys
+    with segment tags, prefix sums of w * q (wrapping) and of w.
+    """
+    packed = _int64("packed", packed, 1)
+    offsets = _check_offsets(offsets, packed.shape[0])
+    keys = numpy.empty(packed.shape[0], dtype=numpy.int64)
+    prefix = numpy.empty(packed.shape[0] + 1, dtype=numpy.uint64)
+    weight_prefix = numpy.empty(packed.shape[0] + 1, dtype=numpy.int64)
+    _kernels().unpack_weighted(packed, offsets, int(key_shift), int(key_bias), int(weight_shift), keys, prefix,
+                               weight_prefix)
+    return keys, prefix, weight_prefix

@@ -147,13 +147,19 @@ def quantize_weights(weights: numpy.ndarray) -> numpy.ndarray | None:
     largest = float(weights.max()) if weights.size else 0.0
     if largest <= 0.0:
         return None
-    if largest <= (1 << WEIGHT_BITS) and bool((weights == numpy.floor(weights)).all()):
+    head = weights[:1024]  # a non-integer among the first values spares the full check
+    if largest <= (1 << WEIGHT_BITS) and bool((head == numpy.floor(head)).all()) and bool(
+            (weights == numpy.floor(weights)).all()):
         scaled = weights.astype(numpy.int64)
     else:
         # w / largest * 2**16: one correctly rounded division, an exact ldexp, a rint.
         scaled = numpy.rint(numpy.ldexp(weights / largest, WEIGHT_BITS)).astype(numpy.int64)
         scaled = numpy.where((weights > 0) & (scaled == 0), 1, scaled)
-    divisor = int(numpy.gcd.reduce(scaled[scaled > 0]))
+    positive = scaled[scaled > 0]
+    # The gcd of some of the integers divides theirs all: 1 among the first ones is the answer.
+    divisor = int(numpy.gcd.reduce(positive[:1024]))
+    if divisor > 1:
+        divisor = int(numpy.gcd.reduce(positive))
     if divisor > 1:
         scaled //= divisor
     if bool((scaled == 1).all()):

@@ -249,6 +249,13 @@ def _weighted_batch(values, offsets, exponents, weights) -> SegmentBatch:
     no gathers. CuPy sorts by weight, then stably by key.
     """
     xp = array_namespace(values)
+    if xp is numpy and compiled.available():
+        # Compiled twins of the packing before the sort and of the keys and sums after it.
+        packed = compiled.pack_weighted(values, offsets, exponents, weights, KEY_BIAS, WEIGHT_SHIFT)
+        if packed is not None:
+            _sort_each_segment(packed, offsets)
+            keys, prefix, weight_prefix = compiled.unpack_weighted(packed, offsets, KEY_SHIFT, KEY_BIAS, WEIGHT_SHIFT)
+            return SegmentBatch(offsets, exponents, keys, prefix, values, weight_prefix)
     segment_of_value = segment_indices(offsets)
     q = quantize(xp.asarray(values, dtype=xp.float64), exponents[segment_of_value])
     weights = xp.asarray(weights, dtype=xp.int64)
