@@ -412,3 +412,28 @@ def test_density_init_takes_weighted_quantiles():
     ones = build_batch(values, sizes, exponents, numpy.ones(10, dtype=numpy.int64))
     plain = build_batch(values, sizes, exponents)
     assert numpy.array_equal(density_init(ones, 4), density_init(plain, 4))
+
+
+def test_compiled_weighted_batch_equals_the_array_code(monkeypatch):
+    if not compiled.available():
+        pytest.skip("the compiled extension is not built")
+    from gpucompress.errors import KernelInputError
+
+    rng = numpy.random.default_rng(11)
+    values = numpy.concatenate([numpy.round(rng.normal(size=3000), 2), heavy(5000, 1), [0.0]]).astype(numpy.float32)
+    sizes = numpy.array([3000, 5000, 1], dtype=numpy.int64)
+    weights = rng.integers(0, (1 << 16) + 1, size=values.size)
+    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)])
+    exponents = fixedpoint.segment_exponents(numpy.array([numpy.abs(values[a:b]).max() for a, b in
+                                                          zip(offsets[:-1], offsets[1:])], dtype=numpy.float64),
+                                             sizes << 16)
+    fast = build_batch(values, sizes, exponents, weights)
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "available", lambda: False)
+        slow = build_batch(values, sizes, exponents, weights)
+    for name in ("keys", "prefix", "weight_prefix"):
+        left, right = getattr(fast, name), getattr(slow, name)
+        assert left.dtype == right.dtype and numpy.array_equal(left, right), name
+    with pytest.raises(KernelInputError, match="weights"):
+        compiled.pack_weighted(values, offsets, exponents, weights + (1 << 17), fixedpoint.KEY_BIAS,
+                               fixedpoint.WEIGHT_SHIFT)
