@@ -11,6 +11,7 @@ from . import device as devices
 from .clustering import ClusteringRun, cluster_weights
 from .errors import InputError, OptionsError
 from .files import check_output_path, overwriting
+from .importance import gather_importance
 from .models import GraphDefModel, default_output, defer_values, model_format, read_model, write_model
 from .options import CompressOptions
 
@@ -41,7 +42,9 @@ def compress_graphdef(graph_def, options: CompressOptions | None = None):
     """
     options = options or CompressOptions()
     model = GraphDefModel.from_proto(graph_def)
-    cluster_weights(model.weights(), options, on_tensor=lambda t: model.replace_values({t.name: t.values()}))
+    importance, source = gather_importance(options, model)
+    cluster_weights(model.weights(), options, on_tensor=lambda t: model.replace_values({t.name: t.values()}),
+                    importance=importance, importance_source=source)
     if type(graph_def) is not type(model.graph_def):
         # A TensorFlow GraphDef in, a TensorFlow GraphDef out.
         converted = type(graph_def)()
@@ -202,9 +205,11 @@ def compress_file(
     # Each tensor's new values are made from its codebook and labels (which
     # the run keeps anyway) while the model is written, one tensor at a time:
     # the loaded weights never all exist at once, nor old and new contents.
+    importance, source = gather_importance(options, model)
+    weighed = time.perf_counter()
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
                           on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
-                          on_progress=progress)
+                          on_progress=progress, importance=importance, importance_source=source)
     progress(len(run.tensors), len(run.tensors), f"writing {output_path.name}")
     with overwriting(overwrite):
         if tflm:
@@ -219,8 +224,9 @@ def compress_file(
         input_bytes=path_bytes(input_path), output_bytes=output_bytes,
         seconds={"parse": parsed - started, "select": run.seconds["select"],
                  "cluster": run.seconds["cluster"],
+                 "importance": weighed - parsed,
                  # replacing values in the model counts as writing
-                 "write": written - parsed - run.seconds["select"] - run.seconds["cluster"],
+                 "write": written - weighed - run.seconds["select"] - run.seconds["cluster"],
                  "total": written - started},
     )
     if zip_sizes:

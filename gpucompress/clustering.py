@@ -16,11 +16,17 @@ from . import channels
 from . import device as devices
 from . import engine
 from .kernels import compiled
+from .errors import OptionsError
+from .importance import UNIFORM, WEIGHTED, resolve_importance, weighted_sse
 from .models.weights import ROLE_VARIABLE, Weight
 from .options import CompressOptions
 from .select import CLUSTER, Decision, check_whitelist, decide_with_values, decide_without_values
 
 log = logging.getLogger(__name__)
+
+# Weights known to hold at most this many distinct values (Weight.max_distinct)
+# are offered to the engine's exact DP on distinct values.
+EXACT_MAX_DISTINCT = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,11 @@ class TensorOutcome:
     unknown)", "option"). kept_zeros: exact zeros kept exactly (0.0 is in every
     codebook row, the other values had k - 1 centroids); zero_share: the
     share of exact zeros among the values.
+    exact: the optimal method's DP ran on the tensor's distinct values (the
+    exact optimum: float16, bfloat16, int8/int16 integers), in every
+    codebook row. importance: importance.WEIGHTED or importance.UNIFORM when
+    the run had importances (None otherwise); weighted_sse: sum w * (x - c)**2
+    with them (float64; exact zeros kept have no error).
     """
 
     name: str
@@ -63,6 +74,9 @@ class TensorOutcome:
     axis_source: str | None = None
     kept_zeros: bool = False
     zero_share: float = 0.0
+    exact: bool = False
+    importance: str | None = None
+    weighted_sse: float | None = None
 
     @property
     def size(self) -> int:
@@ -115,6 +129,12 @@ class _Pending:
     sent: numpy.ndarray | None = None  # the values the engine clusters (channel-major with a layout)
     sent_mask: numpy.ndarray | None = None  # which positions of the (channel-major) tensor they are; None: all
     sent_sizes: numpy.ndarray | None = None  # int64 (rows,) sent values per codebook row
+    # float64 importances (None: no entry): `importance` at the finite values in C order (global
+    # mode); `major_importance` at every position of the channel-major tensor, `sent_importance`
+    # at the values sent (the same permutation and mask as the values).
+    importance: numpy.ndarray | None = None
+    major_importance: numpy.ndarray | None = None
+    sent_importance: numpy.ndarray | None = None
 
 
 def _axis_for(weight: Weight, options: CompressOptions) -> tuple[int | None, str]:
@@ -134,7 +154,7 @@ def _axis_for(weight: Weight, options: CompressOptions) -> tuple[int | None, str
     return None, "last axis (layer kind unknown)"
 
 
-def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pending | None]:
+def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple[Decision, _Pending | None]:
     decision = decide_without_values(weight, options)
     if decision is not None:
         return decision, None
@@ -153,6 +173,8 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
     pending = _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask],
                        layout, source if layout is not None else None)
     if options.global_clusters:
+        if importance is not None:
+            pending.importance = importance.reshape(-1) if all_finite else importance.reshape(-1)[mask]
         return decision, pending
     zeros = int(numpy.count_nonzero(flat == 0))
     pending.zero_share = zeros / flat.size
@@ -167,6 +189,13 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
         sent_mask = mask if layout is None else numpy.isfinite(major)
     pending.sent_mask = sent_mask
     pending.sent = major if sent_mask is None else major[sent_mask]
+    if importance is not None:
+        # Importances follow their values: the same channel-major order, the same mask (kept zeros
+        # and non-finite values are not clustered, so their importances are not sent either).
+        pending.major_importance = (importance.reshape(-1) if layout is None
+                                    else layout.to_channel_major(importance))
+        pending.sent_importance = (pending.major_importance if sent_mask is None
+                                   else pending.major_importance[sent_mask])
     full_sizes = layout.segment_sizes() if layout is not None else numpy.array([flat.size], numpy.int64)
     if sent_mask is None:
         pending.sent_sizes = full_sizes
@@ -176,11 +205,16 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
     return decision, pending
 
 
-def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) -> TensorOutcome:
+def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id, weighted_run=False) -> TensorOutcome:
     """Return the TensorOutcome of a tensor of a global run (one shared codebook (k,))."""
     weight, mask = pending.weight, pending.finite_mask
     codebook = codebook64.astype(pending.values.dtype)
     sse, sum_squares = _error_sums(pending.finite, codebook, labels_finite)
+    importance_state = weighted = None
+    if weighted_run:
+        importance_state = UNIFORM if pending.importance is None else WEIGHTED
+        weighted = sse if pending.importance is None else weighted_sse(pending.finite, codebook, labels_finite,
+                                                                       pending.importance)
     if mask is None:
         labels, nonfinite_index, nonfinite_values = labels_finite, None, None
     else:
@@ -193,6 +227,7 @@ def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) 
         codebook=codebook, labels=labels, nonfinite_index=nonfinite_index,
         nonfinite_values=nonfinite_values, iterations=result.iterations,
         converged=result.converged, sse=sse, codebook_id=codebook_id, sum_squares=sum_squares,
+        exact=bool(getattr(result, "exact", False)), importance=importance_state, weighted_sse=weighted,
     )
 
 
@@ -208,11 +243,13 @@ def _with_zero(codebooks: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
 
 
 def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, converged, codebook_id,
-                       n_clusters: int) -> TensorOutcome:
+                       n_clusters: int, exact: bool = False, weighted_run: bool = False) -> TensorOutcome:
     """Return the TensorOutcome of a tensor clustered per tensor, per channel or per group.
 
     codebooks64: float64 (rows, k') of the rows with values sent (empty rows
     are filled here); sent_labels: the engine's labels of pending.sent.
+    exact: every row ran the exact DP; weighted_run: the run had importances
+    (the outcome then says this tensor's and its weighted SSE).
     """
     weight, layout = pending.weight, pending.layout
     rows = pending.sent_sizes.size
@@ -248,9 +285,17 @@ def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, 
         full_sizes = layout.segment_sizes()
         flat_codebook = codebooks.reshape(-1)
         flat_labels = numpy.repeat(numpy.arange(rows, dtype=numpy.int64) * k, full_sizes) + major_labels
+    major_importance = pending.major_importance
     if finite is not None:
         major, flat_labels = major[finite], flat_labels[finite]
+        if major_importance is not None:
+            major_importance = major_importance[finite]
     sse, sum_squares = _error_sums(major, flat_codebook, flat_labels)
+    importance_state = weighted = None
+    if weighted_run:
+        importance_state = UNIFORM if major_importance is None else WEIGHTED
+        weighted = sse if major_importance is None else weighted_sse(major, flat_codebook, flat_labels,
+                                                                     major_importance)
     out_labels = major_labels if layout is None else layout.from_channel_major(major_labels)
     nonfinite_index = nonfinite_values = None
     if pending.finite_mask is not None:
@@ -264,6 +309,7 @@ def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, 
         channel_axis=None if layout is None else layout.axis,
         group_size=None if layout is None else layout.group_size,
         axis_source=pending.axis_source, kept_zeros=pending.keep_zeros, zero_share=pending.zero_share,
+        exact=exact, importance=importance_state, weighted_sse=weighted,
     )
 
 
@@ -299,6 +345,8 @@ def cluster_weights(
     on_batch: Callable[[int], None] | None = None,
     on_tensor: Callable[[TensorOutcome], None] | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
+    importance: dict | None = None,
+    importance_source: str = "",
 ) -> ClusteringRun:
     """Select and cluster a model's weights.
 
@@ -314,9 +362,15 @@ def cluster_weights(
     Per-tensor codebooks stream: weights are loaded one engine batch at a
     time and their loaded values dropped once clustered, so peak memory holds
     one batch, not the model twice. Results do not depend on the batching.
-    Raises OptionsError when a `whitelisted` name matches no weight.
+    importance: None, or {name or alias: importances} (from
+    importance.gather_importance; checked here against the weights before
+    anything is clustered); importance_source names it in messages. Raises
+    OptionsError when a `whitelisted` name matches no weight, or for a bad
+    importance entry (naming the weight); in global mode every clustered
+    weight needs an entry when any has one.
     """
     check_whitelist(weights, options)
+    resolved = None if importance is None else resolve_importance(importance, weights, importance_source)
     kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
                   device=options.device, seed=options.seed, batch_values=options.batch_values)
     cluster_arrays = engine.cluster_arrays
@@ -347,7 +401,7 @@ def cluster_weights(
     for weight in weights:
         progress(weight.name)
         started = time.perf_counter()
-        decision, prepared = _prepare(weight, options)
+        decision, prepared = _prepare(weight, options, None if resolved is None else resolved.get(weight.name))
         decisions.append(decision)
         seconds["select"] += time.perf_counter() - started
         if prepared is None:
@@ -356,7 +410,8 @@ def cluster_weights(
         full = pending and pending_values + prepared.finite.size > batch_values
         if full and not options.global_clusters:
             started = time.perf_counter()
-            for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+            for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch,
+                                          resolved is not None):
                 finish(outcome)
             finished += len(pending)
             pending, pending_values = [], 0
@@ -366,20 +421,35 @@ def cluster_weights(
     started = time.perf_counter()
     if pending and options.global_clusters:
         together = numpy.concatenate([p.finite.astype(_exact_common_dtype(pending), copy=False) for p in pending])
-        (result,) = cluster_arrays([together], options.n_clusters, **kwargs)
-        del together
+        extra = {}
+        if resolved is not None:
+            missing = [p.weight.name for p in pending if p.importance is None]
+            if missing:
+                raise OptionsError(f"importance {importance_source}: {missing[0]!r} has no entry; with "
+                                   "global_clusters every clustered weight needs one (one codebook weighs "
+                                   f"them together; {len(missing)} missing)")
+            extra["weights"] = [numpy.concatenate([p.importance for p in pending])]
+        (result,) = cluster_arrays([together], options.n_clusters, **kwargs, **extra)
+        del together, extra
         start = 0
         for p in pending:
             stop = start + p.finite.size
-            finish(_outcome(p, result.codebook, result.labels[start:stop], result, 0))
+            finish(_outcome(p, result.codebook, result.labels[start:stop], result, 0, resolved is not None))
             start = stop
         if on_batch:
             on_batch(len(pending))
     elif pending:
-        for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+        for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch,
+                                      resolved is not None):
             finish(outcome)
     del pending
     seconds["cluster"] += time.perf_counter() - started
+    if resolved:
+        unused = sorted(set(resolved) - set(outcomes))
+        if unused:
+            # Said out loud: an importance that changed nothing (its weight was left as it is).
+            log.warning("importance: %d entries are for weights left as they are (not clustered), unused: %s%s",
+                        len(unused), ", ".join(unused[:3]), " ..." if len(unused) > 3 else "")
     tensors = [
         outcomes.get(w.name) or TensorOutcome(name=w.name, dtype=w.dtype, shape=w.shape,
                                               clustered=False, reason=d.reason)
@@ -388,14 +458,16 @@ def cluster_weights(
     return ClusteringRun(tensors, seconds)
 
 
-def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch):
+def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch,
+                   weighted_run: bool = False):
     """Yield the TensorOutcome of each pending tensor, clustered in as few engine calls as there
     are runs of tensors with the same codebook size (k, or k - 1 where zeros are kept).
 
     first_id: how many tensors earlier calls clustered (their codebook ids and
     random streams come first). Per-tensor codebooks go through cluster_arrays
     (ours or faiss'), per-channel and grouped ones through engine.cluster_segments,
-    every channel a segment of the same batch.
+    every channel a segment of the same batch. weighted_run: the run has
+    importances (each pending tensor's, or None for uniform), sent with the values.
     """
     start = 0
     while start < len(pending):
@@ -407,24 +479,36 @@ def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, optio
         # A tensor whose every value is an exact zero kept is never sent (the selection left
         # tensors of <= k distinct values, so this is a tensor of zeros and a few values only).
         sent = [p for p in run if p.sent.size]
+        extra = {}
+        if weighted_run:
+            extra["weights"] = [p.sent_importance for p in sent]
+        if options.engine == "gpucompress":
+            # Integers of int8/int16 TFLite weights (float32 here): the format bounds
+            # their distinct values below their count, and the DP on them is exact.
+            extra["exact_candidates"] = [p.weight.max_distinct <= EXACT_MAX_DISTINCT and
+                                         p.weight.max_distinct < p.weight.size for p in sent]
         if options.granularity == "per-tensor":
             results = iter(cluster_arrays([p.sent for p in sent], k, on_batch=on_batch,
-                                          first_id=first_id + start, **kwargs))
+                                          first_id=first_id + start, **kwargs, **extra))
         else:
             results = iter(engine.cluster_segments([p.sent for p in sent],
                                                    [p.sent_sizes[p.sent_sizes > 0] for p in sent], k,
-                                                   on_batch=on_batch, first_id=first_id + start, **kwargs))
+                                                   on_batch=on_batch, first_id=first_id + start, **kwargs,
+                                                   **extra))
         for index, p in enumerate(run):
+            exact = False
             if not p.sent.size:
                 codebooks, labels, iterations, converged = numpy.zeros((0, k)), numpy.zeros(0, numpy.uint8), 0, True
             elif options.granularity == "per-tensor":
                 result = next(results)
                 codebooks, labels = result.codebook[None, :], result.labels
                 iterations, converged = result.iterations, result.converged
+                exact = bool(getattr(result, "exact", False))
             else:
                 result = next(results)
                 codebooks, labels = result.codebooks, result.labels
                 iterations, converged = int(result.iterations.max()), result.converged
+                exact = bool(result.exact.all())
             yield _segmented_outcome(p, codebooks, labels, iterations, converged, first_id + start + index,
-                                     options.n_clusters)
+                                     options.n_clusters, exact, weighted_run)
         start = stop

@@ -9,6 +9,7 @@ memory, never the output.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .errors import OptionsError
 from .kernels import compiled, fixedpoint
 from .kernels.initializers import INITIALIZERS
 from .kernels.lloyd import assign_labels, lloyd
-from .kernels.optimal import optimal
+from .kernels.optimal import exact_rows, optimal
 from .kernels.segments import batch_from_sorted, build_batch, segment_extremes, sort_values
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,17 @@ class ClusterResult:
     codebook: float64 (k,), sorted centroids (may repeat when the array has
     fewer distinct values than k). labels: (n,) unsigned ints, the index into the
     codebook of each value, in input order. iterations: Lloyd steps that moved
-    the centroids. converged: False when max_iter stopped it first.
+    the centroids. converged: False when max_iter stopped it first. exact:
+    True when the optimal method's DP ran on the array's distinct values (a
+    float16, bfloat16 or few-valued array), so its DP solution is the exact
+    optimum (before Lloyd's refinement, which never raises the SSE).
     """
 
     codebook: numpy.ndarray
     labels: numpy.ndarray
     iterations: int
     converged: bool
+    exact: bool = False
 
 
 def label_dtype(k: int) -> numpy.dtype:
@@ -117,6 +122,73 @@ def _check_arrays(arrays, check_finite: bool = True) -> list[numpy.ndarray]:
     return checked
 
 
+def _integer_weights(weights, arrays, values, segment_sizes) -> list[numpy.ndarray | None]:
+    """Return per array None (uniform) or its int64 integer weights, flat, quantized segment by segment.
+
+    weights: None or one entry per array: None, or a non-negative finite
+    float array of the array's shape. segment_sizes: int64 sizes per array.
+    Each segment's weights are made integers on their own
+    (fixedpoint.quantize_weights), so a segment's result is that of the
+    segment clustered alone with its weights; a segment whose weights come
+    out uniform gets ones (the weighted arithmetic with w = 1 is the
+    unweighted one) and an array with every segment uniform None. Raises
+    OptionsError naming the index.
+    """
+    if weights is None:
+        return [None] * len(values)
+    if len(weights) != len(values):
+        raise OptionsError(f"weights holds {len(weights)} entries; it should hold one per array ({len(values)}).")
+    result = []
+    for index, (weight, array) in enumerate(zip(weights, arrays)):
+        if weight is None:
+            result.append(None)
+            continue
+        weight = numpy.asarray(weight)
+        shape = numpy.shape(array)
+        if weight.dtype.kind not in "fiu":
+            raise OptionsError(f"weights[{index}].dtype={weight.dtype} should be a real number dtype.")
+        if weight.shape != shape:
+            raise OptionsError(f"weights[{index}].shape={weight.shape} should be the array's shape {shape}.")
+        weight = weight.astype(numpy.float64, copy=False).reshape(-1)
+        if not numpy.isfinite(weight).all():
+            raise OptionsError(f"weights[{index}] holds NaN or Inf; weights should be finite and >= 0.")
+        if bool((weight < 0).any()):
+            raise OptionsError(f"weights[{index}] holds negative values; weights should be finite and >= 0.")
+        sizes = segment_sizes[index]
+        if sizes.size == 1:
+            result.append(fixedpoint.quantize_weights(weight))
+        else:
+            result.append(fixedpoint.quantize_segment_weights(weight, sizes))
+    return result
+
+
+def _exact_candidates(values, exact_candidates) -> numpy.ndarray:
+    """Return host bool (n_arrays,): arrays of at most 65,536 possible values (float16, bfloat16, or flagged)."""
+    flags = numpy.array([v.dtype.itemsize == 2 for v in values], dtype=bool)
+    if exact_candidates is not None:
+        if len(exact_candidates) != len(values):
+            raise OptionsError(f"exact_candidates holds {len(exact_candidates)} entries; it should hold one per "
+                               f"array ({len(values)}).")
+        flags |= numpy.array([bool(flag) for flag in exact_candidates], dtype=bool)
+    return flags
+
+
+def _weighted_batch(values, integer_weights, ids: list[int], sizes: numpy.ndarray, segment_sizes, xp):
+    """Return the SegmentBatch of weighted arrays ids: scales from their segments' total weights, sorted
+    with the weights.
+
+    sizes: int64 (S,) the batch's segment sizes; segment_sizes: per array of
+    ids, its segment sizes (for the per-segment max |x| and weight totals).
+    """
+    flat_weights = numpy.concatenate([integer_weights[i] for i in ids])
+    starts = numpy.concatenate([[0], numpy.cumsum(sizes)[:-1]]).astype(numpy.int64)
+    totals = numpy.maximum(numpy.add.reduceat(flat_weights, starts), 1).astype(numpy.int64)
+    max_abs = _segment_max_abs([values[i] for i in ids], segment_sizes)
+    exponents = fixedpoint.segment_exponents(max_abs, totals)
+    return build_batch(xp.asarray(_concatenated(values, ids)), xp.asarray(sizes), xp.asarray(exponents),
+                       xp.asarray(flat_weights))
+
+
 def _concatenated(values: list[numpy.ndarray], ids: list[int]) -> numpy.ndarray:
     """Return values[i] for i in ids one after the other, in float32 or float64.
 
@@ -181,6 +253,8 @@ def cluster_arrays(
     batch_values: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     first_id: int = 0,
+    weights: Sequence[numpy.ndarray | None] | None = None,
+    exact_candidates: Sequence[bool] | None = None,
 ) -> list[ClusterResult]:
     """Cluster the values of each array with 1-D k-means, many arrays per device batch.
 
@@ -192,6 +266,17 @@ def cluster_arrays(
     first_id: the id of arrays[0] for the random initializers (array i draws
     from the stream of id first_id + i), so that a caller may split one list
     of arrays over several calls and get the results of a single call.
+    weights: None, or one entry per array: None (every value weighs the
+    same) or a non-negative finite importance array of the array's shape;
+    the clustering then minimises sum w * (x - c)**2. Weights are made
+    integers first (kernels.fixedpoint.quantize_weights: resolution 2**-16 of
+    the array's largest weight), so results stay bit-identical on every
+    device; equal weights give exactly the unweighted result. A value of
+    weight 0 still gets its nearest centroid. exact_candidates: None, or one
+    bool per array: arrays known to hold at most 65,536 distinct values
+    (integers seen as float32); with method "optimal" those, and every
+    float16 and bfloat16 array, run the DP on their distinct values, which is
+    exact (ClusterResult.exact).
 
     Returns one ClusterResult per array, in order; bit-identical for the same
     inputs and options on every device and batch size. Raises OptionsError on
@@ -201,8 +286,9 @@ def cluster_arrays(
     """
     _check_arguments(n_clusters, init, method, max_iter)
     results = _cluster(arrays, None, n_clusters, init, method, max_iter, device, seed, batch_values,
-                       on_batch, first_id)
-    return [ClusterResult(r.codebooks[0], r.labels, int(r.iterations[0]), r.converged) for r in results]
+                       on_batch, first_id, weights, exact_candidates)
+    return [ClusterResult(r.codebooks[0], r.labels, int(r.iterations[0]), r.converged, bool(r.exact[0]))
+            for r in results]
 
 
 @dataclass(frozen=True)
@@ -212,12 +298,14 @@ class SegmentedResult:
     codebooks: float64 (S, k), row s the sorted centroids of segment s.
     labels: (n,) unsigned ints in input order, each an index into its segment's row.
     iterations: int64 (S,) Lloyd steps per segment. converged: every segment stopped before max_iter.
+    exact: bool (S,), per segment ClusterResult.exact (the DP ran on the segment's distinct values).
     """
 
     codebooks: numpy.ndarray
     labels: numpy.ndarray
     iterations: numpy.ndarray
     converged: bool
+    exact: numpy.ndarray
 
 
 def cluster_segments(
@@ -233,6 +321,8 @@ def cluster_segments(
     batch_values: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     first_id: int = 0,
+    weights: Sequence[numpy.ndarray | None] | None = None,
+    exact_candidates: Sequence[bool] | None = None,
 ) -> list[SegmentedResult]:
     """Cluster consecutive segments of each array, one codebook per segment (per-channel, grouped).
 
@@ -241,9 +331,15 @@ def cluster_segments(
     segment is a segment of the same batched engine (no loop per segment): its
     result is that of cluster_arrays on the segment alone, except the random
     initializer's stream, which is (seed, first_id + i, s) for segment s of
-    array i (an array of one segment: (seed, first_id + i), as cluster_arrays). An array's segments always share a batch. Other arguments and
-    errors as cluster_arrays; also OptionsError for sizes that do not fit.
-    Returns one SegmentedResult per array, in order.
+    array i (an array of one segment: (seed, first_id + i), as cluster_arrays).
+    An array's segments always share a batch. weights: as cluster_arrays, in
+    the arrays' (segment after segment) order; each segment's weights are
+    made integers on their own, so the rule "a segment's result is that of
+    cluster_arrays on the segment alone" holds with weights too.
+    exact_candidates: as cluster_arrays, an array's flag holding for each of
+    its segments. Other arguments and errors as cluster_arrays; also
+    OptionsError for sizes that do not fit. Returns one SegmentedResult per
+    array, in order.
     """
     _check_arguments(n_clusters, init, method, max_iter)
     if len(segment_sizes) != len(arrays):
@@ -257,7 +353,7 @@ def cluster_segments(
             raise OptionsError(f"arrays[{index}] has {sizes.size} segments, at most {fixedpoint.MAX_SEGMENTS}.")
         checked.append(sizes)
     return _cluster(arrays, checked, n_clusters, init, method, max_iter, device, seed, batch_values,
-                    on_batch, first_id)
+                    on_batch, first_id, weights, exact_candidates)
 
 
 def _segment_draws(seed: int, ids: list[int], counts: numpy.ndarray, k: int) -> numpy.ndarray:
@@ -269,71 +365,93 @@ def _segment_draws(seed: int, ids: list[int], counts: numpy.ndarray, k: int) -> 
 
 
 def _cluster(arrays, segment_sizes, n_clusters, init, method, max_iter, device, seed, batch_values,
-             on_batch, first_id) -> list[SegmentedResult]:
+             on_batch, first_id, weights=None, exact_candidates=None) -> list[SegmentedResult]:
     """The batch loop of cluster_arrays (segment_sizes None: one segment per array) and cluster_segments."""
     resolved = devices.resolve_device(device)
     xp = devices.array_module(resolved)
     batch_values = batch_values or DEFAULT_BATCH_VALUES[resolved]
     # The compiled CPU path sorts each batch's values first and reads max |x|
     # and finiteness off the sorted ends: no separate passes over the input.
+    # Weighted arrays sort through the array code (with their weights): they
+    # are checked for NaN and Inf first.
     on_cpu = xp is numpy and compiled.available()
-    values = _check_arrays(arrays, check_finite=not on_cpu)
+    values = _check_arrays(arrays, check_finite=not on_cpu or weights is not None)
     sizes = numpy.array([v.size for v in values], dtype=numpy.int64)
     if segment_sizes is None:
         segment_sizes = [sizes[i : i + 1] for i in range(len(values))]
+    integer_weights = _integer_weights(weights, arrays, values, segment_sizes)
+    candidates = _exact_candidates(values, exact_candidates) if method == "optimal" else None
     counts = numpy.array([s.size for s in segment_sizes], dtype=numpy.int64)
     all_sizes = numpy.concatenate(segment_sizes) if len(segment_sizes) else numpy.zeros(0, numpy.int64)
     first_segment = numpy.concatenate([[0], numpy.cumsum(counts)]).astype(numpy.int64)
     if not on_cpu:
         exponents = fixedpoint.segment_exponents(_segment_max_abs(values, segment_sizes), all_sizes)
-    results: list[SegmentedResult] = []
     dtype = label_dtype(n_clusters)
-    for batch_range in plan_batches(sizes.tolist(), batch_values, counts.tolist()):
-        started = time.perf_counter()
-        ids = list(batch_range)
-        segments = slice(int(first_segment[ids[0]]), int(first_segment[ids[-1] + 1]))
-        owners = numpy.repeat(numpy.array(ids, dtype=numpy.int64), counts[ids])
-        if on_cpu:
-            batch = _cpu_batch(values, ids, all_sizes[segments], owners)
-        else:
-            # Sent in float32 where that is exact (half the bytes over PCIe);
-            # build_batch widens on the device, exactly.
-            batch = build_batch(
-                xp.asarray(_concatenated(values, ids)),
-                xp.asarray(all_sizes[segments]),
-                xp.asarray(exponents[segments]),
-            )
-        draws = None
-        if init == "kmeans++":
-            draws = _segment_draws(seed, [first_id + i for i in ids], counts[ids], n_clusters)
-        initial = INITIALIZERS[init](batch, n_clusters, draws)
-        centroids, iterations = METHODS[method](batch, initial, max_iter)
-        labels = devices.to_numpy(assign_labels(batch, centroids, dtype))
-        codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
-        iterations = devices.to_numpy(iterations)
-        offsets = numpy.concatenate([[0], numpy.cumsum(sizes[ids])])
-        rows = numpy.concatenate([[0], numpy.cumsum(counts[ids])])
-        for row in range(len(ids)):
-            steps = iterations[rows[row] : rows[row + 1]].astype(numpy.int64)
-            results.append(
-                SegmentedResult(
+    # Weighted and unweighted arrays travel in batches of their own (each
+    # segment's result depends on it alone): consecutive runs of one kind, so
+    # batches, and on_batch's counts, still follow the input order.
+    runs: list[list[int]] = []
+    for index, weight in enumerate(integer_weights):
+        if not runs or (integer_weights[runs[-1][0]] is None) != (weight is None):
+            runs.append([])
+        runs[-1].append(index)
+    by_index: dict[int, SegmentedResult] = {}
+    for subset in runs:
+        weighted = integer_weights[subset[0]] is not None
+        for batch_range in plan_batches(sizes[subset].tolist(), batch_values, counts[subset].tolist()):
+            started = time.perf_counter()
+            ids = [subset[position] for position in batch_range]
+            # A run's indices are consecutive, so a batch's segments are too.
+            segment_rows = slice(int(first_segment[ids[0]]), int(first_segment[ids[-1] + 1]))
+            owners = numpy.repeat(numpy.array(ids, dtype=numpy.int64), counts[ids])
+            if weighted:
+                batch = _weighted_batch(values, integer_weights, ids, all_sizes[segment_rows],
+                                        [segment_sizes[i] for i in ids], xp)
+            elif on_cpu:
+                batch = _cpu_batch(values, ids, all_sizes[segment_rows], owners)
+            else:
+                # Sent in float32 where that is exact (half the bytes over PCIe);
+                # build_batch widens on the device, exactly.
+                batch = build_batch(
+                    xp.asarray(_concatenated(values, ids)),
+                    xp.asarray(all_sizes[segment_rows]),
+                    xp.asarray(exponents[segment_rows]),
+                )
+            distinct = numpy.zeros(int(counts[ids].sum()), dtype=bool)
+            if candidates is not None and candidates[ids].any():
+                # An array's flag holds for each of its segments (a part of it has no more distinct values).
+                distinct = exact_rows(batch, numpy.repeat(candidates[ids], counts[ids]), n_clusters)
+                batch = dataclasses.replace(batch, distinct_rows=distinct)
+            draws = None
+            if init == "kmeans++":
+                draws = _segment_draws(seed, [first_id + i for i in ids], counts[ids], n_clusters)
+            initial = INITIALIZERS[init](batch, n_clusters, draws)
+            centroids, iterations = METHODS[method](batch, initial, max_iter)
+            labels = devices.to_numpy(assign_labels(batch, centroids, dtype))
+            codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
+            iterations = devices.to_numpy(iterations)
+            offsets = numpy.concatenate([[0], numpy.cumsum(sizes[ids])])
+            rows = numpy.concatenate([[0], numpy.cumsum(counts[ids])])
+            for row, index in enumerate(ids):
+                steps = iterations[rows[row] : rows[row + 1]].astype(numpy.int64)
+                by_index[index] = SegmentedResult(
                     codebooks=codebooks[rows[row] : rows[row + 1]].copy(),
                     # A view: the batch's labels are new memory that only the results share.
                     labels=labels[offsets[row] : offsets[row + 1]],
                     iterations=steps,
                     converged=bool((steps < max_iter).all()),
+                    exact=distinct[rows[row] : rows[row + 1]].copy(),
                 )
+            log.debug(
+                "batch of %d arrays, %d segments, %d values on %s%s: %.3f s", len(ids), int(rows[-1]),
+                int(offsets[-1]), resolved, " (weighted)" if weighted else "", time.perf_counter() - started,
             )
-        log.debug(
-            "batch of %d arrays, %d segments, %d values on %s: %.3f s",
-            len(ids), int(rows[-1]), int(offsets[-1]), resolved, time.perf_counter() - started,
-        )
-        # Release this batch's device arrays before the next one is built:
-        # otherwise two batches' working memory (~50 bytes a value) coexist.
-        del batch, initial, centroids, labels, codebooks
-        if on_batch is not None:
-            on_batch(len(ids))
-    return results
+            # Release this batch's device arrays before the next one is built:
+            # otherwise two batches' working memory (~50 bytes a value) coexist.
+            del batch, initial, centroids, labels, codebooks
+            if on_batch is not None:
+                on_batch(len(ids))
+    return [by_index[index] for index in range(len(values))]
 
 
 def _segment_max_abs(values: list[numpy.ndarray], segment_sizes: list[numpy.ndarray]) -> numpy.ndarray:

@@ -1,6 +1,8 @@
 """One options object shared by the CLI and the Python API, validated in one place."""
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import OptionsError
@@ -96,6 +98,8 @@ class CompressOptions:
     group_size: int | None = None
     channel_axis: int | None = None
     keep_zeros: bool | None = None
+    importance: str | os.PathLike | Mapping | None = field(default=None, compare=False)
+    importance_from_data: str | os.PathLike | None = None
 
     def __post_init__(self):
         if isinstance(self.whitelisted, (list, set, frozenset)):
@@ -113,6 +117,15 @@ class CompressOptions:
         _check_choice("method", self.method, tuple(sorted(_methods())))
         _check_choice("init", self.init, tuple(sorted(_initializers())))
         self._check_granularity()
+        if self.importance is not None and not isinstance(self.importance, (str, os.PathLike, Mapping)):
+            raise OptionsError(f"importance={type(self.importance).__name__} should be a path to an .npz file "
+                               "or a mapping of weight names to arrays.")
+        if self.importance is not None and self.importance_from_data is not None:
+            raise OptionsError("importance (--importance) and importance_from_data (--importance-from-data) "
+                               "exclude each other: pass one.")
+        if self.engine != "gpucompress" and (self.importance is not None or self.importance_from_data is not None):
+            raise OptionsError(f"importance weights need engine='gpucompress'; engine={self.engine!r} "
+                               "clusters unweighted.")
         if self.method == "optimal" and self.engine == "gpucompress" and self.n_clusters > MAX_OPTIMAL_CLUSTERS:
             raise OptionsError(
                 f"n_clusters={self.n_clusters} should be <= {MAX_OPTIMAL_CLUSTERS} with method='optimal' "

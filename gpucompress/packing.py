@@ -22,6 +22,7 @@ import numpy
 from . import device as devices
 from .api import path_bytes, path_zip_size, pieces_zip_size
 from .clustering import ClusteringRun, TensorOutcome, cluster_weights
+from .importance import gather_importance
 from .codec import archive as archives
 from .codec import entropy
 from .errors import FormatError, GpucompressError, InputError, OptionsError
@@ -298,9 +299,11 @@ def pack_file(
     parsed = time.perf_counter()
     # New values are made per tensor while serializing (models.defer_values):
     # the model never holds every clustered tensor at once, nor old and new contents.
+    importance, source = gather_importance(options, model)
+    weighed = time.perf_counter()
     run = cluster_weights(model.weights(), options, on_batch=on_batch,
                           on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
-                          on_progress=progress)
+                          on_progress=progress, importance=importance, importance_source=source)
     clustered = time.perf_counter()
     count = len(run.tensors)
     progress(count, count, "encoding")
@@ -325,7 +328,7 @@ def pack_file(
         sizes["min_zip"] = min_zip
     done = time.perf_counter()
     return PackSummary(input_path, output_path, device, run, report["coded"], report["coders"], sizes,
-                       {"parse": parsed - started, "cluster": clustered - parsed, "encode": encoded - clustered,
+                       {"parse": parsed - started, "importance": weighed - parsed, "cluster": clustered - weighed, "encode": encoded - clustered,
                         "verify": verified - encoded, "zip": done - verified, "total": done - started})
 
 

@@ -19,6 +19,7 @@ import numpy
 
 from .clustering import ClusteringRun, TensorOutcome
 from .files import write_atomic
+from .importance import importance_source
 from .options import CompressOptions
 
 SCHEMA_ID = "gpucompress/compress-report/1"
@@ -115,7 +116,8 @@ def tensor_entry(outcome: TensorOutcome, seconds: float | None = None) -> dict:
              "k": None, "k_used": None, "codebook_id": None, "sse": None, "relative_error": None,
              "snr_db": None, "iterations": None, "converged": None, "seconds": None,
              "granularity": None, "codebooks": None, "channel_axis": None, "axis_source": None,
-             "group_size": None, "last_group_channels": None, "kept_zeros": None, "zero_share": None}
+             "group_size": None, "last_group_channels": None, "kept_zeros": None, "zero_share": None,
+             "exact": None, "importance": None, "weighted_sse": None}
     if outcome.clustered:
         entry.update(_granularity_fields(outcome))
         entry.update(
@@ -126,6 +128,7 @@ def tensor_entry(outcome: TensorOutcome, seconds: float | None = None) -> dict:
             snr_db=_finite_or_none(snr_db(outcome.sse, outcome.sum_squares)),
             iterations=outcome.iterations, converged=outcome.converged,
             seconds=None if seconds is None else float(seconds),
+            exact=outcome.exact, importance=outcome.importance, weighted_sse=outcome.weighted_sse,
         )
     return entry
 
@@ -146,7 +149,10 @@ def build_report(run: ClusteringRun, *, options: CompressOptions, input_path, ou
     clustered = run.clustered()
     sse = sum(t.sse for t in clustered)
     energy = sum(t.sum_squares for t in clustered)
-    options_dict = {**options.__dict__, "whitelisted": list(options.whitelisted)}
+    options_dict = {**options.__dict__, "whitelisted": list(options.whitelisted),
+                    "importance": None if options.importance is None else importance_source(options.importance),
+                    "importance_from_data": None if options.importance_from_data is None
+                    else str(options.importance_from_data)}
     return {
         "schema": SCHEMA_ID,
         "gpucompress_version": __version__,
@@ -253,6 +259,13 @@ def format_summary(report: dict, *, top: int = 8, name_width: int = 44) -> str:
             reasons[t["reason"]] = reasons.get(t["reason"], 0) + 1
     if reasons:
         lines.append("left as they are: " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())))
+    exact = sum(1 for t in clustered if t.get("exact"))
+    if exact:
+        lines.append(f"exact optimum (DP on the distinct values: float16, bfloat16, int8/int16): {exact} tensors")
+    weighted = sum(1 for t in clustered if t.get("importance") == "weighted")
+    if any(t.get("importance") for t in clustered):
+        lines.append(f"importance-weighted: {weighted} tensors; {len(clustered) - weighted} without an entry "
+                     "clustered unweighted")
     if any(t["converged"] is False for t in clustered):
         lines.append("+ stopped by --max_iter before converging")
     return "\n".join(lines)

@@ -404,9 +404,10 @@ cdef inline int64_t upper_bound_near(const int64_t* keys, int64_t low, int64_t h
     return upper_bound(keys, found_low, found_high, key)
 
 
-cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, int64_t first, int64_t last, int64_t* current,
-                        int64_t k, int64_t max_iter, int64_t tag, int64_t key_bias, int64_t* updated,
-                        int64_t* borders, char* moved, char* border_moved, int64_t* iterations) noexcept nogil:
+cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, const int64_t* weight_prefix, int64_t first,
+                        int64_t last, int64_t* current, int64_t k, int64_t max_iter, int64_t tag, int64_t key_bias,
+                        int64_t* updated, int64_t* borders, char* moved, char* border_moved,
+                        int64_t* iterations) noexcept nogil:
     # Only what can change is recomputed: border j (the midpoint search
     # between clusters j and j + 1) when centroid j or j + 1 moved in the last
     # step, and cluster j's mean when one of its borders moved. The rest would
@@ -438,7 +439,9 @@ cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, int64_t fir
             if step == 0 or border_moved[j] or (j > 0 and border_moved[j - 1]):
                 start = borders[j - 1] if j > 0 else first
                 end = borders[j]
-                count = end - start
+                # Weighted (weight_prefix not NULL): the cluster's total
+                # weight, as lloyd.update_centroids' range_weights.
+                count = end - start if weight_prefix == NULL else weight_prefix[end] - weight_prefix[start]
                 value = current[j]
                 if count > 0:
                     # The uint64 sums wrap; the difference, read as int64, is
@@ -460,10 +463,12 @@ cdef void lloyd_segment(const int64_t* keys, const uint64_t* prefix, int64_t fir
 
 def lloyd(const int64_t[::1] keys, const uint64_t[::1] prefix, const int64_t[::1] offsets,
           int64_t[:, ::1] centroids, int64_t max_iter, int64_t key_shift, int64_t key_bias,
-          int64_t[::1] iterations):
+          int64_t[::1] iterations, const int64_t[::1] weight_prefix):
     """Run Lloyd's algorithm on every segment in place (centroids, iterations): lloyd.lloyd's twin.
 
-    Raises MemoryError when the per-segment work arrays cannot be allocated.
+    weight_prefix: empty (every weight 1) or int64 (N + 1,) prefix sums of
+    the integer weights. Raises MemoryError when the per-segment work arrays
+    cannot be allocated.
     """
     cdef Py_ssize_t n_segments = centroids.shape[0]
     cdef int64_t k = centroids.shape[1]
@@ -473,8 +478,11 @@ def lloyd(const int64_t[::1] keys, const uint64_t[::1] prefix, const int64_t[::1
     cdef char* moved
     cdef char* border_moved
     cdef int failed = 0
+    cdef const int64_t* weights = NULL
     if n_segments == 0 or k == 0:
         return
+    if weight_prefix.shape[0] > 0:
+        weights = &weight_prefix[0]
     with nogil, parallel():
         for segment in prange(n_segments, schedule="dynamic"):
             updated = <int64_t*>malloc(k * sizeof(int64_t))
@@ -484,7 +492,8 @@ def lloyd(const int64_t[::1] keys, const uint64_t[::1] prefix, const int64_t[::1
             if updated == NULL or borders == NULL or moved == NULL or border_moved == NULL:
                 failed += 1
             else:
-                lloyd_segment(&keys[0], &prefix[0], offsets[segment], offsets[segment + 1], &centroids[segment, 0],
+                lloyd_segment(&keys[0], &prefix[0], weights, offsets[segment], offsets[segment + 1],
+                              &centroids[segment, 0],
                               k, max_iter, (<int64_t>segment) << key_shift, key_bias, updated, borders, moved,
                               border_moved, &iterations[segment])
             free(updated)
@@ -728,3 +737,44 @@ def value_labels(const floating[::1] values, const int64_t[::1] offsets, const d
                           table_offsets[segment + 1] - table_offsets[segment] - 2, &out[0])
                 start = end
                 segment = segment + 1
+
+
+def pack_weighted(const floating[::1] values, const int64_t[::1] offsets, const double[::1] scales,
+                  const int64_t[::1] weights, int64_t key_bias, int64_t weight_shift, int64_t[::1] out):
+    """Fill out (N,) with (rint(x * scale) + key_bias) << weight_shift | w per value (segments._weighted_batch)."""
+    # In parallel over segments: each value's fixed point, as fixedpoint.quantize
+    # (a normal scale makes x * 2**e exact, as ldexp), with its weight below it.
+    cdef Py_ssize_t segment
+    cdef int64_t index
+    cdef double scale
+    with nogil:
+        for segment in prange(offsets.shape[0] - 1, schedule="dynamic"):
+            scale = scales[segment]
+            for index in range(offsets[segment], offsets[segment + 1]):
+                out[index] = ((<int64_t>rint(<double>values[index] * scale) + key_bias) << weight_shift) | weights[index]
+
+
+def unpack_weighted(const int64_t[::1] packed, const int64_t[::1] offsets, int64_t key_shift, int64_t key_bias,
+                    int64_t weight_shift, int64_t[::1] keys, uint64_t[::1] prefix, int64_t[::1] weight_prefix):
+    """Fill keys (N,), prefix (N + 1,) of w * q and weight_prefix (N + 1,) from sorted packed values."""
+    # One sequential pass, as segments._weighted_batch's array code: the key is
+    # the segment tag plus q + key_bias; the uint64 sums of w * q wrap as
+    # fixedpoint.prefix_sums does; the weights' sums never wrap.
+    cdef uint64_t total = 0
+    cdef int64_t weight_total = 0
+    cdef int64_t mask = (1 << weight_shift) - 1
+    cdef Py_ssize_t segment
+    cdef int64_t index, tag, biased, weight
+    prefix[0] = 0
+    weight_prefix[0] = 0
+    with nogil:
+        for segment in range(offsets.shape[0] - 1):
+            tag = (<int64_t>segment) << key_shift
+            for index in range(offsets[segment], offsets[segment + 1]):
+                biased = packed[index] >> weight_shift
+                weight = packed[index] & mask
+                keys[index] = tag + biased
+                total += <uint64_t>((biased - key_bias) * weight)
+                weight_total += weight
+                prefix[index + 1] = total
+                weight_prefix[index + 1] = weight_total

@@ -190,13 +190,15 @@ def band_bin_borders(sums, counts, k: int, lows, width: int) -> numpy.ndarray:
     return band_groups_borders([(sums, counts, lows)], k, width)[0]
 
 
-def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int):
+def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_bias: int, weight_prefix=None):
     """Return (centroids, iterations) of Lloyd's algorithm on every segment: lloyd.lloyd's twin.
 
     keys: int64 (N,) sorted; prefix: uint64 (N + 1,); offsets: int64 (S + 1,);
-    centroids: int64 (S, k) sorted starts (not modified). One compiled loop
-    per segment instead of one array step per iteration: the same integer
-    midpoints, borders, sums and round-half-up means, so the same numbers.
+    centroids: int64 (S, k) sorted starts (not modified); weight_prefix: None
+    or int64 (N + 1,) prefix sums of integer weights (prefix then sums w * q).
+    One compiled loop per segment instead of one array step per iteration:
+    the same integer midpoints, borders, sums and round-half-up means, so the
+    same numbers.
     """
     keys = _int64("keys", keys, 1)
     prefix = numpy.ascontiguousarray(prefix, dtype=numpy.uint64)
@@ -206,8 +208,15 @@ def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_b
     out = numpy.array(centroids, dtype=numpy.int64, order="C", copy=True)
     if out.ndim != 2 or out.shape[0] != offsets.shape[0] - 1:
         raise KernelInputError(f"centroids {out.shape} should have one row per segment ({offsets.shape[0] - 1}).")
+    if weight_prefix is None:
+        weight_prefix = numpy.zeros(0, dtype=numpy.int64)  # the kernel's "every weight is 1"
+    else:
+        weight_prefix = _int64("weight_prefix", weight_prefix, 1)
+        if weight_prefix.shape != prefix.shape:
+            raise KernelInputError(f"weight_prefix {weight_prefix.shape} should have shape {prefix.shape}.")
     iterations = numpy.zeros(out.shape[0], dtype=numpy.int64)
-    _kernels().lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations)
+    _kernels().lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations,
+                     weight_prefix)
     return out, iterations
 
 
@@ -387,3 +396,42 @@ def value_labels(values, offsets, exponents, mid_keys, n_mids: int, low_keys, hi
     kernels.value_labels(numpy.ascontiguousarray(values), offsets, scales, int(key_shift), int(key_bias), mid_keys, int(n_mids),
                           low_keys, shifts, tables, table_offsets, out)
     return out
+
+
+def pack_weighted(values, offsets, exponents, weights, key_bias: int, weight_shift: int):
+    """Return int64 (N,) (q + key_bias) << weight_shift | w of every value, or None when a scale is no normal double.
+
+    values: float32 or float64 (N,) finite, in input order; offsets: int64
+    (S + 1,); exponents: int64 (S,); weights: int64 (N,) in [0, 2**weight_shift).
+    q is fixedpoint.quantize of each value with its segment's exponent.
+    """
+    _check_vector("values", values, FLOATS)
+    offsets = _check_offsets(offsets, values.shape[0])
+    exponents = _int64("exponents", exponents, 1)
+    weights = _int64("weights", weights, 1)
+    if exponents.shape[0] != offsets.shape[0] - 1 or weights.shape != values.shape:
+        raise KernelInputError("exponents should hold one entry per segment and weights one per value.")
+    _check_range("weights", weights, 0, (1 << weight_shift) - 1)
+    scales = _normal_scales(exponents)
+    if scales is None:
+        return None
+    out = numpy.empty(values.shape[0], dtype=numpy.int64)
+    _kernels().pack_weighted(numpy.ascontiguousarray(values), offsets, scales, weights, int(key_bias),
+                             int(weight_shift), out)
+    return out
+
+
+def unpack_weighted(packed, offsets, key_shift: int, key_bias: int, weight_shift: int):
+    """Return (keys int64 (N,), prefix uint64 (N + 1,), weight_prefix int64 (N + 1,)) of per-segment sorted packed values.
+
+    The twin of segments._weighted_batch's array code after its sort: keys
+    with segment tags, prefix sums of w * q (wrapping) and of w.
+    """
+    packed = _int64("packed", packed, 1)
+    offsets = _check_offsets(offsets, packed.shape[0])
+    keys = numpy.empty(packed.shape[0], dtype=numpy.int64)
+    prefix = numpy.empty(packed.shape[0] + 1, dtype=numpy.uint64)
+    weight_prefix = numpy.empty(packed.shape[0] + 1, dtype=numpy.int64)
+    _kernels().unpack_weighted(packed, offsets, int(key_shift), int(key_bias), int(weight_shift), keys, prefix,
+                               weight_prefix)
+    return keys, prefix, weight_prefix

@@ -48,12 +48,14 @@ def cluster_borders(batch: SegmentBatch, rows, centroids):
 def update_centroids(batch: SegmentBatch, rows, centroids):
     """Return one Lloyd step: the means of the clusters that `centroids` induce.
 
-    Empty clusters keep their centroid: it stays between its neighbours, so
-    centroids stay sorted, and the rule is the same on every device.
+    Empty clusters (and, weighted, clusters of zero total weight) keep their
+    centroid: it stays between its neighbours, so centroids stay sorted, and
+    the rule is the same on every device. Weighted (batch.weight_prefix), the
+    means are sum(w * q) / sum(w), rounded half up.
     """
     xp = array_namespace(centroids)
     borders = cluster_borders(batch, rows, centroids)
-    counts = borders[:, 1:] - borders[:, :-1]
+    counts = batch.range_weights(borders[:, :-1], borders[:, 1:])
     sums = range_sums(batch.prefix, borders[:, :-1], borders[:, 1:])
     return xp.where(counts > 0, rounded_mean(sums, counts), centroids)
 
@@ -65,12 +67,14 @@ def lloyd(batch: SegmentBatch, centroids, max_iter: int):
     point. Returns (centroids int64 (S, k), iterations int64 (S,)): iterations
     counts the steps that changed a segment's centroids; a segment that reached
     max_iter with centroids still moving has iterations == max_iter and is not
-    converged. Each segment's trajectory is independent of the others in the batch.
+    converged. Each segment's trajectory is independent of the others in the
+    batch. Weighted batches minimise sum w * (x - c)**2 (update_centroids).
     """
     xp = array_namespace(centroids)
     if xp is numpy and compiled.available():
-        return compiled.lloyd(batch.keys, batch.prefix, batch.offsets, centroids, max_iter, KEY_SHIFT, KEY_BIAS)
-    if xp is not numpy and fused.enabled(int(centroids.shape[1])):
+        return compiled.lloyd(batch.keys, batch.prefix, batch.offsets, centroids, max_iter, KEY_SHIFT, KEY_BIAS,
+                              batch.weight_prefix)
+    if xp is not numpy and batch.weight_prefix is None and fused.enabled(int(centroids.shape[1])):
         return fused.lloyd(batch, centroids, max_iter, KEY_SHIFT, KEY_BIAS)  # opt-in, never run on a GPU yet
     centroids = centroids.copy()
     iterations = xp.zeros(centroids.shape[0], dtype=xp.int64)
@@ -91,7 +95,8 @@ def assign_labels(batch: SegmentBatch, centroids, dtype="int64"):
     """Return, for every value in input order, the index of its nearest centroid.
 
     centroids: int64 (S, k) sorted. Returns (N,) labels in [0, k) in `dtype`
-    (an integer dtype that holds k - 1).
+    (an integer dtype that holds k - 1). Weights play no part: a value of
+    zero weight gets its nearest centroid too.
     """
     xp = array_namespace(centroids)
     n_segments, k = centroids.shape

@@ -633,21 +633,33 @@ def _bin_tables(batch: SegmentBatch, rows, n_bins: int):
     xp = array_namespace(batch.keys)
     on_cpu = xp is numpy and compiled.available()
     edges = bin_edges(batch, rows, n_bins, _compiled_binned_edges if on_cpu else None)
-    starts = edges[:, :1]
-    sums = range_sums(batch.prefix, xp.broadcast_to(starts, edges.shape), edges)
-    return edges, sums, (edges - starts).astype(xp.float64)
+    return _tables_at(batch, edges)
+
+
+def _tables_at(batch: SegmentBatch, edges):
+    """Return (edges, sums, counts) at given bin edges (R, B + 1): exact sums and counts (total weights) from each start.
+
+    Weighted batches give sums of w * q and total weights: the DP's gain
+    S**2 / W is then the weighted one (weighted SSE = sum w q**2 - sum S**2 / W).
+    Total weights stay below 2**53, so their float64 counts are exact.
+    """
+    xp = array_namespace(batch.keys)
+    starts = xp.broadcast_to(edges[:, :1], edges.shape)
+    sums = range_sums(batch.prefix, starts, edges)
+    return edges, sums, batch.range_weights(starts, edges).astype(xp.float64)
 
 
 def _border_centroids(batch: SegmentBatch, rows, edges, borders):
     """Return int64 centroids (R, k), sorted: the means of the clusters that bin borders (R, k + 1) make.
 
-    Empty clusters (only when a segment has fewer than k nonempty bins) take
-    the value just below their position, or the segment minimum.
+    Empty clusters (only when a segment has fewer than k nonempty bins; or,
+    weighted, of zero total weight) take the value just below their
+    position, or the segment minimum.
     """
     xp = array_namespace(batch.keys)
     row_index = xp.arange(edges.shape[0], dtype=xp.int64)
     positions = edges[row_index[:, None], borders]
-    cluster_counts = positions[:, 1:] - positions[:, :-1]
+    cluster_counts = batch.range_weights(positions[:, :-1], positions[:, 1:])
     cluster_sums = range_sums(batch.prefix, positions[:, :-1], positions[:, 1:])
     means = rounded_mean(cluster_sums, cluster_counts)
     # An empty cluster at sorted position p takes the value just below p (the
@@ -663,6 +675,60 @@ def dp_centroids(batch: SegmentBatch, rows, k: int, n_bins: int):
     return _border_centroids(batch, rows, edges, _borders(sums, counts, k, n_bins))
 
 
+# Exact DP on distinct values (exact_rows): at most this many split-table
+# entries ((k - 1) * (D + 1) int32, 64 MiB) per segment; a segment with more
+# distinct values gets the usual bins. k = 256 takes all 65,536 float16 values.
+EXACT_TABLE_ENTRIES = 1 << 24
+
+
+def distinct_edges(batch: SegmentBatch, row: int):
+    """Return int64 (D + 1,) sorted positions: where each of segment row's D distinct values starts, then its end.
+
+    Distinct in the batch's fixed point (values closer than one unit of it are one value).
+    """
+    xp = array_namespace(batch.keys)
+    start, end = int(batch.offsets[row]), int(batch.offsets[row + 1])
+    keys = batch.keys[start:end]
+    changes = xp.flatnonzero(keys[1:] != keys[:-1]).astype(xp.int64) + (start + 1)
+    return xp.concatenate([xp.asarray([start], dtype=xp.int64), changes, xp.asarray([end], dtype=xp.int64)])
+
+
+def exact_rows(batch: SegmentBatch, candidates, k: int) -> numpy.ndarray:
+    """Return host bool (S,): the candidate segments whose DP runs on their distinct values (exactly).
+
+    candidates: host bool (S,), segments of few possible values (float16,
+    bfloat16, int8 ...). With one bin per distinct value and the bin's total
+    weight (its count, times the importances when weighted), the DP is the
+    exact k-means optimum over those values, not a near one; taken where the
+    split tables stay within EXACT_TABLE_ENTRIES, and without bands.
+    """
+    chosen = numpy.zeros(batch.n_segments, dtype=bool)
+    for row in numpy.flatnonzero(numpy.asarray(candidates, dtype=bool)).tolist():
+        n_distinct = int(distinct_edges(batch, row).shape[0]) - 1
+        chosen[row] = (k - 1) * (n_distinct + 1) <= EXACT_TABLE_ENTRIES
+    return chosen
+
+
+def _exact_centroids(batch: SegmentBatch, rows_host, k: int, centroids) -> None:
+    """Write into centroids the exact DP's centroids of segments rows_host, bins = distinct values."""
+    xp = array_namespace(batch.keys)
+    groups: dict[int, list] = {}
+    for row in rows_host:
+        edges = distinct_edges(batch, row)
+        groups.setdefault(int(edges.shape[0]) - 1, []).append((row, edges))
+    on_cpu = xp is numpy and compiled.available()
+    for n_bins, members in sorted(groups.items()):
+        for first in range(0, len(members), max(1, TABLE_BYTES // (4 * k * (n_bins + 1)))):
+            chunk = members[first : first + max(1, TABLE_BYTES // (4 * k * (n_bins + 1)))]
+            rows = xp.asarray([row for row, _ in chunk], dtype=xp.int64)
+            edges, sums, counts = _tables_at(batch, xp.stack([edges for _, edges in chunk]))
+            if on_cpu:
+                (borders,) = _compiled_full_borders([(sums, counts, n_bins)], k)
+            else:
+                borders = _full_borders(sums, counts, k, n_bins)
+            centroids[rows] = _border_centroids(batch, rows, edges, borders)
+
+
 def _chunks(rows_host, k: int, n_bins: int):
     per_chunk = max(1, TABLE_BYTES // (4 * k * (n_bins + 1)))
     for first in range(0, len(rows_host), per_chunk):
@@ -675,15 +741,22 @@ def optimal(batch: SegmentBatch, initial_centroids, max_iter: int, bins_per_clus
     initial_centroids: int64 (S, k), used only for k (the DP needs no start).
     Returns (centroids int64 (S, k) sorted, iterations int64 (S,)), the
     iterations being Lloyd's refinement steps. Each segment's result depends on
-    that segment, k and bins_per_cluster alone, never on its batch.
+    that segment, k and bins_per_cluster alone, never on its batch. Segments
+    marked in batch.distinct_rows get the exact DP on their distinct values
+    (exact_rows); weighted batches (batch.weight_prefix) minimise sum w (x - c)**2.
     """
     xp = array_namespace(initial_centroids)
     k = int(initial_centroids.shape[1])
     sizes_host = [int(size) for size in (batch.offsets[1:] - batch.offsets[:-1]).tolist()]
+    distinct = (numpy.zeros(len(sizes_host), dtype=bool) if batch.distinct_rows is None
+                else numpy.asarray(batch.distinct_rows, dtype=bool))
     groups: dict[int, list[int]] = {}
     for row, size in enumerate(sizes_host):
-        groups.setdefault(bin_count(size, k, bins_per_cluster), []).append(row)
+        if not distinct[row]:
+            groups.setdefault(bin_count(size, k, bins_per_cluster), []).append(row)
     centroids = xp.empty_like(initial_centroids)
+    if distinct.any():
+        _exact_centroids(batch, numpy.flatnonzero(distinct).tolist(), k, centroids)
     if xp is numpy and compiled.available():
         # Every group's DP in the same two parallel calls (see _compiled_borders).
         chunks = [(numpy.asarray(chunk, dtype=numpy.int64), n_bins) for n_bins, rows_host in sorted(groups.items())

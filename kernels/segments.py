@@ -17,6 +17,9 @@ from .fixedpoint import (
     make_keys,
     prefix_sums,
     quantize,
+    WEIGHT_SHIFT,
+    range_weights,
+    weighted_prefix_sums,
 )
 
 
@@ -29,6 +32,10 @@ class SegmentBatch:
     keys: int64 (N,), sorted search keys (segment index in the high bits).
     prefix: uint64 (N + 1,), prefix sums of the sorted q.
     values: float32 or float64 (N,), the values in input order (for labelling).
+    weight_prefix: None (every value weighs 1), or int64 (N + 1,) prefix sums of
+    the integer weights in sorted order; prefix then holds the sums of w * q.
+    distinct_rows: None, or host bool (S,): segments whose DP bins are their
+    distinct values (optimal.exact_rows), which makes the DP exact on them.
     """
 
     offsets: object
@@ -36,6 +43,8 @@ class SegmentBatch:
     keys: object
     prefix: object
     values: object
+    weight_prefix: object = None
+    distinct_rows: object = None
 
     @property
     def n_segments(self) -> int:
@@ -44,6 +53,10 @@ class SegmentBatch:
     def sizes(self):
         """Return the int64 number of values of each segment."""
         return self.offsets[1:] - self.offsets[:-1]
+
+    def range_weights(self, starts, ends):
+        """Return int64 total weights of sorted positions [starts, ends) (their counts when unweighted)."""
+        return range_weights(self.weight_prefix, starts, ends)
 
     def sorted_q(self):
         """Return the int64 fixed-point values in sorted order."""
@@ -196,13 +209,15 @@ def batch_from_sorted(values, sorted_values, offsets, exponents) -> SegmentBatch
     return SegmentBatch(offsets, exponents, keys, prefix, values)
 
 
-def build_batch(values, sizes, exponents) -> SegmentBatch:
+def build_batch(values, sizes, exponents, weights=None) -> SegmentBatch:
     """Quantize and sort a flat batch of segments.
 
     values: float32 or float64 (N,) finite values, segments one after the
     other, on the target device. sizes: int64 (S,) segment lengths (>= 1) and
     exponents: int64 (S,) scales from segment_exponents, both on the same
-    device. Returns a SegmentBatch.
+    device. weights: None, or int64 (N,) integer weights in input order
+    (fixedpoint.quantize_weights; exponents then from each segment's total
+    weight). Returns a SegmentBatch.
     """
     xp = array_namespace(values)
     n_segments = int(sizes.shape[0])
@@ -210,6 +225,8 @@ def build_batch(values, sizes, exponents) -> SegmentBatch:
         raise ValueError(f"n_segments={n_segments} should be <= {MAX_SEGMENTS}.")
     offsets = xp.zeros(n_segments + 1, dtype=xp.int64)
     xp.cumsum(sizes, out=offsets[1:])
+    if weights is not None:
+        return _weighted_batch(values, offsets, exponents, weights)
     if xp is numpy and compiled.available():
         return batch_from_sorted(values, sort_values(values, offsets), offsets, exponents)
     segment_of_value = segment_indices(offsets)
@@ -218,3 +235,79 @@ def build_batch(values, sizes, exponents) -> SegmentBatch:
     keys = sort_segments(input_keys, offsets) if xp is numpy else xp.sort(input_keys)
     prefix = prefix_sums(key_values(keys))
     return SegmentBatch(offsets, exponents, keys, prefix, values)
+
+
+def _weighted_batch(values, offsets, exponents, weights) -> SegmentBatch:
+    """Return the SegmentBatch of weighted segments: keys sorted with their weights, weighted prefix sums.
+
+    Array code on every device (NumPy, compiled or not, and CuPy). Equal keys
+    are ordered by weight, so the sequence of (key, weight) pairs, and every
+    bin sum that splits a run of equal values, is the same on every device
+    and with any sort algorithm. On NumPy each segment sorts one int64 per
+    value, (q + KEY_BIAS) << WEIGHT_SHIFT | w (q + KEY_BIAS < 2**42 and
+    w <= 2**16: 59 bits), on parallel threads: one plain sort, no argsort and
+    no gathers. CuPy sorts by weight, then stably by key.
+    """
+    xp = array_namespace(values)
+    if xp is numpy and compiled.available():
+        # Compiled twins of the packing before the sort and of the keys and sums after it.
+        packed = compiled.pack_weighted(values, offsets, exponents, weights, KEY_BIAS, WEIGHT_SHIFT)
+        if packed is not None:
+            _sort_each_segment(packed, offsets)
+            keys, prefix, weight_prefix = compiled.unpack_weighted(packed, offsets, KEY_SHIFT, KEY_BIAS, WEIGHT_SHIFT)
+            return SegmentBatch(offsets, exponents, keys, prefix, values, weight_prefix)
+    segment_of_value = segment_indices(offsets)
+    q = quantize(xp.asarray(values, dtype=xp.float64), exponents[segment_of_value])
+    weights = xp.asarray(weights, dtype=xp.int64)
+    if xp is numpy:
+        packed = ((q + KEY_BIAS) << WEIGHT_SHIFT) | weights
+        del q
+        _sort_each_segment(packed, offsets)
+        keys = (segment_of_value << KEY_SHIFT) + (packed >> WEIGHT_SHIFT)
+        sorted_weights = packed & ((1 << WEIGHT_SHIFT) - 1)
+        del packed
+    else:
+        keys, sorted_weights = sort_by_key_then_weight(make_keys(q, segment_of_value), weights)
+    del segment_of_value
+    prefix, weight_prefix = weighted_prefix_sums(key_values(keys), sorted_weights)
+    return SegmentBatch(offsets, exponents, keys, prefix, values, weight_prefix)
+
+
+def sort_by_key_then_weight(keys, weights):
+    """Return (keys, weights) int64 (N,) sorted by key, equal keys by weight (the CuPy path of _weighted_batch).
+
+    Two stable argsorts (CuPy's sorts are always stable; any array module):
+    by weight, then by key. Equal (key, weight) pairs are interchangeable.
+    """
+    xp = array_namespace(keys)
+    by_weight = _stable_argsort(weights)
+    order = by_weight[_stable_argsort(keys[by_weight])]
+    return keys[order], weights[order]
+
+
+def _stable_argsort(array):
+    # CuPy's argsort is always stable and takes no other kind; NumPy's must be asked.
+    xp = array_namespace(array)
+    return numpy.argsort(array, kind="stable") if xp is numpy else xp.argsort(array)
+
+
+def _sort_each_segment(array, offsets) -> None:
+    """Sort each segment [offsets[s], offsets[s + 1]) of a NumPy array in place, on parallel threads."""
+    tasks, pending, pending_values = [], [], 0
+    for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        pending.append((start, end))
+        pending_values += end - start
+        if pending_values >= SORT_TASK_VALUES:
+            tasks.append(pending)
+            pending, pending_values = [], 0
+    if pending:
+        tasks.append(pending)
+
+    def run(segments):
+        for start, end in segments:
+            array[start:end].sort()
+
+    if len(tasks) == 1:
+        run(tasks[0])
+        return
+    list(_sort_pool().map(run, tasks))

@@ -84,3 +84,17 @@ def test_facenet_graph_is_deterministic_and_shaped_like_facenet():
     # the residual 1x1 convolution of each of the ten Block17s (not their Branch_0 ones)
     assert sum(bool(re.fullmatch(r".*/block17_\d+/Conv2d_1x1/weights", name)) for name in names) == 10
     assert 0 < count < 200_000
+
+
+@pytest.mark.slow
+def test_importance_benchmark_quick_run_writes_its_tables(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("sklearn")
+    output = tmp_path / "importance.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "importance.py"), "--quick", "--output",
+                           str(output)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = output.read_text()
+    for heading in ("Weighted optimal SSE", "weighted / unweighted", "float16", "Accuracy of two models"):
+        assert heading in text
+    assert "python benchmarks/importance.py --quick" in text

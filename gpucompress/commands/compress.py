@@ -32,6 +32,8 @@ examples:
   gpucompress compress model.keras --n_clusters 16 --granularity per-channel   # a codebook per output channel
   gpucompress compress model.pb --n_clusters 16 --granularity grouped --group-size 8
   gpucompress compress model.tflite --keep-zeros     # pruned weights stay exactly 0
+  gpucompress compress model.keras --n_clusters 8 --importance grads.npz   # weighted by importances
+  gpucompress compress model.keras --n_clusters 8 --importance-from-data inputs.npz
 """
 
 
@@ -88,6 +90,21 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        "default: on for each tensor more than 30%% zeros, as the report says")
     zeros.add_argument("--no-keep-zeros", "--no_keep_zeros", dest="keep_zeros", action="store_false",
                        help="cluster zeros like any value, whatever their share")
+    add_importance_arguments(parser)
+
+
+def add_importance_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --importance and --importance-from-data (weighted k-means)."""
+    group = parser.add_argument_group("importance weights (weighted k-means: minimise sum w*(x-c)^2)")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--importance", metavar="NPZ",
+                        help="NumPy .npz of per-weight importances (non-negative, one array of the weight's "
+                        "shape per weight name, e.g. squared gradients); weights without an entry are "
+                        "clustered unweighted")
+    choice.add_argument("--importance-from-data", metavar="INPUTS_NPZ",
+                        help="compute the importances with TensorFlow: squared gradients of the outputs' "
+                        "energy sum(y^2) on these inputs (.npz, one array per model input; Keras .keras/.h5 "
+                        "and frozen GraphDef models)")
 
 
 def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
@@ -109,6 +126,8 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         group_size=arguments.group_size,
         channel_axis=arguments.channel_axis,
         keep_zeros=arguments.keep_zeros,
+        importance=getattr(arguments, "importance", None),
+        importance_from_data=getattr(arguments, "importance_from_data", None),
     )
 
 
@@ -240,7 +259,8 @@ def run_compress(arguments) -> int:
     print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, "
           f"{weights:,} weights, k={options.n_clusters}"
           f"{' (global codebook)' if options.global_clusters else ''}{granularity_note(options)}, on {summary.device}")
-    print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}, select {seconds['select']:.2f}, "
+    weighing = f", importance {seconds['importance']:.2f}" if options.importance_from_data else ""
+    print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}{weighing}, select {seconds['select']:.2f}, "
           f"cluster {seconds['cluster']:.2f}, write {seconds['write']:.2f})")
     print(f"size {summary.input_bytes:,} -> {summary.output_bytes:,} bytes")
     if summary.zip_bytes:
