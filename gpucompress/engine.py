@@ -372,8 +372,8 @@ def _cluster(arrays, segment_sizes, n_clusters, init, method, max_iter, device, 
     batch_values = batch_values or DEFAULT_BATCH_VALUES[resolved]
     # The compiled CPU path sorts each batch's values first and reads max |x|
     # and finiteness off the sorted ends: no separate passes over the input.
-    # Weighted arrays sort through the array code (with their weights): they
-    # are checked for NaN and Inf first.
+    # Weighted batches are not built from sorted float values (they sort
+    # packed values and weights): their arrays are checked for NaN and Inf first.
     on_cpu = xp is numpy and compiled.available()
     values = _check_arrays(arrays, check_finite=not on_cpu or weights is not None)
     sizes = numpy.array([v.size for v in values], dtype=numpy.int64)

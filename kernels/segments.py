@@ -240,7 +240,8 @@ def build_batch(values, sizes, exponents, weights=None) -> SegmentBatch:
 def _weighted_batch(values, offsets, exponents, weights) -> SegmentBatch:
     """Return the SegmentBatch of weighted segments: keys sorted with their weights, weighted prefix sums.
 
-    Array code on every device (NumPy, compiled or not, and CuPy). Equal keys
+    The same sequence on every path (NumPy array code, the compiled twins
+    compiled.pack_weighted / unpack_weighted around the same sort, CuPy). Equal keys
     are ordered by weight, so the sequence of (key, weight) pairs, and every
     bin sum that splits a run of equal values, is the same on every device
     and with any sort algorithm. On NumPy each segment sorts one int64 per
