@@ -15,6 +15,7 @@ from gpucompress.models.graphdef import GraphDefModel
 from gpucompress.packing import encode_model
 
 from .conftest import const_node, graphdef_of
+from .cupy_testing import assert_same, requires_gpu
 
 
 def _mixed_segments(rng, dtype="float32"):
@@ -188,3 +189,19 @@ def test_cli_per_channel_keep_zeros_importance_report_fits_the_schema(tmp_path, 
     assert entries["matrix"]["codebooks"] == 12 and entries["matrix"]["weighted_sse"] > 0
     assert entries["other"]["importance"].startswith("uniform")
     assert entries["other"]["weighted_sse"] == entries["other"]["sse"]
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("method", ["optimal", "lloyd"])
+def test_weighted_and_exact_segments_gpu_equal_cpu(method):
+    # The CuPy path of weighted segments (per-segment scales and weight totals) against the CPU's.
+    rng = numpy.random.default_rng(6)
+    values, sizes, weights = _mixed_segments(rng)
+    half, half_sizes, half_weights = _mixed_segments(rng, "float16")
+    arrays, all_sizes = [values, half, values[:100]], [sizes, half_sizes, numpy.array([60, 40])]
+    for extra in ({"weights": [weights, half_weights, None]}, {}):
+        cpu = cluster_segments(arrays, all_sizes, 8, method=method, device="cpu", **extra)
+        on_gpu = cluster_segments(arrays, all_sizes, 8, method=method, device="gpu", **extra)
+        for a, b in zip(cpu, on_gpu):
+            assert_same((a.codebooks, a.labels, a.iterations, a.exact), (b.codebooks, b.labels, b.iterations, b.exact))
