@@ -216,9 +216,12 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
 def decode_archive(data: bytes, *, source: str = "archive", lazy: bool = False):
     """Return the model stored in archive bytes (for a GraphDef: a GraphDefModel, `.graph_def`).
 
-    lazy: see model_from_archive. Raises FormatError for anything that is not a valid archive.
+    lazy: see model_from_archive; the index streams are then also decoded one
+    tensor at a time as the model is written (codec.archive.read_archive), and
+    a stream that does not decode raises FormatError there.
+    Raises FormatError for anything that is not a valid archive.
     """
-    return model_from_archive(archives.read_archive(data, source=source), source=source, lazy=lazy)
+    return model_from_archive(archives.read_archive(data, source=source, lazy=lazy), source=source, lazy=lazy)
 
 
 def model_from_archive(archive: archives.Archive, *, source: str = "archive", lazy: bool = False):
