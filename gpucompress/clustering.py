@@ -17,7 +17,7 @@ from . import engine
 from .kernels import compiled
 from .models.weights import Weight
 from .options import CompressOptions
-from .select import CLUSTER, Decision, check_whitelist, decide_with_values, decide_without_values
+from .select import CLUSTER, Decision, check_whitelist, decide_finite, decide_without_values
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,15 @@ def _prepare(weight: Weight, options: CompressOptions) -> tuple[Decision, _Pendi
     if decision is not None:
         return decision, None
     values = weight.load()
-    decision = decide_with_values(values, options)
-    if not decision.cluster:
-        return decision, None
     # The tensor's own dtype: the engine widens one batch at a time (peak memory).
     flat = values.reshape(-1)
     mask = numpy.isfinite(flat)
     all_finite = bool(mask.all())
-    return decision, _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask])
+    finite = flat if all_finite else flat[mask]
+    decision = decide_finite(finite, options)
+    if not decision.cluster:
+        return decision, None
+    return decision, _Pending(weight, values, None if all_finite else mask, finite)
 
 
 def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id) -> TensorOutcome:

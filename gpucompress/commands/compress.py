@@ -194,7 +194,8 @@ def run_compress(arguments) -> int:
     clustered = summary.run.clustered()
     weights = sum(t.size for t in clustered)
     seconds = summary.seconds
-    report = report_from_summary(summary, options, timer)
+    # Built only when written or printed: per-tensor error figures cost a pass over every tensor.
+    report = report_from_summary(summary, options, timer) if arguments.report or not arguments.quiet else None
     if arguments.report:
         write_report(report, arguments.report)
         log.info("wrote report %s", arguments.report)
