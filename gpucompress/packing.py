@@ -198,8 +198,11 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
             if tensor is not None:
                 candidates.append(tensor)
     users = Counter((t.dtype, t.codebook.tobytes()) for t in candidates)
+    # What each tensor takes in the model file: a format that knows says (an int8 TFLite weight is
+    # clustered as float32 but stores one byte a value); else its stored values in the codebook's dtype.
+    stored = model.stored_bytes() if hasattr(model, "stored_bytes") else {}
     coded = [t for t in candidates
-             if _worth_coding(t, weights[t.name].max_distinct * t.codebook.dtype.itemsize,
+             if _worth_coding(t, stored.get(t.name, weights[t.name].max_distinct * t.codebook.dtype.itemsize),
                               t.codebook.nbytes / users[(t.dtype, t.codebook.tobytes())])]
     archive = archives.Archive(model.format_name, model.to_skeleton([t.name for t in coded]), coded, info or {})
     data = archives.write_archive(archive, speed_tolerance)

@@ -289,14 +289,16 @@ class TFLiteModel:
         for name, entry in self._entries.items():
             kind = self._kind(entry)
             size = int(numpy.prod(entry.shape, dtype=numpy.int64))
+            # max_distinct is the number of values stored (Weight's meaning; pack reads fewer than
+            # the size as a fill), not the dtype's bound: an int8 tensor stores all its values.
             if kind == "integer":
-                dtype, distinct = "float32", min(size, 1 << (8 * entry.dtype.itemsize))
+                dtype = "float32"
                 load = (lambda e=entry: self._values(e).astype(numpy.float32))
             else:
-                dtype, distinct = entry.dtype.name, size
+                dtype = entry.dtype.name
                 load = (lambda e=entry: self._values(e).copy())
             result.append(Weight(name=name, dtype=dtype, shape=entry.shape, floating=kind != "other",
-                                 max_distinct=distinct if kind != "other" else 0, load=load,
+                                 max_distinct=size if kind != "other" else 0, load=load,
                                  aliases=tuple(dict.fromkeys(t.name for t in entry.tensors[1:]))))
         return result
 
