@@ -13,6 +13,8 @@ MAX_CLUSTERS = 65536
 # 8.6 GB (2 min, measured in issue 15). Lloyd needs O(n + k): k=65536 peaks at
 # 0.18 GB. Figures: python benchmarks/large_k.py.
 MAX_OPTIMAL_CLUSTERS = 4096
+# Generated input samples of `verify` and `compress --verify` (here so the CLI's parser need not import verify).
+VERIFY_SAMPLES = 32
 
 
 def _methods():

@@ -32,6 +32,7 @@ import numpy
 
 from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
+from . import TFLITE_IDENTIFIER as FILE_IDENTIFIER  # the registry sniffs files by it
 from .flatbuffer import Reader
 from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
@@ -39,7 +40,6 @@ from .weights import Weight
 # Flatbuffers address with uint32 offsets; a buffer stored after the flatbuffer
 # (Buffer.offset / size, models over 2 GiB) is within the file too.
 MAX_TFLITE_BYTES = 1 << 34
-FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3
 
 # A skeleton: magic, u32 length of a JSON list of the removed weights, that
@@ -403,12 +403,3 @@ def read_tflite(path: str | os.PathLike) -> TFLiteModel:
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror})") from None
     return TFLiteModel._owning(data, str(path))
-
-
-def is_tflite_file(path: str | os.PathLike) -> bool:
-    """Return whether a file starts like a TFLite flatbuffer (its identifier at bytes 4-8)."""
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(8)[4:8] == FILE_IDENTIFIER
-    except OSError:
-        return False
