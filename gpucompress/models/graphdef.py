@@ -254,7 +254,8 @@ class GraphDefModel:
         return b"".join(self.pieces())
 
     def pieces(self, *, check: bool = False) -> Iterator[bytes]:
-        """Yield `to_bytes()` in pieces (per node its frame, then the node; then the rest), deferred values made per node.
+        """Yield `to_bytes()` in pieces (per node its frame, then the node; then the rest), deferred values
+        made per node.
 
         check: parse every piece back (FormatError as to_bytes, or when one
         does not parse). Never holds the whole output in memory.
