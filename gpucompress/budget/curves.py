@@ -12,7 +12,8 @@ the FaceNet-shaped graph about 2x one k=256 run (benchmarks/budget.py).
 
 Archive bytes follow codec/archive.py: the index stream at its entropy bound
 (n x entropy; the ans coder is within 0.3% of it) plus ans's count table (4
-bytes and a LEB128 varint per codebook entry), the codebook (k x itemsize),
+bytes and a LEB128 varint per codebook entry), or bit-packed when that is
+smaller (small tensors), the codebook (k x itemsize),
 non-finite positions and values, and a manifest entry. A tensor kept exact
 stays in the zstd-compressed skeleton: its bytes compressed with zstd alone.
 Plan.measure (plan.py) checks the prediction by encoding the archive.
@@ -25,11 +26,13 @@ from dataclasses import dataclass, field
 import numpy
 
 from ..clustering import TensorOutcome, cluster_weights
-from ..codec import entropy
+from ..codec import bitpack, entropy
 from ..options import CompressOptions
 
-# Bytes a coded tensor adds to the zstd-compressed manifest (its entry and section list rows).
-MANIFEST_ENTRY_BYTES = 48
+# Bytes a coded tensor adds to the zstd-compressed manifest (its entry and section list rows),
+# and the manifest's own: measured on FaceNet-shaped archives (about 18 bytes a tensor there).
+MANIFEST_ENTRY_BYTES = 20
+MANIFEST_BYTES = 100
 # zstd level of the kept-exact estimate: the skeleton's own level (19) runs at a few MB/s,
 # too slow to run on every tensor; on float weights level 9 is within about 1% of it.
 EXACT_ZSTD_LEVEL = 9
@@ -95,8 +98,10 @@ def coded_bytes(outcome: TensorOutcome) -> float:
     itemsize = outcome.codebook.dtype.itemsize
     nonfinite = 0 if outcome.nonfinite_index is None else outcome.nonfinite_index.size
     table = 4 + _varint_bytes(counts)  # ans: u32 length, then one varint per codebook entry
-    return (entropy.entropy_bytes(outcome.labels, k) + table + k * itemsize
-            + nonfinite * (8 + itemsize) + MANIFEST_ENTRY_BYTES)
+    # The archive takes the smallest coder: bit-packing wins on small tensors, where ans's table weighs.
+    stream = min(entropy.entropy_bytes(outcome.labels, k) + table,
+                 float(bitpack.packed_size(outcome.size, bitpack.bits_for(k))))
+    return stream + k * itemsize + nonfinite * (8 + itemsize) + MANIFEST_ENTRY_BYTES
 
 
 def exact_bytes(values: numpy.ndarray) -> float:
@@ -110,7 +115,7 @@ def fixed_archive_bytes(model, names: list[str]) -> float:
     from ..codec.archive import HEADER, SKELETON_ZSTD_LEVEL
 
     skeleton = model.to_skeleton(names)
-    return float(HEADER.size + 160 + len(entropy.zstd_compress(skeleton, SKELETON_ZSTD_LEVEL)))
+    return float(HEADER.size + MANIFEST_BYTES + len(entropy.zstd_compress(skeleton, SKELETON_ZSTD_LEVEL)))
 
 
 def measure_curves(model, options: CompressOptions, *, on_progress=None) -> CurveSet:
