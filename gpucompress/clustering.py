@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy
@@ -171,8 +171,9 @@ def cluster_weights(
     time and their loaded values dropped once clustered, so peak memory holds
     one batch, not the model twice. Results do not depend on the batching.
     clusters: a per-tensor codebook size (a budget's plan, gpucompress.budget):
-    {name: k} with 2 <= k <= options.n_clusters; a tensor that the selection
-    would cluster but that the mapping leaves out is kept exact (reason
+    {name: k} with 2 <= k <= options.n_clusters; a named tensor is selected
+    with its own k (no more distinct values than k: left as it is); one the
+    mapping leaves out that the selection would cluster is kept exact (reason
     KEPT_BY_BUDGET). None: options.n_clusters for every tensor. Not with
     global_clusters (one codebook has one k).
     Raises OptionsError when a `whitelisted` name matches no weight.
@@ -210,9 +211,13 @@ def cluster_weights(
     for weight in weights:
         progress(weight.name)
         started = time.perf_counter()
-        decision, prepared = _prepare(weight, options)
-        if prepared is not None and clusters is not None and weight.name not in clusters:
-            decision, prepared = Decision(False, KEPT_BY_BUDGET), None
+        if clusters is not None and weight.name in clusters:
+            # The plan's k decides: a tensor with no more distinct values than its k is indexed exactly.
+            decision, prepared = _prepare(weight, replace(options, n_clusters=clusters[weight.name]))
+        else:
+            decision, prepared = _prepare(weight, options)
+            if prepared is not None and clusters is not None:
+                decision, prepared = Decision(False, KEPT_BY_BUDGET), None
         decisions.append(decision)
         seconds["select"] += time.perf_counter() - started
         if prepared is None:

@@ -1,7 +1,7 @@
 """Per-tensor rate-distortion curves: SSE and archive bytes at each codebook size, and kept exact.
 
-How the SSE is measured: one batched engine run per k (cluster_weights with
-every candidate at that k), not the optimal method's DP layers. The DP's
+How the SSE is measured: one batched engine run per k (cluster_weights at
+that k for every tensor), not the optimal method's DP layers. The DP's
 layers would be nearly free but are not the numbers a run produces: the bins
 depend on k (bin_count(n, k)), the banded DP (k >= 128) keeps each layer only
 near k's own borders, and Lloyd then refines the DP's answer. One run per k
@@ -10,18 +10,19 @@ will produce with that k, exactly: a tensor's result depends on its own
 values only, never on its batch. The runs cost sum over k of a run at k: on
 the FaceNet-shaped graph about 2x one k=256 run (benchmarks/budget.py).
 
-Archive bytes follow codec/archive.py: the index stream at its entropy bound
-(n x entropy; the ans coder is within 0.3% of it) plus ans's count table (4
-bytes and a LEB128 varint per codebook entry), or bit-packed when that is
-smaller (small tensors), the codebook (k x itemsize),
+Archive bytes follow codec/archive.py: the index stream as the archive's
+coders write it (entropy.encode_indices with pack's default speed tolerance:
+exact, for about one encode per k; the entropy bound plus ans's count table,
+or bit-packed where smaller, without encode), the codebook (k x itemsize),
 non-finite positions and values, and a manifest entry. A tensor kept exact
-stays in the zstd-compressed skeleton: its bytes compressed with zstd alone.
+stays in the zstd-compressed skeleton (its bytes compressed with zstd alone),
+or, with no more distinct values than n_clusters, is indexed exactly.
 Plan.measure (plan.py) checks the prediction by encoding the archive.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy
 
@@ -36,13 +37,22 @@ MANIFEST_BYTES = 100
 # zstd level of the kept-exact estimate: the skeleton's own level (19) runs at a few MB/s,
 # too slow to run on every tensor; on float weights level 9 is within about 1% of it.
 EXACT_ZSTD_LEVEL = 9
+# A zstd frame's own bytes (magic, header, block header), which a tensor inside the skeleton's one
+# frame does not pay: a tiny tensor's estimate is its bytes compressed, less this, at most its bytes.
+ZSTD_FRAME_BYTES = 9
+
+
+def skeleton_bytes(data: bytes) -> float:
+    """Return the predicted bytes that data adds to the zstd-compressed skeleton."""
+    return float(min(len(data), len(entropy.zstd_compress(data, EXACT_ZSTD_LEVEL)) - ZSTD_FRAME_BYTES))
 
 
 @dataclass(frozen=True)
 class TensorCurve:
     """One tensor's rate-distortion curve.
 
-    ks: codebook sizes, ascending. sse[i], bytes[i]: float64 SSE of the finite
+    ks: codebook sizes, ascending (those below the tensor's distinct values).
+    sse[i], bytes[i]: float64 SSE of the finite
     values and predicted archive bytes with codebook size ks[i]. exact_bytes:
     predicted bytes when kept exact (SSE 0). size: values; sum_squares: float64
     sum of the squared finite values (relative errors divide by it).
@@ -91,22 +101,62 @@ def _varint_bytes(counts: numpy.ndarray) -> int:
     return int(numpy.sum(numpy.floor(numpy.log2(counts) / 7).astype(numpy.int64) + 1))
 
 
-def coded_bytes(outcome: TensorOutcome) -> float:
-    """Return the predicted archive bytes of a clustered tensor (see the module's docstring)."""
+def coded_bytes(outcome: TensorOutcome, *, encode: bool = True,
+                speed_tolerance: float = entropy.SPEED_TOLERANCE) -> float:
+    """Return the predicted archive bytes of a clustered tensor (see the module's docstring).
+
+    encode: measure the index stream by encoding it as the archive will
+    (exact; costs an ans and a zstd pass); else its entropy bound.
+    """
     k = outcome.codebook.size
     counts = numpy.bincount(outcome.labels.reshape(-1), minlength=k)
     itemsize = outcome.codebook.dtype.itemsize
     nonfinite = 0 if outcome.nonfinite_index is None else outcome.nonfinite_index.size
-    table = 4 + _varint_bytes(counts)  # ans: u32 length, then one varint per codebook entry
-    # The archive takes the smallest coder: bit-packing wins on small tensors, where ans's table weighs.
-    stream = min(entropy.entropy_bytes(outcome.labels, k) + table,
-                 float(bitpack.packed_size(outcome.size, bitpack.bits_for(k))))
+    if encode:
+        # The stream the archive will hold: the same coders and the same choice among them.
+        stream = float(len(entropy.encode_indices(outcome.labels.reshape(-1), k, speed_tolerance)[1]))
+    else:
+        table = 4 + _varint_bytes(counts)  # ans: u32 length, then one varint per codebook entry
+        # The archive takes the smallest coder: bit-packing wins on small tensors, where ans's table weighs.
+        stream = min(entropy.entropy_bytes(outcome.labels, k) + table,
+                     float(bitpack.packed_size(outcome.size, bitpack.bits_for(k))))
+    # pack leaves a tensor whose coding would not pay in the skeleton, clustered (packing._worth_coding).
+    if not _worth_coding(outcome, itemsize, nonfinite):
+        return skeleton_bytes(outcome.values().tobytes())
     return stream + k * itemsize + nonfinite * (8 + itemsize) + MANIFEST_ENTRY_BYTES
 
 
-def exact_bytes(values: numpy.ndarray) -> float:
-    """Return the predicted archive bytes of a tensor kept exact: its bytes, zstd-compressed."""
-    return float(len(entropy.zstd_compress(numpy.ascontiguousarray(values).tobytes(), EXACT_ZSTD_LEVEL)))
+def _worth_coding(outcome: TensorOutcome, itemsize: int, nonfinite: int) -> bool:
+    """Return packing._worth_coding's answer for a clustered tensor with its own codebook."""
+    from ..codec.archive import CodedTensor
+    from ..packing import _worth_coding as worth
+
+    k = outcome.codebook.size
+    if (entropy.entropy_bytes(outcome.labels, k) + 3 * k * itemsize + 96) < outcome.size * itemsize / 2:
+        return True  # far from the line: skip building the record
+    tensor = CodedTensor(outcome.name, outcome.dtype, outcome.shape, outcome.codebook, outcome.labels,
+                         numpy.zeros(nonfinite, numpy.int64), None)
+    return worth(tensor, outcome.size * itemsize, outcome.codebook.nbytes)
+
+
+def exact_bytes(values: numpy.ndarray, n_clusters: int) -> float:
+    """Return the predicted archive bytes of a tensor kept exact.
+
+    A tensor with no more distinct values than n_clusters is indexed exactly by
+    pack (its distinct values as the codebook) when that is smaller; any other
+    stays in the skeleton: its bytes, zstd-compressed.
+    """
+    raw = skeleton_bytes(numpy.ascontiguousarray(values).tobytes())
+    flat = values.reshape(-1)
+    finite = numpy.isfinite(flat.astype(numpy.float64))
+    distinct, inverse = numpy.unique(flat[finite], return_inverse=True)
+    if not 1 <= distinct.size <= n_clusters:
+        return raw
+    counts = numpy.bincount(inverse.reshape(-1), minlength=distinct.size)
+    stream = min(entropy.entropy_bytes(inverse, distinct.size) + 4 + _varint_bytes(counts),
+                 float(bitpack.packed_size(flat.size, bitpack.bits_for(distinct.size))))
+    itemsize = flat.dtype.itemsize
+    return min(raw, stream + distinct.size * itemsize + (~finite).sum() * (8 + itemsize) + MANIFEST_ENTRY_BYTES)
 
 
 def fixed_archive_bytes(model, names: list[str]) -> float:
@@ -119,11 +169,14 @@ def fixed_archive_bytes(model, names: list[str]) -> float:
 
 
 def measure_curves(model, options: CompressOptions, *, on_progress=None) -> CurveSet:
-    """Return the curves of every tensor that options would cluster, for k up to options.n_clusters.
+    """Return the curves of every tensor that options would cluster at k=2, for k up to options.n_clusters.
 
-    model: a read model (gpucompress.models); its values are not changed.
-    options: per-tensor codebooks (global_clusters is refused by the caller).
-    on_progress(finished, total, what): called per k. Raises what cluster_weights raises.
+    Each k is one uniform run (options with n_clusters=k): a tensor with no
+    more distinct values than k has no point at k (it is exact there: its
+    "kept exact" point covers it). model: a read model (gpucompress.models);
+    its values are not changed. options: per-tensor codebooks (global_clusters
+    is refused by the caller). on_progress(finished, total, what): called per
+    k. Raises what cluster_weights raises.
     """
     ks = curve_ks(options.n_clusters)
     weights = model.weights()
@@ -131,14 +184,12 @@ def measure_curves(model, options: CompressOptions, *, on_progress=None) -> Curv
     progress = on_progress or (lambda finished, total, what: None)
     rows: dict[str, dict] = {}
     names: list[str] = []
-    for step, k in enumerate(reversed(ks)):  # the largest k first: it decides which tensors are candidates
+    for step, k in enumerate(ks):  # k=2 first: it decides which tensors are candidates
         progress(step, len(ks), f"curves: k={k}")
-        clusters = None if not names else {name: k for name in names}
-        run = cluster_weights(weights, options, clusters=clusters)
+        run = cluster_weights(weights, replace(options, n_clusters=k))
         for outcome in run.clustered():
-            row = rows.setdefault(outcome.name, {"outcome": outcome, "sse": {}, "bytes": {}})
-            row["sse"][k] = outcome.sse
-            row["bytes"][k] = coded_bytes(outcome)
+            row = rows.setdefault(outcome.name, {"outcome": outcome, "points": []})
+            row["points"].append((k, float(coded_bytes(outcome)), float(outcome.sse)))
         if not names:
             names = [t.name for t in run.clustered()]
         del run
@@ -146,13 +197,13 @@ def measure_curves(model, options: CompressOptions, *, on_progress=None) -> Curv
     by_name = {w.name: w for w in weights}
     curves = []
     for name in names:
-        row, weight = rows[name], by_name[name]
+        row = rows[name]
         outcome = row["outcome"]
+        ks_t, bytes_t, sse_t = zip(*row["points"])
         curves.append(TensorCurve(
-            name=name, dtype=outcome.dtype, size=outcome.size, sum_squares=outcome.sum_squares, ks=ks,
-            sse=tuple(float(row["sse"][k]) for k in ks), bytes=tuple(float(row["bytes"][k]) for k in ks),
-            exact_bytes=exact_bytes(weight.load())))
+            name=name, dtype=outcome.dtype, size=outcome.size, sum_squares=outcome.sum_squares, ks=ks_t,
+            sse=sse_t, bytes=bytes_t, exact_bytes=exact_bytes(by_name[name].load(), options.n_clusters)))
     progress(len(ks), len(ks), "curves: done")
-    fixed = fixed_archive_bytes(model, names) if names else fixed_archive_bytes(model, [])
+    fixed = fixed_archive_bytes(model, names)
     done = time.perf_counter()
     return CurveSet(curves, fixed, ks, {"runs": runs - started, "exact": done - runs})

@@ -5,7 +5,9 @@ Targets (options.BudgetOptions):
   least total SSE whose archive fits. The allocation works on the predicted
   bytes (curves.py); the plan's archive is then encoded (what pack would
   write) and, if it is over the target, the allowance shrinks by the excess
-  and the allocation runs again (at most max_tries encodes).
+  and the allocation runs again; if it is more than 0.5% under, the allowance
+  grows by most of the gap (at most max_tries encodes; the best archive that
+  fits is kept).
 - an output error E (max_output_error): fewest bytes whose measured output
   error stays <= E. Each probe group of tensors is clustered at the largest k
   and the model run (sensitivity.py): its error e_g gives the group's
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # The share of the output error budget the prediction aims at (the verify run checks the rest).
 ERROR_MARGIN = 0.9
+# A size plan this much under its target tries again with the difference added to its allowance.
+SIZE_SLACK = 0.005
 
 
 @dataclass(frozen=True)
@@ -203,10 +207,16 @@ def _plan_size(path, options, budget: BudgetOptions, curves: CurveSet, weights) 
         history.append({"allowance": allowance, "predicted_bytes": predicted, "archive_bytes": size})
         log.info("budget try %d: predicted %.0f, archive %d bytes (target %.0f)", attempt + 1, predicted, size,
                  target_bytes)
-        if size <= target_bytes:
+        if size <= target_bytes and (best is None or allocation.total_distortion < best[0].total_distortion):
             best = (allocation, size)
+        if size > target_bytes:
+            allowance -= (size - target_bytes) * 1.02 + 16  # the excess, and a little more
+        elif size < (1 - SIZE_SLACK) * target_bytes and attempt + 1 < budget.max_tries:
+            allowance += (target_bytes - size) * 0.9  # most of what is left
+        else:
             break
-        allowance -= (size - target_bytes) * 1.02 + 16  # the excess, and a little more
+        if attempt and history[-2]["archive_bytes"] == size:
+            break  # the same archive again: no allowance left to move
     if best is None:
         raise BudgetError(f"{target['kind']}: the archive stayed over {target_bytes:,.0f} bytes after "
                           f"{budget.max_tries} tries (last {history[-1]['archive_bytes']:,} bytes)")
@@ -237,7 +247,7 @@ def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe) -
         group, value = min(alone.items(), key=lambda item: item[1])
         what = group[0] if len(group) == 1 else f"{len(group)} tensors from {group[0]}"
         raise BudgetError(f"max_output_error={error:g} is out of reach short of keeping every tensor exact: "
-                          f"clustering the least sensitive ({what}) alone at k={curves.ks[-1]} already gives "
+                          f"clustering the least sensitive ({what}) alone at its largest k already gives "
                           f"{value:.4g}; nearest achievable: {value:.4g}")
     table = [([b for _, b, _ in c.points()], [sensitivity[c.name] * sse for _, _, sse in c.points()])
              for c in curves.curves]
