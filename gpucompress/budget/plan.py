@@ -210,9 +210,10 @@ def _plan_size(path, options, budget: BudgetOptions, curves: CurveSet, weights) 
         if size <= target_bytes and (best is None or allocation.total_distortion < best[0].total_distortion):
             best = (allocation, size)
         if size > target_bytes:
-            allowance -= (size - target_bytes) * 1.02 + 16  # the excess, and a little more
+            # What this plan used, less the excess and a little more.
+            allowance = allocation.total_bytes - (size - target_bytes) * 1.02 - 16
         elif size < (1 - SIZE_SLACK) * target_bytes and attempt + 1 < budget.max_tries:
-            allowance += (target_bytes - size) * 0.9  # most of what is left
+            allowance = max(allowance, allocation.total_bytes) + (target_bytes - size) * 0.9  # most of the gap
         else:
             break
         if attempt and history[-2]["archive_bytes"] == size:
