@@ -19,6 +19,7 @@ from gpucompress.options import BudgetOptions
 from gpucompress.errors import OptionsError
 
 from .conftest import const_node, graphdef_of
+from .test_report import validate
 
 
 # --- allocation: pure arithmetic ---------------------------------------------------------------
@@ -194,6 +195,7 @@ def test_target_size_beats_uniform_k_at_its_size(tmp_path):
     budget_sse, report = _sse(tmp_path / "b.json")
     assert budget_sse < uniform_sse
     assert report["budget"]["archive_bytes"] == size
+    validate(report)
     assert {t["k"] for t in report["budget"]["tensors"]} - {None} <= set(curve_ks(256))
     # Mixed k in one archive unpacks to what compress writes with the same budget.
     assert main(["unpack", str(budgeted), "-o", str(tmp_path / "back.pb"), "-q"]) == 0
@@ -280,6 +282,7 @@ def test_max_output_error_holds_under_verify(tmp_path):
         _, report = _sse(tmp_path / f"{error}.json")
         assert report["budget"]["output_error"] == pytest.approx(verification.worst_relative_error, rel=1e-6)
         assert report["budget"]["runs"] <= 1 + 48 + 4
+        validate(report)
 
 
 def test_max_output_error_keras_and_unreachable(tmp_path, capsys):

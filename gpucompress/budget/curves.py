@@ -40,6 +40,8 @@ EXACT_ZSTD_LEVEL = 9
 # A zstd frame's own bytes (magic, header, block header), which a tensor inside the skeleton's one
 # frame does not pay: a tiny tensor's estimate is its bytes compressed, less this, at most its bytes.
 ZSTD_FRAME_BYTES = 9
+# Kept-exact tensors up to this size are priced as compressed together (_share_skeleton).
+SMALL_BYTES = 1 << 16
 
 
 def skeleton_bytes(data: bytes) -> float:
@@ -85,6 +87,26 @@ class CurveSet:
     fixed_bytes: float
     ks: tuple[int, ...]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _share_skeleton(curves: list[TensorCurve], small: list[tuple[int, bytes]]) -> None:
+    """Scale the kept-exact bytes of small skeleton tensors to what they take compressed together.
+
+    In the skeleton's one zstd frame (level 19) small tensors of like values
+    (batch-norm vectors) share context; compressed one by one each looks
+    larger. The joint size of all of them, split in proportion to the single
+    estimates, is what a plan keeping many of them exact pays.
+    """
+    from ..codec.archive import SKELETON_ZSTD_LEVEL
+
+    if len(small) < 2:
+        return
+    single = sum(curves[i].exact_bytes for i, _ in small)
+    joint = len(entropy.zstd_compress(b"".join(data for _, data in small), SKELETON_ZSTD_LEVEL)) - ZSTD_FRAME_BYTES
+    if single <= 0 or joint >= single:
+        return
+    for i, _ in small:
+        curves[i] = replace(curves[i], exact_bytes=curves[i].exact_bytes * joint / single)
 
 
 def curve_ks(n_clusters: int) -> tuple[int, ...]:
@@ -139,24 +161,30 @@ def _worth_coding(outcome: TensorOutcome, itemsize: int, nonfinite: int) -> bool
     return worth(tensor, outcome.size * itemsize, outcome.codebook.nbytes)
 
 
-def exact_bytes(values: numpy.ndarray, n_clusters: int) -> float:
+def exact_bytes(values: numpy.ndarray, n_clusters: int, max_distinct: int | None = None) -> float:
     """Return the predicted archive bytes of a tensor kept exact.
 
-    A tensor with no more distinct values than n_clusters is indexed exactly by
-    pack (its distinct values as the codebook) when that is smaller; any other
-    stays in the skeleton: its bytes, zstd-compressed.
+    As pack does: a tensor with no more distinct values than n_clusters is
+    indexed exactly (its distinct values as the codebook, packing.index_exactly)
+    when packing._worth_coding says it pays, its stream measured by encoding;
+    any other stays in the skeleton (its bytes, zstd-compressed).
+    max_distinct: the weight's bound on distinct values (default its size).
     """
+    from ..packing import _worth_coding, index_exactly
+
     raw = skeleton_bytes(numpy.ascontiguousarray(values).tobytes())
     flat = values.reshape(-1)
-    finite = numpy.isfinite(flat.astype(numpy.float64))
-    distinct, inverse = numpy.unique(flat[finite], return_inverse=True)
-    if not 1 <= distinct.size <= n_clusters:
+    distinct = numpy.unique(flat.view(f"<u{flat.dtype.itemsize}")).size
+    if distinct > n_clusters:
         return raw
-    counts = numpy.bincount(inverse.reshape(-1), minlength=distinct.size)
-    stream = min(entropy.entropy_bytes(inverse, distinct.size) + 4 + _varint_bytes(counts),
-                 float(bitpack.packed_size(flat.size, bitpack.bits_for(distinct.size))))
+    tensor = index_exactly("exact", str(values.dtype), values)
+    stored = (flat.size if max_distinct is None else max_distinct) * flat.dtype.itemsize
+    if tensor is None or not _worth_coding(tensor, stored, tensor.codebook.nbytes):
+        return raw
+    stream = len(entropy.encode_indices(tensor.indices.reshape(-1), tensor.codebook.size)[1])
     itemsize = flat.dtype.itemsize
-    return min(raw, stream + distinct.size * itemsize + (~finite).sum() * (8 + itemsize) + MANIFEST_ENTRY_BYTES)
+    return float(stream + tensor.codebook.nbytes + tensor.nonfinite_index.size * (8 + itemsize)
+                 + MANIFEST_ENTRY_BYTES)
 
 
 def fixed_archive_bytes(model, names: list[str]) -> float:
@@ -195,14 +223,19 @@ def measure_curves(model, options: CompressOptions, *, on_progress=None) -> Curv
         del run
     runs = time.perf_counter()
     by_name = {w.name: w for w in weights}
-    curves = []
+    curves, small = [], []
     for name in names:
         row = rows[name]
         outcome = row["outcome"]
         ks_t, bytes_t, sse_t = zip(*row["points"])
+        values = by_name[name].load()
+        exact = exact_bytes(values, options.n_clusters, by_name[name].max_distinct)
+        if values.nbytes <= SMALL_BYTES and exact == skeleton_bytes(values.tobytes()):
+            small.append((len(curves), values.tobytes()))
         curves.append(TensorCurve(
             name=name, dtype=outcome.dtype, size=outcome.size, sum_squares=outcome.sum_squares, ks=ks_t,
-            sse=sse_t, bytes=bytes_t, exact_bytes=exact_bytes(by_name[name].load(), options.n_clusters)))
+            sse=sse_t, bytes=bytes_t, exact_bytes=exact))
+    _share_skeleton(curves, small)
     progress(len(ks), len(ks), "curves: done")
     fixed = fixed_archive_bytes(model, names)
     done = time.perf_counter()

@@ -164,8 +164,8 @@ def plan_budget(path, options: CompressOptions, budget: BudgetOptions, *, on_pro
         plan = _plan_size(path, options, budget, curves, weights)
     else:
         plan = _plan_error(path, options, budget, curves, probe)
-    plan.seconds.update({"curves": measured - started - (0.0 if probe is None else 0.0),
-                         "curve_runs": curves.seconds["runs"], "total": time.perf_counter() - started})
+    plan.seconds.update({"curves": measured - started, "curve_runs": curves.seconds["runs"],
+                         "total": time.perf_counter() - started})
     return plan
 
 
