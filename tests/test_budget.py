@@ -11,10 +11,9 @@ import pytest
 from gpucompress import CompressOptions, pack_file
 from gpucompress.budget.allocate import BudgetError, allocate_bytes, allocate_distortion, lower_hull
 from gpucompress.budget.curves import curve_ks, measure_curves
-from gpucompress.budget.plan import plan_budget
 from gpucompress.cli import main
 from gpucompress.clustering import KEPT_BY_BUDGET, cluster_weights
-from gpucompress.models import GraphDefModel, read_model
+from gpucompress.models import read_model
 from gpucompress.options import BudgetOptions
 from gpucompress.errors import OptionsError
 

@@ -15,8 +15,9 @@ Targets (options.BudgetOptions):
   output error at k is s * SSE(k) (errors of different tensors add in squares;
   small perturbations scale linearly). The allocation keeps the predicted sum
   under (0.9 E)^2; the plan's model is then run, and when its measured error
-  m > E the allowance is scaled by (0.9 E / m)^2 and the plan redone (at most
-  max_tries verifying runs). Runs: 1 reference + probe groups + tries.
+  m > E (or m < 0.6 E) the allowance is scaled by (0.9 E / m)^2, kept between
+  the allowances that passed and missed, and the plan redone (at most
+  max_tries verifying runs; the smallest plan that met E is kept). Runs: 1 reference + probe groups + tries.
   Tensors whose clustering alone at the largest k breaks E get "kept exact".
 """
 from __future__ import annotations
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # The share of the output error budget the prediction aims at (the verify run checks the rest).
 ERROR_MARGIN = 0.9
+# A plan whose measured error is below this share of E tries a looser allowance (if tries are left).
+LOOSEN_BELOW = 0.6
 # A size plan this much under its target tries again with the difference added to its allowance.
 SIZE_SLACK = 0.005
 
@@ -253,7 +256,8 @@ def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe) -
     table = [([b for _, b, _ in c.points()], [sensitivity[c.name] * sse for _, _, sse in c.points()])
              for c in curves.curves]
     allowance = (ERROR_MARGIN * error) ** 2
-    history, best = [], None
+    history, best, tried = [], None, set()
+    passing = failing = None  # the largest allowance that met E, the smallest that missed
     for attempt in range(budget.max_tries):
         try:
             allocation = allocate_distortion(table, allowance)
@@ -261,8 +265,9 @@ def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe) -
             break
         clusters = {c.name: c.points()[i][0] for c, i in zip(curves.curves, allocation.choices)
                     if c.points()[i][0] is not None}
-        if not clusters:
-            break
+        if not clusters or allocation.choices in tried:
+            break  # all exact, or a plan already measured: no run would tell more
+        tried.add(allocation.choices)
         model = read_model(path)
         run = cluster_weights(model.weights(), options, clusters=clusters)
         measured = probe.error({t.name: t.values() for t in run.clustered()})
@@ -272,9 +277,19 @@ def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe) -
         log.info("budget try %d: predicted error %.4g, measured %.4g", attempt + 1,
                  math.sqrt(allocation.total_distortion), measured)
         if measured <= error:
-            best = (allocation, measured)
-            break
-        allowance *= (ERROR_MARGIN * error / measured) ** 2 if measured > 0 else 0.5
+            if best is None or allocation.total_bytes < best[0].total_bytes:
+                best = (allocation, measured)
+            passing = allowance
+            if measured >= LOOSEN_BELOW * error:
+                break  # close enough to E: another run would gain little
+        else:
+            failing = allowance
+        # Scale the allowance by how far the measured error is from the aim; between a passing and a
+        # failing allowance, stay strictly between them (their geometric mean when the scaling leaves).
+        proposal = allowance * (ERROR_MARGIN * error / measured) ** 2 if measured > 0 else allowance * 4
+        if passing is not None and failing is not None and not passing < proposal < failing:
+            proposal = math.sqrt(passing * failing)
+        allowance = proposal
     if best is None:
         tried = min((h["output_error"] for h in history), default=None)
         nearest = min(alone.values())
