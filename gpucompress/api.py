@@ -145,6 +145,7 @@ def compress_file(
     to_graphdef: bool = False,
     tflm: bool = False,
     on_progress=None,
+    clusters: dict[str, int] | None = None,
 ) -> CompressionSummary:
     """Cluster the weights of a model file and write the result.
 
@@ -177,6 +178,9 @@ def compress_file(
         if kind != "tflite":
             raise OptionsError(f"tflm=True (--tflm) needs a .tflite model; {input_path} is a {kind} model.")
         check_tflm_clusters(options.n_clusters)
+        if clusters is not None:
+            raise OptionsError("tflm=True (--tflm) writes one k for the whole model; a per-tensor budget "
+                               "does not apply to it")
         output_path = tflm_output(input_path) if output_path is None else output_path
     if output_path is None:
         from .models.freeze import frozen_output
@@ -201,7 +205,7 @@ def compress_file(
     # the loaded weights never all exist at once, nor old and new contents.
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
                           on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
-                          on_progress=progress)
+                          on_progress=progress, clusters=clusters)
     progress(len(run.tensors), len(run.tensors), f"writing {output_path.name}")
     with overwriting(overwrite):
         if tflm:

@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy
 
 from . import device as devices
 from . import engine
+from .errors import OptionsError
 from .kernels import compiled
 from .models.weights import Weight
 from .options import CompressOptions
 from .select import CLUSTER, Decision, check_whitelist, decide_finite, decide_without_values
 
 log = logging.getLogger(__name__)
+
+# Why a tensor the selection would cluster stayed exact: a budget's plan keeps it.
+KEPT_BY_BUDGET = "kept exact by the budget"
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,7 @@ def cluster_weights(
     on_batch: Callable[[int], None] | None = None,
     on_tensor: Callable[[TensorOutcome], None] | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
+    clusters: dict[str, int] | None = None,
 ) -> ClusteringRun:
     """Select and cluster a model's weights.
 
@@ -166,9 +171,17 @@ def cluster_weights(
     Per-tensor codebooks stream: weights are loaded one engine batch at a
     time and their loaded values dropped once clustered, so peak memory holds
     one batch, not the model twice. Results do not depend on the batching.
+    clusters: a per-tensor codebook size (a budget's plan, gpucompress.budget):
+    {name: k} with 2 <= k <= options.n_clusters; a named tensor is selected
+    with its own k (no more distinct values than k: left as it is); one the
+    mapping leaves out that the selection would cluster is kept exact (reason
+    KEPT_BY_BUDGET). None: options.n_clusters for every tensor. Not with
+    global_clusters (one codebook has one k).
     Raises OptionsError when a `whitelisted` name matches no weight.
     """
     check_whitelist(weights, options)
+    if clusters is not None:
+        _check_clusters(clusters, options)
     kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
                   device=options.device, seed=options.seed, batch_values=options.batch_values)
     cluster_arrays = engine.cluster_arrays
@@ -199,7 +212,13 @@ def cluster_weights(
     for weight in weights:
         progress(weight.name)
         started = time.perf_counter()
-        decision, prepared = _prepare(weight, options)
+        if clusters is not None and weight.name in clusters:
+            # The plan's k decides: a tensor with no more distinct values than its k is indexed exactly.
+            decision, prepared = _prepare(weight, replace(options, n_clusters=clusters[weight.name]))
+        else:
+            decision, prepared = _prepare(weight, options)
+            if prepared is not None and clusters is not None:
+                decision, prepared = Decision(False, KEPT_BY_BUDGET), None
         decisions.append(decision)
         seconds["select"] += time.perf_counter() - started
         if prepared is None:
@@ -208,7 +227,7 @@ def cluster_weights(
         full = pending and pending_values + prepared.finite.size > batch_values
         if full and not options.global_clusters:
             started = time.perf_counter()
-            for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+            for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch, clusters):
                 finish(outcome)
             finished += len(pending)
             pending, pending_values = [], 0
@@ -228,7 +247,7 @@ def cluster_weights(
         if on_batch:
             on_batch(len(pending))
     elif pending:
-        for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch):
+        for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch, clusters):
             finish(outcome)
     del pending
     seconds["cluster"] += time.perf_counter() - started
@@ -240,13 +259,34 @@ def cluster_weights(
     return ClusteringRun(tensors, seconds)
 
 
-def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch):
-    """Yield the TensorOutcome of each pending tensor, clustered in one engine call.
+def _check_clusters(clusters: dict[str, int], options: CompressOptions) -> None:
+    """Raise OptionsError for a per-tensor plan that options cannot honour."""
+    if options.global_clusters:
+        raise OptionsError("a per-tensor codebook size (a budget) does not apply with global_clusters "
+                           "(--global_clusters: one codebook, one k)")
+    for name, k in clusters.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= options.n_clusters:
+            raise OptionsError(f"clusters[{name!r}]={k!r} should be an integer in [2, n_clusters={options.n_clusters}].")
+
+
+def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch,
+                   clusters: dict[str, int] | None = None):
+    """Yield the TensorOutcome of each pending tensor, clustered in one engine call per k.
 
     first_id: how many tensors earlier calls clustered (their codebook ids and
-    random streams come first).
+    random streams come first). clusters: per-tensor k (None: options.n_clusters);
+    each run of consecutive tensors sharing a k is one engine call, so array i
+    still draws from random stream first_id + i.
     """
-    results = cluster_arrays([p.finite for p in pending], options.n_clusters, on_batch=on_batch,
-                             first_id=first_id, **kwargs)
-    for index, (p, result) in enumerate(zip(pending, results)):
-        yield _outcome(p, result.codebook, result.labels, result, first_id + index)
+    ks = [options.n_clusters if clusters is None else clusters[p.weight.name] for p in pending]
+    start = 0
+    while start < len(pending):
+        stop = start
+        while stop < len(pending) and ks[stop] == ks[start]:
+            stop += 1
+        group = pending[start:stop]
+        results = cluster_arrays([p.finite for p in group], ks[start], on_batch=on_batch,
+                                 first_id=first_id + start, **kwargs)
+        for index, (p, result) in enumerate(zip(group, results)):
+            yield _outcome(p, result.codebook, result.labels, result, first_id + start + index)
+        start = stop

@@ -275,6 +275,7 @@ def pack_file(
     speed_tolerance: float = entropy.SPEED_TOLERANCE,
     on_batch=None,
     on_progress=None,
+    clusters: dict[str, int] | None = None,
 ) -> PackSummary:
     """Cluster a model file as `compress_file` does and write it as one archive.
 
@@ -283,7 +284,8 @@ def pack_file(
     speed_tolerance: a faster-decoding index coder is picked when its stream is
     at most this fraction larger than the smallest (0: always the smallest).
     on_batch, on_progress: progress callbacks as compress_file's (phases
-    "reading", "encoding", "verifying", "zip sizes"). Returns a PackSummary. Raises InputError, FormatError, OptionsError or
+    "reading", "encoding", "verifying", "zip sizes"). clusters: a per-tensor k
+    (a budget's Plan.clusters; see cluster_weights). Returns a PackSummary. Raises InputError, FormatError, OptionsError or
     DeviceError; no output file exists after an error.
     """
     options = options or CompressOptions()
@@ -305,7 +307,7 @@ def pack_file(
     # the model never holds every clustered tensor at once, nor old and new contents.
     run = cluster_weights(model.weights(), options, on_batch=on_batch,
                           on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
-                          on_progress=progress)
+                          on_progress=progress, clusters=clusters)
     clustered = time.perf_counter()
     count = len(run.tensors)
     progress(count, count, "encoding")

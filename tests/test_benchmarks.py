@@ -84,3 +84,15 @@ def test_facenet_graph_is_deterministic_and_shaped_like_facenet():
     # the residual 1x1 convolution of each of the ten Block17s (not their Branch_0 ones)
     assert sum(bool(re.fullmatch(r".*/block17_\d+/Conv2d_1x1/weights", name)) for name in names) == 10
     assert 0 < count < 200_000
+
+
+@pytest.mark.slow
+def test_quick_budget_benchmark_writes_its_tables(tmp_path):
+    # About a minute on 2 cores (curves on a 0.4 M-weight graph, three budgets): slow-marked.
+    command = [sys.executable, str(ROOT / "benchmarks" / "budget.py"), "--quick", "--results", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (table,) = tmp_path.glob("*-budget-quick.md")
+    assert "achieved / target" in table.read_text()
+    results = json.loads(table.with_suffix(".json").read_text())
+    assert {(r["k"], r["largest_k"]) for r in results["facenet"]} == {(16, 256), (256, 256), (256, 512)}
