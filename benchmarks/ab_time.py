@@ -80,7 +80,8 @@ def main() -> int:
                 if arguments.floor:
                     ratios[name].append(times[name][-1] / floors[-1])
                 digests[name].add(hashlib.sha256(output.read_bytes()).hexdigest())
-    print(f"{arguments.command} of the FaceNet-sized graph ({graph.name}, width {arguments.width}), "
+    described = f"the graph {graph.name}" if arguments.graph else f"the FaceNet-sized graph (width {arguments.width})"
+    print(f"{arguments.command} of {described}, "
           f"k={arguments.n_clusters}, {arguments.repeats} interleaved runs each, load average "
           f"{os.getloadavg()[0]:.1f}")
     for name, values in times.items():
