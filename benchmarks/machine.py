@@ -59,7 +59,16 @@ def describe() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(), "cores": usable_cores(), "memory_bytes": memory,
         "gpu": gpu_name(), "platform": platform.platform(), "versions": versions,
+        "load_average": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """Return the 1, 5 and 15-minute load averages (runnable processes; compare with the cores), or None."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def short_name(info: dict) -> str:

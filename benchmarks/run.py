@@ -254,6 +254,7 @@ def main(argv=None) -> int:
         log(f"floor {results['io_floor']['total']:.2f} s")
         if "user" in parts:
             results["user"] = _user_path(arguments, path, workdir, log)
+            info["load_average_end"] = machine.load_average()
         if "inprocess" in parts:
             results["compress"] = time_compress(path, devices, workdir)
             results["peak_rss_bytes"] = peak_rss(path, workdir, "cpu")

@@ -2,6 +2,7 @@
 
     python benchmarks/tflite.py            # conv, embedding and a 4.2M-weight MLP; k = 16
     python benchmarks/tflite.py --quick    # the conv model only (a smoke run)
+    python benchmarks/tflite.py --render results/tflite-DATE.json   # the tables of a stored run
 
 Each Keras model is converted with tf.lite.TFLiteConverter as float32,
 dynamic-range int8, full-integer int8 (per-channel weights; not the embedding
@@ -131,11 +132,51 @@ def compress_seconds(path: Path, folder: Path, k: int, runs: int = 3) -> float:
     return min(times[1:])
 
 
+def machine_load() -> str:
+    """Return the load averages as one line (the cores are shared: above the core count, others ran too)."""
+    try:
+        return "load average %.2f, %.2f, %.2f" % os.getloadavg()
+    except OSError:
+        return "load average unknown"
+
+
+def markdown(rows: list[dict], timing: list[dict], k: int, date: str, machine: str, load: str = "") -> str:
+    """Return the results table (rows and timing as main() collects them, or as the .json stores them)."""
+    lines = [f"# .tflite models at k={k} ({date}, {machine}{', ' + load if load else ''})", "",
+             "error: ||y_k - y|| / ||y|| of the compressed .tflite against the original (TFLite interpreter, "
+             "16 fixed inputs); keras: the Keras model's own error at the same k; TFLM decoded: TFLM's interpreter "
+             "gives the clustered model's outputs exactly", "",
+             "| model | kind | k | weights | error | keras error | original | zip -9 | compressed zip -9 "
+             "| archive | zip / archive | TFLM file | TFLM decoded |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        # Three decimals: the target is 2x, and 1.996x must not print as 2.00x.
+        lines.append(f"| {r['model']} | {r['kind']} | {r['k']} | {r['weights']:,} | {r['error']:.4f} | "
+                     f"{r['keras_error']:.4f} | {r['original']:,} | {r['zip9']:,} | {r['min_zip9']:,} | "
+                     f"{r['archive']:,} | {r['zip9'] / r['archive']:.3f}x | "
+                     f"{'-' if r['tflm'] is None else format(r['tflm'], ',')} | {r['tflm_decoded']} |")
+    lines += ["", "compress time (best of 3 after a warm-up) against the floor (read + parse, sort each weight, "
+              "write; best of 3):", "", "| model | kind | weights | file bytes | compress s | floor s | ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for t in timing:
+        lines.append(f"| {t['model']} | {t['kind']} | {t['weights']:,} | {t['bytes']:,} | {t['compress_s']:.3f} | "
+                     f"{t['floor_s']:.3f} | {t['ratio']:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the conv model only")
     parser.add_argument("-k", type=int, default=16, help="clusters per tensor (default 16)")
+    parser.add_argument("--output", type=Path, help="results stem (default results/tflite-DATE)")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="print the tables of an earlier run's .json (nothing is measured)")
     arguments = parser.parse_args(argv)
+    if arguments.render:
+        stored = json.loads(arguments.render.read_text())
+        print(markdown(stored["rows"], stored["timing"], stored.get("k", arguments.k), arguments.render.stem,
+                       f"{cpu_model()}, {usable_cores()} cores", stored.get("machine", "")), end="")
+        return 0
     from tests.tflite_models import convert, relative_error, run_tflite
 
     k = arguments.k
@@ -172,32 +213,15 @@ def main(argv=None) -> int:
                     timing.append({"model": name, "kind": kind, "weights": weights, "bytes": original,
                                    "compress_s": seconds, "floor_s": floor, "ratio": seconds / floor})
                     print(timing[-1], flush=True)
-    lines = [f"# .tflite models at k={k} ({datetime.date.today().isoformat()}, {cpu_model()}, "
-             f"{usable_cores()} cores)", "",
-             "error: ||y_k - y|| / ||y|| of the compressed .tflite against the original (TFLite interpreter, "
-             "16 fixed inputs); keras: the Keras model's own error at the same k; TFLM decoded: TFLM's interpreter "
-             "gives the clustered model's outputs exactly", "",
-             "| model | kind | k | weights | error | keras error | original | zip -9 | compressed zip -9 "
-             "| archive | zip / archive | TFLM file | TFLM decoded |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['kind']} | {r['k']} | {r['weights']:,} | {r['error']:.4f} | "
-                     f"{r['keras_error']:.4f} | {r['original']:,} | {r['zip9']:,} | {r['min_zip9']:,} | "
-                     f"{r['archive']:,} | {r['zip9'] / r['archive']:.2f}x | "
-                     f"{'-' if r['tflm'] is None else format(r['tflm'], ',')} | {r['tflm_decoded']} |")
-    lines += ["", "compress time (best of 3 after a warm-up) against the floor (read + parse, sort each weight, "
-              "write; best of 3):", "", "| model | kind | weights | file bytes | compress s | floor s | ratio |",
-              "|---|---|---|---|---|---|---|"]
-    for t in timing:
-        lines.append(f"| {t['model']} | {t['kind']} | {t['weights']:,} | {t['bytes']:,} | {t['compress_s']:.3f} | "
-                     f"{t['floor_s']:.3f} | {t['ratio']:.1f}x |")
-    text = "\n".join(lines) + "\n"
+    text = markdown(rows, timing, k, datetime.date.today().isoformat(), f"{cpu_model()}, {usable_cores()} cores",
+                    machine_load())
     print(text)
     if not arguments.quick:
         RESULTS.mkdir(exist_ok=True)
-        stem = RESULTS / f"tflite-{datetime.date.today().isoformat()}"
+        stem = arguments.output or RESULTS / f"tflite-{datetime.date.today().isoformat()}"
         stem.with_suffix(".md").write_text(text)
-        stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "timing": timing}, indent=1))
+        stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "timing": timing, "k": k,
+                                                         "machine": machine_load()}, indent=1))
         print(f"wrote {stem}.md")
     return 0
 

@@ -263,6 +263,8 @@ def markdown(runs: dict[str, dict], floor: dict, machine: dict, command: str) ->
     header = ["measure", *[f"{label}" for label in labels], "target"]
     lines = [f"# gpucompress as users run it ({machine['date']})", "",
              f"machine: {machine['cpu']}, {machine['cores']} cores; command: `{command}`", "",
+             f"load average (1, 5, 15 min) at the start: {machine.get('load_average')}, at the end: "
+             f"{machine.get('load_average_end')} (above {machine['cores']}: other jobs shared the cores)", "",
              f"floor (parse + sort every weight as stored + re-serialize + write, best of 3, this run): "
              f"{floor['total']:.2f} s (parse {floor['parse']:.2f}, sort {floor['sort']:.2f}, "
              f"write {floor['write']:.2f})", ""]

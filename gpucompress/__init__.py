@@ -18,7 +18,19 @@ from .device import gpu_available
 from .engine import ClusterResult, SegmentedResult, cluster_arrays, cluster_segments
 from .errors import DeviceError, FormatError, GpucompressError, InputError, OptionsError
 from .options import CompressOptions
-from .packing import PackSummary, pack_file, read_archive, unpack_file
+
+# Loaded on first use (PEP 562): `compress` never needs the archive code (codec, zstd, tarfile).
+_PACKING = ("PackSummary", "pack_file", "read_archive", "unpack_file")
+
+
+def __getattr__(name: str):
+    """Return the archive API's names (PackSummary, pack_file, read_archive, unpack_file) from packing."""
+    if name in _PACKING:
+        from . import packing
+
+        return getattr(packing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

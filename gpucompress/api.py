@@ -148,6 +148,7 @@ def compress_file(
     to_graphdef: bool = False,
     tflm: bool = False,
     on_progress=None,
+    clusters: dict[str, int] | None = None,
 ) -> CompressionSummary:
     """Cluster the weights of a model file and write the result.
 
@@ -183,6 +184,9 @@ def compress_file(
         if options.granularity != "per-tensor":
             raise OptionsError(f"tflm=True (--tflm) writes one lookup table per tensor; granularity="
                                f"{options.granularity!r} makes one codebook per channel or group.")
+        if clusters is not None:
+            raise OptionsError("tflm=True (--tflm) writes one k for the whole model; a per-tensor budget "
+                               "does not apply to it")
         output_path = tflm_output(input_path) if output_path is None else output_path
     if output_path is None:
         from .models.freeze import frozen_output
@@ -209,7 +213,8 @@ def compress_file(
     weighed = time.perf_counter()
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
                           on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
-                          on_progress=progress, importance=importance, importance_source=source)
+                          on_progress=progress, importance=importance, importance_source=source,
+                          clusters=clusters)
     progress(len(run.tensors), len(run.tensors), f"writing {output_path.name}")
     with overwriting(overwrite):
         if tflm:

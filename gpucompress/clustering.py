@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy
@@ -15,18 +15,21 @@ import numpy
 from . import channels
 from . import device as devices
 from . import engine
-from .kernels import compiled
 from .errors import OptionsError
+from .kernels import compiled
 from .importance import UNIFORM, WEIGHTED, resolve_importance, weighted_sse
 from .models.weights import ROLE_VARIABLE, Weight
 from .options import CompressOptions
-from .select import CLUSTER, Decision, check_whitelist, decide_with_values, decide_without_values
+from .select import CLUSTER, Decision, check_whitelist, decide_finite, decide_without_values
 
 log = logging.getLogger(__name__)
 
-# Weights known to hold at most this many distinct values (Weight.max_distinct)
+# Weights known to hold at most this many distinct values (Weight.distinct_bound)
 # are offered to the engine's exact DP on distinct values.
 EXACT_MAX_DISTINCT = 1 << 16
+
+# Why a tensor the selection would cluster stayed exact: a budget's plan keeps it.
+KEPT_BY_BUDGET = "kept exact by the budget"
 
 
 @dataclass(frozen=True)
@@ -163,14 +166,15 @@ def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple
     layout = channels.layout_for(weight.name, tuple(weight.shape), options.granularity, options.group_size,
                                  axis, None)
     values = weight.load()
-    decision = decide_with_values(values, options)
-    if not decision.cluster:
-        return decision, None
     # The tensor's own dtype: the engine widens one batch at a time (peak memory).
     flat = values.reshape(-1)
     mask = numpy.isfinite(flat)
     all_finite = bool(mask.all())
-    pending = _Pending(weight, values, None if all_finite else mask, flat if all_finite else flat[mask],
+    finite = flat if all_finite else flat[mask]
+    decision = decide_finite(finite, options)
+    if not decision.cluster:
+        return decision, None
+    pending = _Pending(weight, values, None if all_finite else mask, finite,
                        layout, source if layout is not None else None)
     if options.global_clusters:
         if importance is not None:
@@ -347,6 +351,7 @@ def cluster_weights(
     on_progress: Callable[[int, int, str], None] | None = None,
     importance: dict | None = None,
     importance_source: str = "",
+    clusters: dict[str, int] | None = None,
 ) -> ClusteringRun:
     """Select and cluster a model's weights.
 
@@ -364,12 +369,20 @@ def cluster_weights(
     one batch, not the model twice. Results do not depend on the batching.
     importance: None, or {name or alias: importances} (from
     importance.gather_importance; checked here against the weights before
-    anything is clustered); importance_source names it in messages. Raises
-    OptionsError when a `whitelisted` name matches no weight, or for a bad
-    importance entry (naming the weight); in global mode every clustered
+    anything is clustered); importance_source names it in messages.
+    clusters: a per-tensor codebook size (a budget's plan, gpucompress.budget):
+    {name: k} with 2 <= k <= options.n_clusters; a named tensor is selected
+    with its own k (no more distinct values than k: left as it is); one the
+    mapping leaves out that the selection would cluster is kept exact (reason
+    KEPT_BY_BUDGET). None: options.n_clusters for every tensor. Not with
+    global_clusters (one codebook has one k).
+    Raises OptionsError when a `whitelisted` name matches no weight, or for a
+    bad importance entry (naming the weight); in global mode every clustered
     weight needs an entry when any has one.
     """
     check_whitelist(weights, options)
+    if clusters is not None:
+        _check_clusters(clusters, options)
     resolved = None if importance is None else resolve_importance(importance, weights, importance_source)
     kwargs = dict(init=options.init, method=options.method, max_iter=options.max_iter,
                   device=options.device, seed=options.seed, batch_values=options.batch_values)
@@ -401,7 +414,15 @@ def cluster_weights(
     for weight in weights:
         progress(weight.name)
         started = time.perf_counter()
-        decision, prepared = _prepare(weight, options, None if resolved is None else resolved.get(weight.name))
+        weight_importance = None if resolved is None else resolved.get(weight.name)
+        if clusters is not None and weight.name in clusters:
+            # The plan's k decides: a tensor with no more distinct values than its k is indexed exactly.
+            decision, prepared = _prepare(weight, replace(options, n_clusters=clusters[weight.name]),
+                                          weight_importance)
+        else:
+            decision, prepared = _prepare(weight, options, weight_importance)
+            if prepared is not None and clusters is not None:
+                decision, prepared = Decision(False, KEPT_BY_BUDGET), None
         decisions.append(decision)
         seconds["select"] += time.perf_counter() - started
         if prepared is None:
@@ -411,7 +432,7 @@ def cluster_weights(
         if full and not options.global_clusters:
             started = time.perf_counter()
             for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch,
-                                          resolved is not None):
+                                          resolved is not None, clusters):
                 finish(outcome)
             finished += len(pending)
             pending, pending_values = [], 0
@@ -440,7 +461,7 @@ def cluster_weights(
             on_batch(len(pending))
     elif pending:
         for outcome in _cluster_batch(cluster_arrays, pending, finished, options, kwargs, on_batch,
-                                      resolved is not None):
+                                      resolved is not None, clusters):
             finish(outcome)
     del pending
     seconds["cluster"] += time.perf_counter() - started
@@ -458,24 +479,38 @@ def cluster_weights(
     return ClusteringRun(tensors, seconds)
 
 
+def _check_clusters(clusters: dict[str, int], options: CompressOptions) -> None:
+    """Raise OptionsError for a per-tensor plan that options cannot honour."""
+    if options.global_clusters:
+        raise OptionsError("a per-tensor codebook size (a budget) does not apply with global_clusters "
+                           "(--global_clusters: one codebook, one k)")
+    for name, k in clusters.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= options.n_clusters:
+            raise OptionsError(f"clusters[{name!r}]={k!r} should be an integer in [2, n_clusters={options.n_clusters}].")
+
+
 def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, options, kwargs, on_batch,
-                   weighted_run: bool = False):
+                   weighted_run: bool = False, clusters: dict[str, int] | None = None):
     """Yield the TensorOutcome of each pending tensor, clustered in as few engine calls as there
-    are runs of tensors with the same codebook size (k, or k - 1 where zeros are kept).
+    are runs of tensors with the same codebook size (the tensor's k, or k - 1 where zeros are kept).
 
     first_id: how many tensors earlier calls clustered (their codebook ids and
-    random streams come first). Per-tensor codebooks go through cluster_arrays
-    (ours or faiss'), per-channel and grouped ones through engine.cluster_segments,
-    every channel a segment of the same batch. weighted_run: the run has
-    importances (each pending tensor's, or None for uniform), sent with the values.
+    random streams come first, so array i still draws from stream first_id + i).
+    Per-tensor codebooks go through cluster_arrays (ours or faiss'), per-channel
+    and grouped ones through engine.cluster_segments, every channel a segment of
+    the same batch. weighted_run: the run has importances (each pending tensor's,
+    or None for uniform), sent with the values. clusters: per-tensor k (a
+    budget's plan; None: options.n_clusters).
     """
+    ks = [(options.n_clusters if clusters is None else clusters[p.weight.name]) - (1 if p.keep_zeros else 0)
+          for p in pending]
     start = 0
     while start < len(pending):
         stop = start
-        while stop < len(pending) and pending[stop].keep_zeros == pending[start].keep_zeros:
+        while stop < len(pending) and ks[stop] == ks[start]:
             stop += 1
         run = pending[start:stop]
-        k = options.n_clusters - (1 if run[0].keep_zeros else 0)
+        k = ks[start]
         # A tensor whose every value is an exact zero kept is never sent (the selection left
         # tensors of <= k distinct values, so this is a tensor of zeros and a few values only).
         sent = [p for p in run if p.sent.size]
@@ -485,8 +520,8 @@ def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, optio
         if options.engine == "gpucompress":
             # Integers of int8/int16 TFLite weights (float32 here): the format bounds
             # their distinct values below their count, and the DP on them is exact.
-            extra["exact_candidates"] = [p.weight.max_distinct <= EXACT_MAX_DISTINCT and
-                                         p.weight.max_distinct < p.weight.size for p in sent]
+            extra["exact_candidates"] = [p.weight.distinct_bound <= EXACT_MAX_DISTINCT and
+                                         p.weight.distinct_bound < p.weight.size for p in sent]
         if options.granularity == "per-tensor":
             results = iter(cluster_arrays([p.sent for p in sent], k, on_batch=on_batch,
                                           first_id=first_id + start, **kwargs, **extra))

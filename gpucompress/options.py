@@ -1,6 +1,7 @@
 """One options object shared by the CLI and the Python API, validated in one place."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ MAX_CLUSTERS = 65536
 # 0.18 GB. Figures: python benchmarks/large_k.py.
 MAX_OPTIMAL_CLUSTERS = 4096
 GRANULARITIES = ("per-tensor", "per-channel", "grouped")
+# Generated input samples of `verify` and `compress --verify` (here so the CLI's parser need not import verify).
+VERIFY_SAMPLES = 32
 
 
 def _methods():
@@ -174,3 +177,54 @@ def _check_int(name, value, low, high):
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise OptionsError(f"{name}={value!r} should be one of {', '.join(allowed)}.")
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """A budget that picks each tensor's codebook size (gpucompress.budget); exactly one target.
+
+    target_bits_per_weight: archive bits per clustered weight: the whole
+        `.gpcz` archive (as `pack` writes it) over the values of the tensors
+        the options would cluster, in bits; > 0.
+    target_size: the archive's bytes (`pack` output), > 0.
+    max_output_error: the largest relative L2 error of the model's outputs
+        (verify's measure, worst output) on the calibration inputs, > 0.
+    inputs, signature, architecture: how the model is run for
+        max_output_error (as verify's --inputs, --signature, --architecture).
+    max_probe_runs: most model runs that measure sensitivity (tensors are
+        probed in that many groups of consecutive tensors when they are more).
+    max_tries: most plans verified by running the model (max_output_error), or
+        archives encoded to check the size (target_size, target_bits_per_weight).
+    n_clusters (CompressOptions) is the largest k a tensor may get.
+    """
+
+    target_bits_per_weight: float | None = None
+    target_size: int | None = None
+    max_output_error: float | None = None
+    inputs: str | None = None
+    signature: str | None = None
+    architecture: str | None = None
+    max_probe_runs: int = 48
+    max_tries: int = 4
+
+    def __post_init__(self):
+        given = [name for name in ("target_bits_per_weight", "target_size", "max_output_error")
+                 if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise OptionsError("a budget takes exactly one of target_bits_per_weight (--target-bits-per-weight), "
+                               "target_size (--target-size), max_output_error (--max-output-error); "
+                               f"got {', '.join(given) or 'none'}.")
+        for name in ("target_bits_per_weight", "max_output_error"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise OptionsError(f"{name}={value!r} should be a finite number.")
+                if value <= 0:
+                    raise OptionsError(f"{name}={value} should be > 0.")
+        if self.target_size is not None:
+            _check_int("target_size", self.target_size, 1, None)
+        _check_int("max_probe_runs", self.max_probe_runs, 1, 4096)
+        _check_int("max_tries", self.max_tries, 1, 64)
+        if self.max_output_error is None and (self.inputs or self.signature or self.architecture):
+            raise OptionsError("inputs, signature and architecture apply to max_output_error "
+                               "(--max-output-error) only, or to --verify")

@@ -200,8 +200,11 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
             if tensor is not None:
                 candidates.append(tensor)
     users = Counter((t.dtype, t.codebook.tobytes()) for t in candidates)
+    # What each tensor takes in the model file: a format that knows says (an int8 TFLite weight is
+    # clustered as float32 but stores one byte a value); else its stored values in the codebook's dtype.
+    stored = model.stored_bytes() if hasattr(model, "stored_bytes") else {}
     coded = [t for t in candidates
-             if _worth_coding(t, weights[t.name].max_distinct * t.codebook.dtype.itemsize,
+             if _worth_coding(t, stored.get(t.name, weights[t.name].max_distinct * t.codebook.dtype.itemsize),
                               t.codebook.nbytes / users[(t.dtype, t.codebook.tobytes())])]
     archive = archives.Archive(model.format_name, model.to_skeleton([t.name for t in coded]), coded, info or {})
     data = archives.write_archive(archive, speed_tolerance)
@@ -218,9 +221,12 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
 def decode_archive(data: bytes, *, source: str = "archive", lazy: bool = False):
     """Return the model stored in archive bytes (for a GraphDef: a GraphDefModel, `.graph_def`).
 
-    lazy: see model_from_archive. Raises FormatError for anything that is not a valid archive.
+    lazy: see model_from_archive; the index streams are then also decoded one
+    tensor at a time as the model is written (codec.archive.read_archive), and
+    a stream that does not decode raises FormatError there.
+    Raises FormatError for anything that is not a valid archive.
     """
-    return model_from_archive(archives.read_archive(data, source=source), source=source, lazy=lazy)
+    return model_from_archive(archives.read_archive(data, source=source, lazy=lazy), source=source, lazy=lazy)
 
 
 def model_from_archive(archive: archives.Archive, *, source: str = "archive", lazy: bool = False):
@@ -271,6 +277,7 @@ def pack_file(
     speed_tolerance: float = entropy.SPEED_TOLERANCE,
     on_batch=None,
     on_progress=None,
+    clusters: dict[str, int] | None = None,
 ) -> PackSummary:
     """Cluster a model file as `compress_file` does and write it as one archive.
 
@@ -279,7 +286,8 @@ def pack_file(
     speed_tolerance: a faster-decoding index coder is picked when its stream is
     at most this fraction larger than the smallest (0: always the smallest).
     on_batch, on_progress: progress callbacks as compress_file's (phases
-    "reading", "encoding", "verifying", "zip sizes"). Returns a PackSummary. Raises InputError, FormatError, OptionsError or
+    "reading", "encoding", "verifying", "zip sizes"). clusters: a per-tensor k
+    (a budget's Plan.clusters; see cluster_weights). Returns a PackSummary. Raises InputError, FormatError, OptionsError or
     DeviceError; no output file exists after an error.
     """
     options = options or CompressOptions()
@@ -303,7 +311,8 @@ def pack_file(
     weighed = time.perf_counter()
     run = cluster_weights(model.weights(), options, on_batch=on_batch,
                           on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
-                          on_progress=progress, importance=importance, importance_source=source)
+                          on_progress=progress, importance=importance, importance_source=source,
+                          clusters=clusters)
     clustered = time.perf_counter()
     count = len(run.tensors)
     progress(count, count, "encoding")

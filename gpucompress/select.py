@@ -51,7 +51,11 @@ def decide_without_values(weight: Weight, options: CompressOptions) -> Decision 
 
 def decide_with_values(values: numpy.ndarray, options: CompressOptions) -> Decision:
     """Return the Decision for a decoded floating tensor (any shape, its own dtype)."""
-    finite = finite_values(values)
+    return decide_finite(finite_values(values), options)
+
+
+def decide_finite(finite: numpy.ndarray, options: CompressOptions) -> Decision:
+    """Return the Decision for a tensor's finite values (1-D, any floating dtype)."""
     if finite.size == 0:
         return Decision(False, "no finite values")
     if not has_more_distinct_than(finite, options.n_clusters):
@@ -60,23 +64,33 @@ def decide_with_values(values: numpy.ndarray, options: CompressOptions) -> Decis
 
 
 def finite_values(values: numpy.ndarray) -> numpy.ndarray:
-    """Return the finite values of a tensor, flattened, as float64."""
-    flat = values.reshape(-1).astype(numpy.float64)
-    return flat[numpy.isfinite(flat)]
+    """Return the finite values of a tensor, flattened, in its own dtype (a view when all are finite)."""
+    flat = values.reshape(-1)
+    mask = numpy.isfinite(flat)
+    return flat if mask.all() else flat[mask]
 
 
 def has_more_distinct_than(values: numpy.ndarray, k: int) -> bool:
-    """Return whether a 1-D float64 array has more than k distinct values.
+    """Return whether a 1-D array of finite floats has more than k distinct values (-0.0 equals 0.0).
 
     Looks at a prefix first: nearly every weight tensor shows more than k
     distinct values early, which spares a full sort.
     """
     prefix = values[: 16 * k]
-    if numpy.unique(prefix).size > k:
+    if _distinct_count(prefix) > k:
         return True
     if prefix.size == values.size:
         return False
-    return numpy.unique(values).size > k
+    return _distinct_count(values) > k
+
+
+def _distinct_count(values: numpy.ndarray) -> int:
+    # A sort and a compare, not numpy.unique: unique imports numpy.ma on first use (tens of ms
+    # of a fresh process), and NumPy 2.4 miscounts large float16 arrays (hence the float64 sort).
+    if values.size == 0:
+        return 0
+    ordered = numpy.sort(values if values.dtype in (numpy.float32, numpy.float64) else values.astype(numpy.float64))
+    return 1 + int(numpy.count_nonzero(ordered[1:] != ordered[:-1]))
 
 
 def check_whitelist(weights: list[Weight], options: CompressOptions) -> None:

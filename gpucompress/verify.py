@@ -18,9 +18,10 @@ import numpy
 from .errors import FormatError, GpucompressError, InputError
 from .files import check_input_file
 from .models import read_model
+from .options import VERIFY_SAMPLES
 from .runners import InputSpec, open_runner
 
-DEFAULT_SAMPLES = 32
+DEFAULT_SAMPLES = VERIFY_SAMPLES
 
 
 @dataclass(frozen=True)

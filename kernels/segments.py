@@ -280,7 +280,6 @@ def sort_by_key_then_weight(keys, weights):
     Two stable argsorts (CuPy's sorts are always stable; any array module):
     by weight, then by key. Equal (key, weight) pairs are interchangeable.
     """
-    xp = array_namespace(keys)
     by_weight = _stable_argsort(weights)
     order = by_weight[_stable_argsort(keys[by_weight])]
     return keys[order], weights[order]

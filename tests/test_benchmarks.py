@@ -98,3 +98,15 @@ def test_importance_benchmark_quick_run_writes_its_tables(tmp_path):
     for heading in ("Weighted optimal SSE", "weighted / unweighted", "float16", "Accuracy of two models"):
         assert heading in text
     assert "python benchmarks/importance.py --quick" in text
+
+
+@pytest.mark.slow
+def test_quick_budget_benchmark_writes_its_tables(tmp_path):
+    # About a minute on 2 cores (curves on a 0.4 M-weight graph, three budgets): slow-marked.
+    command = [sys.executable, str(ROOT / "benchmarks" / "budget.py"), "--quick", "--results", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (table,) = tmp_path.glob("*-budget-quick.md")
+    assert "achieved / target" in table.read_text()
+    results = json.loads(table.with_suffix(".json").read_text())
+    assert {(r["k"], r["largest_k"]) for r in results["facenet"]} == {(16, 256), (256, 256), (256, 512)}

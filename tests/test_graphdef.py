@@ -192,6 +192,69 @@ def test_bytes_that_are_not_a_graphdef(tmp_path, data, message):
         read_model(path)
 
 
+def _streamed_graph_bytes() -> bytes:
+    """A GraphDef with nodes, a function library, versions, a scalar field and an unknown field, serialized."""
+    graph_def = graphdef_of(const_node("a", RNG.normal(size=300).astype("f4")),
+                            const_node("b", RNG.normal(size=(4, 5)).astype("f4")),
+                            functions=[("body", [const_node("kernel", RNG.normal(size=(8, 8)).astype("f4"))])])
+    graph_def.versions.producer = 1234
+    graph_def.version = 7
+    # Field 15 (unknown to GraphDef), varint 5, placed between the nodes: kept in place.
+    data = graph_def.SerializeToString(deterministic=True)
+    first = graph_def.node[0].ByteSize()
+    cut = 1 + len(serialized_varint(first)) + first
+    return data[:cut] + b"\x78\x05" + data[cut:]
+
+
+def serialized_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def test_streamed_read_is_the_whole_parse(tmp_path):
+    """read_graphdef parses node by node (peak memory); the message must be the one a whole parse gives."""
+    from gpucompress.models.graphdef import _parse_streamed, read_graphdef
+
+    data = _streamed_graph_bytes()
+    path = tmp_path / "g.pb"
+    path.write_bytes(data)
+    with open(path, "rb") as file:
+        assert _parse_streamed(file, len(data)) is not None  # streamed, not the whole-file fallback
+    streamed, whole = read_graphdef(path), GraphDefModel.from_bytes(data)
+    assert streamed.to_bytes() == whole.to_bytes()
+    assert streamed.graph_def == whole.graph_def
+    assert [w.name for w in streamed.weights()] == ["a", "b", "body::kernel"]
+
+
+@pytest.mark.parametrize("cut", ["truncated node", "length past the end", "group", "node as a varint",
+                                 "bad node bytes"])
+def test_streamed_read_of_bad_framing_gives_the_whole_parse_error(tmp_path, cut):
+    """A framing the streamed reader does not expect falls back to the whole parse and its error."""
+    from gpucompress.models.graphdef import read_graphdef
+
+    data = _streamed_graph_bytes()
+    bad = {"truncated node": data[:40], "length past the end": b"\x0a\xff\x7f" + data[:20],
+           "group": b"\x0b" + data, "node as a varint": b"\x08\x01" + data,
+           "bad node bytes": b"\x0a\x03\xff\xff\xff" + data}[cut]
+    path = tmp_path / "bad.pb"
+    path.write_bytes(bad)
+    try:
+        GraphDefModel.from_bytes(bad, source=str(path))
+        expected = None
+    except FormatError as error:
+        expected = str(error)
+    if expected is None:  # protobuf accepts it (e.g. a group it skips): the streamed read must agree
+        assert read_graphdef(path).to_bytes() == GraphDefModel.from_bytes(bad).to_bytes()
+    else:
+        with pytest.raises(FormatError) as raised:
+            read_graphdef(path)
+        assert str(raised.value) == expected
+
+
 def test_tensor_content_of_the_wrong_size_is_a_format_error():
     node = const_node("w", RNG.normal(size=100).astype("f4"))
     node.attr["value"].tensor.tensor_content = b"\x00" * 12
@@ -209,7 +272,8 @@ def test_streamed_write_equals_one_serialization(keras_frozen, tmp_path):
     graph_def.version = 7
     keras = GraphDefModel.from_bytes(keras_frozen[0].read_bytes())
     for model in (GraphDefModel(graph_def), keras):
-        assert len(list(serialized_pieces(model))) == len(model.graph_def.node) + 1
+        # Per node its frame and its bytes (never joined: that would copy a node once more), then the rest.
+        assert len(list(serialized_pieces(model))) == 2 * len(model.graph_def.node) + 1
         assert model.save(tmp_path / "out.pb") == len(model.to_bytes())
         assert (tmp_path / "out.pb").read_bytes() == model.to_bytes()
 

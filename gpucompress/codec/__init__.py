@@ -9,6 +9,14 @@ The codec never clusters and knows no model format: it stores a skeleton
 (bytes from the model's `to_skeleton`) and CodedTensors, and the format name
 that finds the model class again.
 """
-from .archive import Archive, CodedTensor, read_archive, write_archive
-
 __all__ = ["Archive", "CodedTensor", "read_archive", "write_archive"]
+
+
+def __getattr__(name: str):
+    """Return the container's names from archive.py, loaded on first use (PEP 562): the CLI's
+    parser reads entropy's defaults without importing the container."""
+    if name in __all__:
+        from . import archive
+
+        return getattr(archive, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

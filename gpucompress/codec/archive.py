@@ -8,11 +8,13 @@ anything (the manifest is strict JSON, validated field by field).
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy
 
@@ -155,22 +157,49 @@ def write_archive(archive: Archive, speed_tolerance: float = entropy.SPEED_TOLER
     return b"".join([header, stored, *sections])
 
 
-def read_archive(data: bytes, *, source: str = "archive") -> Archive:
+@dataclass(frozen=True)
+class DeferredTensor:
+    """A tensor of a lazily read archive: its index stream is decoded each time values() is called
+    and dropped after, so a reader holds one tensor's indices at a time. values() raises
+    FormatError (naming the source) for a stream that does not decode."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    decode: Callable[[], CodedTensor]
+    source: str
+
+    def values(self) -> numpy.ndarray:
+        """Return the tensor's values, as CodedTensor.values() does."""
+        try:
+            return self.decode().values()
+        except FormatError as error:
+            raise FormatError(_named(error, self.source)) from None
+
+
+def _named(error: FormatError, source: str) -> str:
+    message = str(error)
+    return message if message.startswith(source) else f"{source}: {message}"
+
+
+def read_archive(data: bytes, *, source: str = "archive", lazy: bool = False) -> Archive:
     """Parse and check archive bytes; returns its Archive (tensors decoded, coders filled).
 
+    lazy: the tensors are DeferredTensors, decoded one at a time when their
+    values are asked for (data must then stay unchanged); everything else,
+    the checksums included, is checked now.
     Raises FormatError with one line naming `source` for anything that is not a
     valid archive: wrong magic or version, a checksum mismatch, a length or
     count that does not fit the file or the limits, a malformed manifest.
     """
     view = memoryview(data)
     try:
-        return _read(view, source)
+        return _read(view, source, lazy)
     except FormatError as error:
-        message = str(error)
-        raise FormatError(message if message.startswith(source) else f"{source}: {message}") from None
+        raise FormatError(_named(error, source)) from None
 
 
-def _read(view: memoryview, source: str) -> Archive:
+def _read(view: memoryview, source: str, lazy: bool = False) -> Archive:
     if len(view) == 0:
         raise FormatError("empty file, not a gpucompress archive")
     if len(view) < HEADER.size or bytes(view[:8]) != MAGIC:
@@ -213,10 +242,10 @@ def _read(view: memoryview, source: str) -> Archive:
             raise FormatError(f"section {index} checksum mismatch (corrupt archive)")
         sections.append(section)
         offset += length
-    return _decode(format_name, manifest, sections)
+    return _decode(format_name, manifest, sections, source if lazy else None)
 
 
-def _decode(format_name: str, manifest: dict, sections: list[memoryview]) -> Archive:
+def _decode(format_name: str, manifest: dict, sections: list[memoryview], lazy_source: str | None) -> Archive:
     codebooks = []
     for entry in manifest["codebooks"]:
         dtype = numpy_dtype(entry["dtype"])
@@ -233,21 +262,27 @@ def _decode(format_name: str, manifest: dict, sections: list[memoryview]) -> Arc
         codebook = codebooks[entry["codebook"]]
         if manifest["codebooks"][entry["codebook"]]["dtype"] != entry["dtype"]:
             raise FormatError(f"tensor {entry['name']!r} ({entry['dtype']}) uses a codebook of another dtype")
-        n = int(numpy.prod(entry["shape"], dtype=numpy.int64))
-        channels = entry["channels"]
-        if channels is not None and codebook.ndim == 1:
-            codebook = codebook[None, :]  # a per-channel tensor of one channel group
-        indices = entropy.decode_indices(entry["coder"], sections[entry["section"]], n, codebook.shape[-1])
-        nonfinite_index, nonfinite_values = numpy.zeros(0, numpy.int64), None
-        if entry["nonfinite"]:
-            nonfinite_index, nonfinite_values = _nonfinite(sections[entry["nonfinite_section"]],
-                                                           entry["nonfinite"], n, codebook.dtype)
-        tensors.append(CodedTensor(entry["name"], entry["dtype"], tuple(entry["shape"]), codebook, indices,
-                                   nonfinite_index, nonfinite_values,
-                                   None if channels is None else channels["axis"],
-                                   None if channels is None else channels["group_size"]))
+        decode = functools.partial(_coded_tensor, entry, codebook, sections)
+        tensors.append(decode() if lazy_source is None
+                       else DeferredTensor(entry["name"], entry["dtype"], tuple(entry["shape"]), decode, lazy_source))
         coders[entry["name"]] = entry["coder"]
     return Archive(format_name, skeleton, tensors, manifest["info"], coders)
+
+
+def _coded_tensor(entry: dict, codebook: numpy.ndarray, sections: list[memoryview]) -> CodedTensor:
+    n = int(numpy.prod(entry["shape"], dtype=numpy.int64))
+    channels = entry["channels"]
+    if channels is not None and codebook.ndim == 1:
+        codebook = codebook[None, :]  # a per-channel tensor of one channel group
+    indices = entropy.decode_indices(entry["coder"], sections[entry["section"]], n, codebook.shape[-1])
+    nonfinite_index, nonfinite_values = numpy.zeros(0, numpy.int64), None
+    if entry["nonfinite"]:
+        nonfinite_index, nonfinite_values = _nonfinite(sections[entry["nonfinite_section"]],
+                                                       entry["nonfinite"], n, codebook.dtype)
+    return CodedTensor(entry["name"], entry["dtype"], tuple(entry["shape"]), codebook, indices,
+                       nonfinite_index, nonfinite_values,
+                       None if channels is None else channels["axis"],
+                       None if channels is None else channels["group_size"])
 
 
 def _nonfinite(data: memoryview, count: int, n: int, dtype: numpy.dtype):

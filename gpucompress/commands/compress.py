@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..options import DEVICES, ENGINES, GRANULARITIES, CompressOptions
 from . import EXIT_OK, new_parser
+from .budget import BUDGET_EXAMPLES, add_budget_arguments, budget_from_arguments, plan_from_arguments, print_plan
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def add_subparser(subparsers) -> None:
         "floating Const), a SavedModel folder (its checkpoint's variables), a Keras .keras file, a Keras "
         "HDF5 file (.h5, .hdf5, .weights.h5). For SavedModel and Keras models only the weights proper "
         "(float variables of rank >= 2) are clustered unless --all-variables; optimizer state never.",
-        epilog=COMPRESS_EXAMPLES,
+        epilog=COMPRESS_EXAMPLES + "\n" + BUDGET_EXAMPLES,
     )
     parser.add_argument("model", help="frozen GraphDef (.pb), SavedModel folder, .keras, .h5 or .tflite file")
     parser.add_argument("-o", "--output", help="output path (default: model.pb.min, model.min.keras, "
@@ -164,6 +165,7 @@ def add_subparser(subparsers) -> None:
                         "bit-packed indices, DECODE operators; k <= 128; default output MODEL.tflm.tflite)")
     add_report_arguments(parser)
     add_verify_arguments(parser)
+    add_budget_arguments(parser)
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_compress)
 
@@ -223,27 +225,48 @@ def run_compress(arguments) -> int:
     from ..report import BatchTimer, format_summary, report_from_summary, write_report
 
     options = options_from_arguments(arguments)
-    if not arguments.verify and (arguments.inputs or arguments.signature or arguments.architecture):
-        raise OptionsError("--inputs, --signature and --architecture apply with --verify only")
-    if arguments.report:
-        from ..models.freeze import frozen_output
+    budget = budget_from_arguments(arguments)
+    if not arguments.verify and (budget is None or budget.max_output_error is None) and (
+            arguments.inputs or arguments.signature or arguments.architecture):
+        raise OptionsError("--inputs, --signature and --architecture apply with --verify or --max-output-error only")
+    if budget is not None and (arguments.to_graphdef or arguments.tflm):
+        raise OptionsError("a budget (--target-size, --target-bits-per-weight, --max-output-error) does not "
+                           "apply with --to-graphdef or --tflm")
+    from ..models.freeze import frozen_output
+    from ..models.tflm import tflm_output
 
-        from ..models.tflm import tflm_output
-
-        output = arguments.output or (frozen_output if arguments.to_graphdef else
-                                      tflm_output if arguments.tflm else default_output)(arguments.model)
+    output = arguments.output or (frozen_output if arguments.to_graphdef else
+                                  tflm_output if arguments.tflm else default_output)(arguments.model)
+    if arguments.report and not (budget is not None and arguments.dry_run):
         check_output_path(arguments.report, [Path(arguments.model), Path(output)], overwrite=arguments.overwrite)
+    plan = None
     with progress_bar(progress_wanted(arguments.quiet), "compress") as progress:
-        timer = BatchTimer()
-        summary = compress_file(arguments.model, arguments.output, options,
-                                overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer,
-                                to_graphdef=arguments.to_graphdef, tflm=arguments.tflm,
-                                on_progress=progress)
+        if budget is not None:
+            if not arguments.dry_run:  # refuse an existing output before the plan's model runs
+                check_output_path(Path(output), [Path(arguments.model)], overwrite=arguments.overwrite,
+                                  directory=Path(arguments.model).is_dir())
+            plan = plan_from_arguments(arguments, options, budget, progress)
+        if plan is not None and arguments.dry_run:
+            summary = None
+        else:
+            timer = BatchTimer()
+            summary = compress_file(arguments.model, arguments.output, options,
+                                    overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes, on_batch=timer,
+                                    to_graphdef=arguments.to_graphdef, tflm=arguments.tflm,
+                                    on_progress=progress, clusters=None if plan is None else plan.clusters)
+    if summary is None:
+        if not arguments.quiet:
+            print_plan(plan)
+            print("dry run: nothing written")
+        return EXIT_OK
     log.info("%d engine batches", len(timer.batches))
     clustered = summary.run.clustered()
     weights = sum(t.size for t in clustered)
     seconds = summary.seconds
-    report = report_from_summary(summary, options, timer)
+    # Built only when written or printed: per-tensor error figures cost a pass over every tensor.
+    report = report_from_summary(summary, options, timer) if arguments.report or not arguments.quiet else None
+    if report is not None and plan is not None:
+        report["budget"] = plan.to_dict()
     if arguments.report:
         write_report(report, arguments.report)
         log.info("wrote report %s", arguments.report)
@@ -257,7 +280,7 @@ def run_compress(arguments) -> int:
         return EXIT_OK
     print(f"wrote {summary.output_path}")
     print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, "
-          f"{weights:,} weights, k={options.n_clusters}"
+          f"{weights:,} weights, k={options.n_clusters if plan is None else 'per tensor (budget)'}"
           f"{' (global codebook)' if options.global_clusters else ''}{granularity_note(options)}, on {summary.device}")
     weighing = f", importance {seconds['importance']:.2f}" if options.importance_from_data else ""
     print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}{weighing}, select {seconds['select']:.2f}, "
@@ -269,6 +292,9 @@ def run_compress(arguments) -> int:
     if clustered and arguments.top > 0:
         print()
         print(format_summary(report, top=arguments.top))
+    if plan is not None:
+        print()
+        print_plan(plan, top=arguments.top)
     if verified:
         print(verified)
     if arguments.report:

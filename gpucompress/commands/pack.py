@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..codec.entropy import SPEED_TOLERANCE
 from . import EXIT_OK, new_parser
+from .budget import BUDGET_EXAMPLES, add_budget_arguments, budget_from_arguments, plan_from_arguments, print_plan
 from .compress import add_clustering_arguments, granularity_note, options_from_arguments
 
 PACK_EXAMPLES = """\
@@ -23,7 +24,7 @@ def add_subparser(subparsers) -> None:
         description="Cluster a model's weights exactly as `compress` does, then store each clustered "
         "tensor as a codebook and entropy-coded indices, and the rest of the model with zstd. "
         "`gpucompress unpack` restores the model that `compress` writes, byte for byte.",
-        epilog=PACK_EXAMPLES,
+        epilog=PACK_EXAMPLES + "\n" + BUDGET_EXAMPLES,
     )
     parser.add_argument("model", help="frozen GraphDef (.pb), Keras model (.keras, .h5) or SavedModel folder, "
                         "or an already clustered one (.min)")
@@ -34,6 +35,15 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--speed-tolerance", type=float, default=SPEED_TOLERANCE, metavar="FRACTION",
                         help="pick a faster-decoding index coder (zstd over ans) when its stream is at most "
                         "this fraction larger than the smallest; 0 = always the smallest (default %(default)s)")
+    parser.add_argument("--report", metavar="JSON",
+                        help="write what happened to every tensor (k, error) and the budget's plan to this JSON file")
+    group = parser.add_argument_group("calibration inputs of --max-output-error")
+    group.add_argument("--inputs", metavar="NPZ", help="NumPy .npz with one array per model input "
+                       "(default: generated from the input signature, as verify does)")
+    group.add_argument("--signature", metavar="NAME", help="SavedModel: the signature to run (default serving_default)")
+    group.add_argument("--architecture", metavar="MODEL",
+                       help="weights-only .weights.h5: the .keras or .h5 model they belong to")
+    add_budget_arguments(parser)
     add_clustering_arguments(parser)
     parser.set_defaults(handler=run_pack)
 
@@ -43,21 +53,57 @@ def _row(label: str, size: int, reference: int) -> str:
 
 
 def run_pack(arguments) -> int:
-    from ..packing import pack_file
+    from pathlib import Path
+
+    from ..errors import OptionsError
+    from ..files import check_output_path
+    from ..packing import default_archive_output, pack_file
     from ..progress import progress_bar, progress_wanted
+    from ..report import build_report, write_report
 
     options = options_from_arguments(arguments)
+    budget = budget_from_arguments(arguments)
+    if (budget is None or budget.max_output_error is None) and (
+            arguments.inputs or arguments.signature or arguments.architecture):
+        raise OptionsError("--inputs, --signature and --architecture apply with --max-output-error only")
+    output = Path(arguments.output) if arguments.output else default_archive_output(arguments.model)
+    dry = budget is not None and arguments.dry_run
+    if not dry:
+        check_output_path(output, [Path(arguments.model)], overwrite=arguments.overwrite)
+        if arguments.report:
+            check_output_path(arguments.report, [Path(arguments.model), output], overwrite=arguments.overwrite)
+    plan = None
     with progress_bar(progress_wanted(arguments.quiet), "pack") as progress:
-        summary = pack_file(arguments.model, arguments.output, options,
-                            overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes,
-                            speed_tolerance=arguments.speed_tolerance, on_progress=progress)
+        if budget is not None:
+            plan = plan_from_arguments(arguments, options, budget, progress)
+        if dry:
+            summary = None
+        else:
+            summary = pack_file(arguments.model, arguments.output, options,
+                                overwrite=arguments.overwrite, zip_sizes=arguments.zip_sizes,
+                                speed_tolerance=arguments.speed_tolerance, on_progress=progress,
+                                clusters=None if plan is None else plan.clusters)
+    if summary is None:
+        if not arguments.quiet:
+            print_plan(plan)
+            print("dry run: nothing written")
+        return EXIT_OK
+    if arguments.report:
+        report = build_report(summary.run, options=options, input_path=summary.input_path,
+                              output_path=summary.output_path, input_bytes=summary.sizes["original"],
+                              output_bytes=summary.sizes["archive"], device=summary.device,
+                              seconds=summary.seconds, command="pack")
+        if plan is not None:
+            report["budget"] = plan.to_dict()
+        write_report(report, arguments.report)
     if arguments.quiet:
         return EXIT_OK
     sizes, seconds = summary.sizes, summary.seconds
     clustered = summary.run.clustered()
     coders = ", ".join(f"{name} {count}" for name, count in sorted(summary.coders.items()) if count)
     print(f"wrote {summary.output_path}")
-    print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, k={options.n_clusters}"
+    k = options.n_clusters if plan is None else "per tensor (budget)"
+    print(f"clustered {len(clustered)} of {len(summary.run.tensors)} constant tensors, k={k}"
           f"{' (global codebook)' if options.global_clusters else ''}{granularity_note(options)}, on {summary.device}; "
           f"{summary.coded} tensors indexed ({coders})")
     print(f"time {seconds['total']:.2f} s (parse {seconds['parse']:.2f}, cluster {seconds['cluster']:.2f}, "
@@ -74,4 +120,14 @@ def run_pack(arguments) -> int:
     bound = sizes["bound"] + sizes["rest"]
     print(_row("entropy bound + compressed rest", bound, original)
           + f"  (bound {sizes['bound']:,} + rest {sizes['rest']:,}; archive {sizes['archive'] / max(bound, 1):.4f}x)")
+    if plan is not None:
+        print()
+        print_plan(plan, top=8)
+        target = plan.target
+        if target["kind"] != "max_output_error":
+            wanted = target["value"] if target["kind"] == "target_size" else \
+                target["value"] * sum(r.size for r in plan.rows) / 8
+            print(f"archive {sizes['archive']:,} bytes = {sizes['archive'] / wanted:.2%} of the target {wanted:,.0f}")
+    if arguments.report:
+        print(f"wrote report {arguments.report}")
     return EXIT_OK

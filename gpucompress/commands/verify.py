@@ -19,7 +19,8 @@ examples:
 
 def add_subparser(subparsers) -> None:
     """Add the `verify` subcommand."""
-    from ..verify import DEFAULT_SAMPLES
+    # From options, not verify: building the parser must not import the runners (every CLI call builds it).
+    from ..options import VERIFY_SAMPLES as DEFAULT_SAMPLES
 
     parser = new_parser(
         subparsers, "verify", help="compare the outputs of a model and its compressed copy",

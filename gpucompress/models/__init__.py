@@ -98,6 +98,20 @@ def unsupported_format(path: Path) -> str | None:
 
 
 TFLITE_SUFFIX = ".tflite"
+# A TFLite flatbuffer's file identifier, at bytes 4-8.
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+def is_tflite_file(path: str | os.PathLike) -> bool:
+    """Return whether a file starts like a TFLite flatbuffer (its identifier at bytes 4-8).
+
+    Here, not in tflite.py: every model path is sniffed, and a GraphDef need not import the TFLite reader.
+    """
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(8)[4:8] == TFLITE_IDENTIFIER
+    except OSError:
+        return False
 
 
 def model_format(path: str | os.PathLike) -> str:
@@ -109,10 +123,10 @@ def model_format(path: str | os.PathLike) -> str:
     known format gpucompress does not read (UNSUPPORTED: .onnx, .pt ...),
     naming it and the formats it does read.
     """
-    from .savedmodel import is_saved_model_dir
-
     path = Path(path)
     if path.is_dir():
+        from .savedmodel import is_saved_model_dir
+
         if not is_saved_model_dir(path):
             raise InputError(f"{path}: is a directory without saved_model.pb, expected a SavedModel "
                              "directory or a model file")
@@ -122,8 +136,6 @@ def model_format(path: str | os.PathLike) -> str:
         return "keras"
     if suffix in HDF5_SUFFIXES:
         return "h5"
-    from .tflite import is_tflite_file
-
     if suffix == TFLITE_SUFFIX or is_tflite_file(path):
         return "tflite"
     unsupported = unsupported_format(path)

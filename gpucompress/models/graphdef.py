@@ -15,8 +15,8 @@ import numpy
 from google.protobuf.message import DecodeError
 
 from .. import limits
-from ..errors import FormatError
-from ..files import read_input_file, write_atomic
+from ..errors import FormatError, InputError
+from ..files import check_input_file, read_input_file, write_atomic
 from . import tensor_proto
 from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
@@ -126,11 +126,15 @@ class GraphDefModel:
             graph_def.ParseFromString(data)
         except (DecodeError, RuntimeError, ValueError) as error:
             raise FormatError(f"{source}: not a TensorFlow GraphDef ({error})") from None
+        return cls._checked(graph_def, source, len(data))
+
+    @classmethod
+    def _checked(cls, graph_def, source: str, input_bytes: int) -> "GraphDefModel":
         if len(graph_def.node) == 0 and len(graph_def.library.function) == 0:
             raise FormatError(f"{source}: not a TensorFlow GraphDef (no nodes)")
         if any(not node.op or not node.name for node in graph_def.node):
             raise FormatError(f"{source}: not a TensorFlow GraphDef (a node has no name or op)")
-        return cls(graph_def, input_bytes=len(data))
+        return cls(graph_def, input_bytes=input_bytes)
 
     def weights(self) -> list[Weight]:
         """Return every Const tensor as a Weight, in graph order (main graph, then functions)."""
@@ -287,7 +291,8 @@ class GraphDefModel:
         return b"".join(self.pieces())
 
     def pieces(self, *, check: bool = False) -> Iterator[bytes]:
-        """Yield `to_bytes()` in pieces (one per node, then the rest), deferred values made per node.
+        """Yield `to_bytes()` in pieces (per node its frame, then the node; then the rest), deferred values
+        made per node.
 
         check: parse every piece back (FormatError as to_bytes, or when one
         does not parse). Never holds the whole output in memory.
@@ -339,7 +344,10 @@ class GraphDefModel:
             if check:
                 # A fresh message each time: parsing again into one would grow its arena.
                 node_def_pb2.NodeDef().ParseFromString(data)
-            yield _NODE_TAG + _varint(len(data)) + data
+            # Frame and node apart: joining them would copy the node's bytes once more.
+            yield _NODE_TAG + _varint(len(data))
+            yield data
+            del data
         rest = graph_pb2.GraphDef()
         for field, value in graph_def.ListFields():
             if field.name == "node":
@@ -379,11 +387,107 @@ def _clear(tensor) -> None:
 
 
 def read_graphdef(path: str | os.PathLike) -> GraphDefModel:
-    """Read a frozen GraphDef file. Raises InputError (path) or FormatError (contents)."""
-    path, data = read_input_file(path, max_bytes=MAX_GRAPHDEF_BYTES)
-    if not data:
-        raise FormatError(f"{path}: empty file, not a TensorFlow GraphDef")
-    return GraphDefModel.from_bytes(data, source=str(path))
+    """Read a frozen GraphDef file. Raises InputError (path) or FormatError (contents).
+
+    Parsed node by node as the file is read (`_parse_streamed`), so memory
+    holds the parsed message and one node's bytes, never the whole file beside
+    it. A file whose framing is not what a well-formed GraphDef has is read
+    whole and parsed in one go, which gives protobuf's own error.
+    """
+    path = check_input_file(path, max_bytes=MAX_GRAPHDEF_BYTES)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise FormatError(f"{path}: empty file, not a TensorFlow GraphDef")
+        with open(path, "rb") as file:
+            graph_def = _parse_streamed(file, size)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    if graph_def is None:
+        path, data = read_input_file(path, max_bytes=MAX_GRAPHDEF_BYTES)
+        return GraphDefModel.from_bytes(data, source=str(path))
+    return GraphDefModel._checked(graph_def, str(path), size)
+
+
+def _read_varint(file) -> tuple[int, bytes] | None:
+    """Return (value, its bytes) of the varint at the file's position, or None (end of file or malformed)."""
+    raw = bytearray()
+    value = 0
+    while len(raw) < 10:
+        byte = file.read(1)
+        if not byte:
+            return None
+        raw += byte
+        value |= (byte[0] & 0x7F) << (7 * (len(raw) - 1))
+        if not byte[0] & 0x80:
+            return value, bytes(raw)
+    return None
+
+
+def _parse_streamed(file, size: int):
+    """Parse a GraphDef field by field from a file: each node (field 1) into graph_def.node as it is
+    read, every other top-level field kept as raw bytes and merged at the end.
+
+    Protobuf parses a concatenation as the merge of its parts, and repeated
+    fields append in order, so this gives the message that ParseFromString of
+    the whole file gives. Returns None when the framing is anything else (a
+    group, a length past the end, a node that does not parse): the caller then
+    parses the whole file and reports protobuf's error.
+    """
+    graph_def = _graph_pb2().GraphDef()
+    rest, buffer = bytearray(), bytearray()
+    position = 0
+    while position < size:
+        tag = _read_varint(file)
+        if tag is None:
+            return None
+        field, wire = tag[0] >> 3, tag[0] & 7
+        if field == 0 or wire not in (0, 1, 2, 5):
+            return None
+        if wire == 2:
+            length = _read_varint(file)
+            if length is None or position + len(tag[1]) + len(length[1]) + length[0] > size:
+                return None
+            if field == 1:
+                # One buffer reused for every node: fresh pages per node would cost a page fault each.
+                if len(buffer) < length[0]:
+                    buffer = bytearray(length[0])
+                payload = memoryview(buffer)[: length[0]]
+                if file.readinto(payload) != length[0]:
+                    return None
+            else:
+                payload = file.read(length[0])
+                if len(payload) != length[0]:
+                    return None
+            head = tag[1] + length[1]
+        elif wire == 0:
+            value = _read_varint(file)
+            if value is None:
+                return None
+            head, payload = tag[1], value[1]
+        else:
+            payload = file.read(8 if wire == 1 else 4)
+            if len(payload) != (8 if wire == 1 else 4):
+                return None
+            head = tag[1]
+        position += len(head) + len(payload)
+        if field == 1 and wire == 2:
+            try:
+                graph_def.node.add().ParseFromString(payload)
+            except (DecodeError, RuntimeError, ValueError):
+                return None
+        elif field == 1:
+            return None
+        else:
+            rest += head
+            rest += payload
+        del payload
+    if rest:
+        try:
+            graph_def.MergeFromString(bytes(rest))
+        except (DecodeError, RuntimeError, ValueError):
+            return None
+    return graph_def
 
 
 def _varint(value: int) -> bytes:

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy
 
 from ..errors import FormatError, InputError
-from ..files import read_input_file, write_atomic
+from ..files import check_input_file, write_atomic
+from . import TFLITE_IDENTIFIER as FILE_IDENTIFIER  # the registry sniffs files by it
 from .flatbuffer import Reader
 from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
@@ -39,7 +40,6 @@ from .weights import Weight
 # Flatbuffers address with uint32 offsets; a buffer stored after the flatbuffer
 # (Buffer.offset / size, models over 2 GiB) is within the file too.
 MAX_TFLITE_BYTES = 1 << 34
-FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3
 
 # A skeleton: magic, u32 length of a JSON list of the removed weights, that
@@ -217,9 +217,19 @@ class TFLiteModel:
     format_name = "tflite"
 
     def __init__(self, data: bytes, *, source: str = "input"):
+        self._adopt(bytearray(data), source)
+
+    @classmethod
+    def _owning(cls, data: bytearray, source: str) -> "TFLiteModel":
+        """Return a model that takes `data` as its own bytes (no copy; the caller lets go of it)."""
+        model = cls.__new__(cls)
+        model._adopt(data, source)
+        return model
+
+    def _adopt(self, data: bytearray, source: str) -> None:
         self.source = source
         self.structure = parse_structure(data, source)
-        self._data = bytearray(data)
+        self._data = data
         self._entries = self._find_weights()
         self._missing: set[str] = set()
 
@@ -287,17 +297,20 @@ class TFLiteModel:
         for name, entry in self._entries.items():
             kind = self._kind(entry)
             size = int(numpy.prod(entry.shape, dtype=numpy.int64))
+            # max_distinct is the number of values stored (Weight's meaning; pack reads fewer than
+            # the size as a fill), not the dtype's bound: an int8 tensor stores all its values.
             if kind == "integer":
-                dtype, distinct = "float32", min(size, 1 << (8 * entry.dtype.itemsize))
+                dtype = "float32"
                 load = (lambda e=entry: self._values(e).astype(numpy.float32))
             else:
-                dtype, distinct = entry.dtype.name, size
+                dtype = entry.dtype.name
                 load = (lambda e=entry: self._values(e).copy())
             result.append(Weight(name=name, dtype=dtype, shape=entry.shape, floating=kind != "other",
-                                 max_distinct=distinct if kind != "other" else 0, load=load,
+                                 max_distinct=size if kind != "other" else 0, load=load,
                                  aliases=tuple(dict.fromkeys(t.name for t in entry.tensors[1:])),
                                  # one kind of user only: a buffer two kinds read has no one channel axis
-                                 layer_kind=next(iter(entry.kinds)) if len(entry.kinds) == 1 else None))
+                                 layer_kind=next(iter(entry.kinds)) if len(entry.kinds) == 1 else None,
+                                 integer_levels=1 << (8 * entry.dtype.itemsize) if kind == "integer" else None))
         return result
 
     def integer_weights(self) -> dict[str, dict]:
@@ -322,13 +335,15 @@ class TFLiteModel:
             entry = self._entries[name]
             if tuple(array.shape) != entry.shape:
                 raise ValueError(f"values[{name!r}].shape={array.shape} should be {entry.shape}.")
+            # Written straight into the file's bytes (a view of the buffer): no temporary copies.
+            target = self._values(entry)
             if self._kind(entry) == "integer":
                 limits = numpy.iinfo(entry.dtype)
-                new = numpy.clip(numpy.rint(array), limits.min, limits.max).astype(entry.dtype)
+                rounded = numpy.rint(array)
+                numpy.clip(rounded, limits.min, limits.max, out=rounded)
+                numpy.copyto(target, rounded, casting="unsafe")
             else:
-                new = numpy.asarray(array).astype(entry.dtype)
-            start, length = self.structure.buffers[entry.buffer]
-            self._data[start : start + length] = new.tobytes()
+                numpy.copyto(target, numpy.asarray(array), casting="unsafe")
             self._missing.discard(name)
 
     def to_skeleton(self, names) -> bytes:
@@ -371,28 +386,31 @@ class TFLiteModel:
 
     def to_bytes(self) -> bytes:
         """Return the file's bytes as `save` writes them. Raises FormatError for a skeleton still missing values."""
+        self._check_complete()
+        return bytes(self._data)
+
+    def _check_complete(self) -> None:
         if self._missing:
             raise FormatError(f"{len(self._missing)} skeleton weights have no values (first: {min(self._missing)!r})")
-        return bytes(self._data)
 
     def save(self, path: str | os.PathLike) -> int:
         """Write the model to `path` atomically, after checking it reads back; returns the bytes written."""
-        data = self.to_bytes()
-        parse_structure(data, str(path))
-        write_atomic(Path(path), data)
-        return len(data)
+        self._check_complete()
+        # The model's own bytes, checked and written as they are: no copy of the whole file.
+        parse_structure(self._data, str(path))
+        write_atomic(Path(path), memoryview(self._data))
+        return len(self._data)
 
 
 def read_tflite(path: str | os.PathLike) -> TFLiteModel:
     """Read a .tflite file. Raises InputError (path) or FormatError (contents)."""
-    path, data = read_input_file(path, max_bytes=MAX_TFLITE_BYTES)
-    return TFLiteModel(data, source=str(path))
-
-
-def is_tflite_file(path: str | os.PathLike) -> bool:
-    """Return whether a file starts like a TFLite flatbuffer (its identifier at bytes 4-8)."""
+    path = check_input_file(path, max_bytes=MAX_TFLITE_BYTES)
     try:
+        # Read into the bytearray the model edits: one copy of the file in memory, not two.
+        data = bytearray(path.stat().st_size)
         with open(path, "rb") as stream:
-            return stream.read(8)[4:8] == FILE_IDENTIFIER
-    except OSError:
-        return False
+            if stream.readinto(data) != len(data):
+                raise FormatError(f"{path}: the file changed size while being read")
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    return TFLiteModel._owning(data, str(path))

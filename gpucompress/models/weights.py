@@ -28,7 +28,10 @@ class Weight:
     e.g. "dense/kernel", next to its checkpoint path). layer_kind: the kind of
     layer that uses it, a key of channels.KIND_AXES ("conv", "depthwise",
     "tflite_conv" ...), None when the reader cannot tell: it picks the
-    output-channel axis of per-channel codebooks.
+    output-channel axis of per-channel codebooks. integer_levels: for integer
+    weights read as floats (int8/int16 TFLite buffers), how many distinct values
+    their dtype allows (256, 65536); None otherwise. With max_distinct it bounds
+    the distinct values, which lets the optimal method's DP run exactly on them.
     """
 
     name: str
@@ -40,6 +43,12 @@ class Weight:
     role: str = ROLE_CONSTANT
     aliases: tuple[str, ...] = ()
     layer_kind: str | None = None
+    integer_levels: int | None = None
+
+    @property
+    def distinct_bound(self) -> int:
+        """Return the least known upper bound on the weight's distinct values."""
+        return self.max_distinct if self.integer_levels is None else min(self.max_distinct, self.integer_levels)
 
     @property
     def size(self) -> int:
