@@ -351,3 +351,39 @@ def test_budgets_on_every_format(tmp_path, kind):
     assert main(["pack", str(path), "-o", str(archive), "--target-size", str(target), "-q", "--device", "cpu",
                  "--no-zip-sizes"]) == 0
     assert archive.stat().st_size <= target
+
+
+# --- budgets with per-channel codebooks and importances ---------------------------------------------
+
+def test_target_size_with_per_channel_codebooks(tmp_path):
+    # Curves price a per-channel tensor's codebook by its rows; the plan still lands within 2%.
+    path = _graph(tmp_path)
+    uniform = tmp_path / "u.gpcz"
+    common = ["--granularity", "per-channel", "-q", "--device", "cpu", "--no-zip-sizes"]
+    assert main(["pack", str(path), "-o", str(uniform), "--n_clusters", "8", *common]) == 0
+    target = uniform.stat().st_size
+    budgeted = tmp_path / "b.gpcz"
+    assert main(["pack", str(path), "-o", str(budgeted), "--target-size", str(target), *common,
+                 "--report", str(tmp_path / "b.json")]) == 0
+    assert 0.98 * target <= budgeted.stat().st_size <= target
+    _, report = _sse(tmp_path / "b.json")
+    validate(report)
+    assert any(t["granularity"] == "per-channel" and t["codebooks"] > 1 for t in report["tensors"])
+    assert main(["unpack", str(budgeted), "-o", str(tmp_path / "back.pb"), "-q"]) == 0
+    assert main(["compress", str(path), "-o", str(tmp_path / "c.pb"), "--target-size", str(target),
+                 *common[:-1]]) == 0
+    assert (tmp_path / "back.pb").read_bytes() == (tmp_path / "c.pb").read_bytes()
+
+
+def test_target_size_with_importances(tmp_path):
+    path = _graph(tmp_path)
+    rng = numpy.random.default_rng(3)
+    importances = tmp_path / "imp.npz"
+    numpy.savez(importances, wide=rng.random((64, 96)), narrow=rng.random((48, 40)))
+    output = tmp_path / "b.gpcz"
+    assert main(["pack", str(path), "-o", str(output), "--target-size", "9000", "--importance", str(importances),
+                 "-q", "--device", "cpu", "--no-zip-sizes", "--report", str(tmp_path / "b.json")]) == 0
+    assert output.stat().st_size <= 9000
+    _, report = _sse(tmp_path / "b.json")
+    states = {t["name"]: t["importance"] for t in report["tensors"] if t["clustered"]}
+    assert states.get("wide") in (None, "weighted") and "weighted" in states.values()

@@ -131,6 +131,21 @@ def test_int8_weights_are_clustered_in_their_integer_domain(models, tmp_path):
     assert numpy.isfinite(run_tflite(output.read_bytes(), models["inputs"]["conv"])).all()
 
 
+def test_int8_weights_take_the_exact_dp_on_their_integers(models, tmp_path):
+    # int8 buffers store every value (max_distinct is their size) but their dtype
+    # allows 256 (integer_levels): the optimal method's DP runs on the distinct integers.
+    import json
+
+    report = tmp_path / "int8.json"
+    assert main(["compress", str(models["paths"]["conv"]["int8"]), "-o", str(tmp_path / "int8.tflite"),
+                 "--n_clusters", "16", "--device", "cpu", "-q", "--report", str(report)]) == 0
+    entries = [t for t in json.loads(report.read_text())["tensors"] if t["clustered"]]
+    int8 = set(read_model(models["paths"]["conv"]["int8"]).integer_weights())
+    # Buffers of at most 256 values are not flagged (their DP already has one bin per value).
+    large = [t for t in entries if t["name"] in int8 and t["values"] > 256]
+    assert large and all(t["exact"] for t in large)
+
+
 @pytest.mark.parametrize("kind", ["float32", "int8"])
 def test_pack_unpack_is_byte_identical_and_runs(models, tmp_path, kind):
     source = models["paths"]["conv"][kind]
