@@ -11,7 +11,7 @@ from . import device as devices
 from .clustering import ClusteringRun, cluster_weights
 from .errors import InputError, OptionsError
 from .files import check_output_path, overwriting
-from .models import GraphDefModel, default_output, defer_values, model_format, read_model, write_model
+from .models import GraphDefModel, apply_clustered, default_output, model_format, read_model, write_model
 from .options import CompressOptions
 
 
@@ -200,7 +200,7 @@ def compress_file(
     # the run keeps anyway) while the model is written, one tensor at a time:
     # the loaded weights never all exist at once, nor old and new contents.
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
-                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
+                          on_tensor=lambda t: apply_clustered(model, t),
                           on_progress=progress)
     progress(len(run.tensors), len(run.tensors), f"writing {output_path.name}")
     with overwriting(overwrite):
