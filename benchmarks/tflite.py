@@ -10,15 +10,16 @@ downloaded): conv and mlp on scikit-learn's bundled digits (load_digits, 8x8
 images resized by nearest neighbour to the model's input), the embedding model
 on a synthetic regression of its token sequences (see TRAINING). Random-init
 weights are near uniform, which is not how a user's model looks. Then each is
-converted with tf.lite.TFLiteConverter as float32,
-dynamic-range int8, full-integer int8 (per-channel weights; not the embedding
-model, whose integer inputs the calibration cannot feed) and float16, then:
-output error (||y_k - y|| / ||y||, the compressed .tflite against the original
-.tflite in the TFLite interpreter, on fixed random inputs) beside the Keras
-model's own error at the same k (the .keras file compressed by gpucompress);
-sizes of the original, its zip -9, the pack archive, and the TFLite Micro file
-(`--tflm`, with a check that TFLM's interpreter decodes it to the clustered
-model's outputs exactly, where TFLM runs the model: not dynamic-range ones).
+converted with tf.lite.TFLiteConverter as float32, dynamic-range int8,
+full-integer int8 (per-channel weights; not the embedding model, whose integer
+inputs the calibration cannot feed) and float16, then: output error
+(||y_k - y|| / ||y||, the compressed .tflite against the original .tflite in
+the TFLite interpreter, on 16 fixed inputs: held-out rows of the training
+data, random ones with --untrained) beside the Keras model's own error at the
+same k (the .keras file compressed by gpucompress); sizes of the original, its
+zip -9, the pack archive, and the TFLite Micro file (`--tflm`, with a check
+that TFLM's interpreter decodes it to the clustered model's outputs exactly,
+where TFLM runs the model: not dynamic-range ones).
 On the largest model, compress time (best of 3 after a warm-up) against the
 floor: read and parse the file, sort each weight tensor, write the file.
 Prints a table and writes it under benchmarks/results/.
