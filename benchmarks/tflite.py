@@ -3,16 +3,23 @@
     python benchmarks/tflite.py            # conv, embedding and a 4.2M-weight MLP; k = 16
     python benchmarks/tflite.py --quick    # the conv model only (a smoke run)
     python benchmarks/tflite.py --render results/tflite-DATE.json   # the tables of a stored run
+    python benchmarks/tflite.py --untrained   # the models as built (random init), as before 2026-12-02
 
-Each Keras model is converted with tf.lite.TFLiteConverter as float32,
-dynamic-range int8, full-integer int8 (per-channel weights; not the embedding
-model, whose integer inputs the calibration cannot feed) and float16, then:
-output error (||y_k - y|| / ||y||, the compressed .tflite against the original
-.tflite in the TFLite interpreter, on fixed random inputs) beside the Keras
-model's own error at the same k (the .keras file compressed by gpucompress);
-sizes of the original, its zip -9, the pack archive, and the TFLite Micro file
-(`--tflm`, with a check that TFLM's interpreter decodes it to the clustered
-model's outputs exactly, where TFLM runs the model: not dynamic-range ones).
+Each Keras model is first trained briefly (seeded, deterministic; nothing is
+downloaded): conv and mlp on scikit-learn's bundled digits (load_digits, 8x8
+images resized by nearest neighbour to the model's input), the embedding model
+on a synthetic regression of its token sequences (see TRAINING). Random-init
+weights are near uniform, which is not how a user's model looks. Then each is
+converted with tf.lite.TFLiteConverter as float32, dynamic-range int8,
+full-integer int8 (per-channel weights; not the embedding model, whose integer
+inputs the calibration cannot feed) and float16, then: output error
+(||y_k - y|| / ||y||, the compressed .tflite against the original .tflite in
+the TFLite interpreter, on 16 fixed inputs: held-out rows of the training
+data, random ones with --untrained) beside the Keras model's own error at the
+same k (the .keras file compressed by gpucompress); sizes of the original, its
+zip -9, the pack archive, and the TFLite Micro file (`--tflm`, with a check
+that TFLM's interpreter decodes it to the clustered model's outputs exactly,
+where TFLM runs the model: not dynamic-range ones).
 On the largest model, compress time (best of 3 after a warm-up) against the
 floor: read and parse the file, sort each weight tensor, write the file.
 Prints a table and writes it under benchmarks/results/.
@@ -61,18 +68,98 @@ def mlp_model(seed: int = 0):
     return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
 
 
-def models(quick: bool):
-    """Return [(name, Keras model, probe inputs, kinds)]."""
-    from tests.keras_models import build_models
-    from tests.tflite_models import KINDS, conv_model, images
+# What each model is trained on (printed into the results file).
+TRAINING = {
+    "conv": "load_digits (1,781 train rows; 8x8 -> 12x12 nearest, 3 channels), label = digit mod 5, "
+            "Adam 1e-3, 10 epochs, batch 32",
+    "mlp": "load_digits (1,781 train rows; 8x8 -> 32x32 nearest, flattened to 1024), 10 classes, "
+           "Adam 1e-3, 5 epochs, batch 64",
+    "embedding": "synthetic: 4,096 random token sequences, target = sum over positions of a fixed random "
+                 "(position, token) -> 5 table, MSE, Adam 1e-3, 20 epochs, batch 64",
+}
+PROBES = 16  # held-out rows: the probe (error) and full-integer calibration inputs
 
-    result = [("conv", conv_model(), images(16), KINDS)]
+
+def digits(side: int, channels: int | None):
+    """Return load_digits as (images float32 in [0, 1], labels int32), each 8x8 image resized to side x side
+    by nearest neighbour; shape (n, side, side, channels), or (n, side * side) when channels is None."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pictures = (bunch.images / 16.0).astype("float32")
+    rows = numpy.arange(side) * 8 // side
+    pictures = pictures[:, rows][:, :, rows]
+    if channels is None:
+        pictures = pictures.reshape(len(pictures), -1)
+    else:
+        pictures = numpy.repeat(pictures[..., None], channels, axis=-1)
+    return pictures, bunch.target.astype("int32")
+
+
+def token_task(count: int, seed: int):
+    """Return (tokens int32 (count, LENGTH), targets float32 (count, 5)) of the synthetic embedding task."""
+    from tests.keras_models import LENGTH, VOCABULARY
+
+    rng = numpy.random.default_rng(seed)
+    table = rng.normal(size=(LENGTH, VOCABULARY, 5)).astype("float32")
+    tokens = rng.integers(0, VOCABULARY, (count, LENGTH)).astype("int32")
+    targets = table[numpy.arange(LENGTH), tokens].sum(axis=1) / numpy.sqrt(LENGTH)
+    return tokens, targets.astype("float32")
+
+
+def train(model, inputs, targets, loss: str, epochs: int, batch: int, seed: int = 0) -> float:
+    """Train a Keras model in place (Adam 1e-3, seeded, deterministic ops); return the last epoch's loss."""
+    import keras
+    import tensorflow as tf
+
+    # Same weights every run: seeded shuffling and initial state, deterministic kernels.
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(seed)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    history = model.fit(inputs, targets, epochs=epochs, batch_size=batch, shuffle=True, verbose=0)
+    return float(history.history["loss"][-1])
+
+
+def models(quick: bool, trained: bool = True):
+    """Return [(name, Keras model, probe inputs, kinds)]; trained per TRAINING unless trained is False."""
+    from tests.keras_models import build_models, functional_model
+    from tests.tflite_models import IMAGE, KINDS, conv_model, images
+
+    if not trained:
+        result = [("conv", conv_model(), images(16), KINDS)]
+        if not quick:
+            inputs, functional, _ = build_models(seed=0)
+            result.append(("embedding", functional, inputs, ("float32", "dynamic", "float16")))
+            probe = numpy.random.default_rng(0).normal(size=(16, 1024)).astype("float32")
+            result.append(("mlp", mlp_model(), probe, KINDS))
+        return result
+    pictures, labels = digits(IMAGE[0], IMAGE[2])
+    conv = conv_model()
+    loss = train(conv, pictures[:-PROBES], labels[:-PROBES] % 5, logits_loss(), 10, 32)
+    print(f"conv trained: loss {loss:.4f}", flush=True)
+    result = [("conv", conv, pictures[-PROBES:], KINDS)]
     if not quick:
-        inputs, functional, _ = build_models(seed=0)
-        result.append(("embedding", functional, inputs, ("float32", "dynamic", "float16")))
-        probe = numpy.random.default_rng(0).normal(size=(16, 1024)).astype("float32")
-        result.append(("mlp", mlp_model(), probe, KINDS))
+        import keras
+
+        keras.utils.set_random_seed(0)
+        functional = functional_model()
+        tokens, targets = token_task(4096 + PROBES, seed=0)
+        loss = train(functional, tokens[:-PROBES], targets[:-PROBES], "mse", 20, 64)
+        print(f"embedding trained: loss {loss:.4f}", flush=True)
+        result.append(("embedding", functional, tokens[-PROBES:], ("float32", "dynamic", "float16")))
+        flat, labels = digits(32, None)
+        mlp = mlp_model()
+        loss = train(mlp, flat[:-PROBES], labels[:-PROBES], logits_loss(), 5, 64)
+        print(f"mlp trained: loss {loss:.4f}", flush=True)
+        result.append(("mlp", mlp, flat[-PROBES:], KINDS))
     return result
+
+
+def logits_loss():
+    """Return sparse categorical cross-entropy on logits (the classifiers' heads are linear Dense layers)."""
+    import keras
+
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def keras_error(model, inputs, k: int, folder: Path) -> float:
@@ -140,9 +227,19 @@ def machine_load() -> str:
         return "load average unknown"
 
 
-def markdown(rows: list[dict], timing: list[dict], k: int, date: str, machine: str, load: str = "") -> str:
-    """Return the results table (rows and timing as main() collects them, or as the .json stores them)."""
-    lines = [f"# .tflite models at k={k} ({date}, {machine}{', ' + load if load else ''})", "",
+def markdown(rows: list[dict], timing: list[dict], k: int, date: str, machine: str, load: str = "",
+             training: dict | None = None) -> str:
+    """Return the results table (rows and timing as main() collects them, or as the .json stores them).
+
+    training: {model: what it was trained on}, or None for untrained (random-init) models.
+    """
+    lines = [f"# .tflite models at k={k} ({date}, {machine}{', ' + load if load else ''})", ""]
+    if training is None:
+        lines += ["models: untrained (random init, `--untrained`)", ""]
+    else:
+        lines += ["models trained before conversion (seeded, deterministic):", ""]
+        lines += [f"- {name}: {text}" for name, text in training.items()] + [""]
+    lines += [
              "error: ||y_k - y|| / ||y|| of the compressed .tflite against the original (TFLite interpreter, "
              "16 fixed inputs); keras: the Keras model's own error at the same k; TFLM decoded: TFLM's interpreter "
              "gives the clustered model's outputs exactly", "",
@@ -168,14 +265,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the conv model only")
     parser.add_argument("-k", type=int, default=16, help="clusters per tensor (default 16)")
+    parser.add_argument("--untrained", action="store_true",
+                        help="the models as built (random init): the figures before 2026-12-02's trained run")
     parser.add_argument("--output", type=Path, help="results stem (default results/tflite-DATE)")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="print the tables of an earlier run's .json (nothing is measured)")
     arguments = parser.parse_args(argv)
     if arguments.render:
         stored = json.loads(arguments.render.read_text())
+        # Runs stored before the trained models had no "training" key: they were untrained.
         print(markdown(stored["rows"], stored["timing"], stored.get("k", arguments.k), arguments.render.stem,
-                       f"{cpu_model()}, {usable_cores()} cores", stored.get("machine", "")), end="")
+                       f"{cpu_model()}, {usable_cores()} cores", stored.get("machine", ""),
+                       stored.get("training")), end="")
         return 0
     from tests.tflite_models import convert, relative_error, run_tflite
 
@@ -183,7 +284,7 @@ def main(argv=None) -> int:
     rows, timing = [], []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        for name, model, inputs, kinds in models(arguments.quick):
+        for name, model, inputs, kinds in models(arguments.quick, not arguments.untrained):
             reference = keras_error(model, inputs, k, folder)
             weights = 0
             for kind in kinds:
@@ -213,15 +314,17 @@ def main(argv=None) -> int:
                     timing.append({"model": name, "kind": kind, "weights": weights, "bytes": original,
                                    "compress_s": seconds, "floor_s": floor, "ratio": seconds / floor})
                     print(timing[-1], flush=True)
+    names = {row["model"] for row in rows}
+    training = None if arguments.untrained else {name: TRAINING[name] for name in TRAINING if name in names}
     text = markdown(rows, timing, k, datetime.date.today().isoformat(), f"{cpu_model()}, {usable_cores()} cores",
-                    machine_load())
+                    machine_load(), training)
     print(text)
     if not arguments.quick:
         RESULTS.mkdir(exist_ok=True)
         stem = arguments.output or RESULTS / f"tflite-{datetime.date.today().isoformat()}"
         stem.with_suffix(".md").write_text(text)
         stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "timing": timing, "k": k,
-                                                         "machine": machine_load()}, indent=1))
+                                                         "machine": machine_load(), "training": training}, indent=1))
         print(f"wrote {stem}.md")
     return 0
 

@@ -12,7 +12,7 @@ from .clustering import ClusteringRun, cluster_weights
 from .errors import InputError, OptionsError
 from .files import check_output_path, overwriting
 from .importance import gather_importance
-from .models import GraphDefModel, default_output, defer_values, model_format, read_model, write_model
+from .models import GraphDefModel, apply_clustered, default_output, model_format, read_model, write_model
 from .options import CompressOptions
 
 
@@ -212,7 +212,7 @@ def compress_file(
     importance, source = gather_importance(options, model)
     weighed = time.perf_counter()
     run = cluster_weights(model.weights(), options_on_device, on_batch=on_batch,
-                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
+                          on_tensor=lambda t: apply_clustered(model, t),
                           on_progress=progress, importance=importance, importance_source=source,
                           clusters=clusters)
     progress(len(run.tensors), len(run.tensors), f"writing {output_path.name}")

@@ -27,7 +27,7 @@ from .codec import archive as archives
 from .codec import entropy
 from .errors import FormatError, GpucompressError, InputError, OptionsError
 from .files import check_output_path, overwriting, read_input_file, write_atomic
-from .models import HDF5_SUFFIXES, default_output, defer_values, model_class, model_pieces, read_model
+from .models import HDF5_SUFFIXES, apply_clustered, default_output, defer_values, model_class, model_pieces, read_model
 from .options import CompressOptions
 from .select import CLUSTER
 
@@ -310,7 +310,7 @@ def pack_file(
     importance, source = gather_importance(options, model)
     weighed = time.perf_counter()
     run = cluster_weights(model.weights(), options, on_batch=on_batch,
-                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values),
+                          on_tensor=lambda t: apply_clustered(model, t),
                           on_progress=progress, importance=importance, importance_source=source,
                           clusters=clusters)
     clustered = time.perf_counter()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +111,22 @@ def test_quick_budget_benchmark_writes_its_tables(tmp_path):
     assert "achieved / target" in table.read_text()
     results = json.loads(table.with_suffix(".json").read_text())
     assert {(r["k"], r["largest_k"]) for r in results["facenet"]} == {(16, 256), (256, 256), (256, 512)}
+
+
+def test_tflite_training_data_is_bundled_deterministic_and_shaped_for_the_models():
+    # benchmarks/tflite.py trains its models on these before conversion: no download, same arrays each call.
+    pytest.importorskip("sklearn")
+    from benchmarks import tflite
+
+    pictures, labels = tflite.digits(12, 3)
+    assert pictures.shape == (1797, 12, 12, 3) and labels.shape == (1797,)
+    assert pictures.dtype == numpy.float32 and 0 <= pictures.min() < pictures.max() <= 1
+    assert set(labels.tolist()) == set(range(10))
+    flat, _ = tflite.digits(32, None)
+    assert flat.shape == (1797, 1024)
+    # nearest-neighbour resizing keeps the 8x8 pixels: each is a 4x4 block of the 32x32 picture
+    assert numpy.array_equal(flat.reshape(-1, 32, 32)[:, ::4, ::4], tflite.digits(8, None)[0].reshape(-1, 8, 8))
+    tokens, targets = tflite.token_task(64, seed=0)
+    again, same = tflite.token_task(64, seed=0)
+    assert tokens.shape == (64, 6) and targets.shape == (64, 5)
+    assert numpy.array_equal(tokens, again) and numpy.array_equal(targets, same)

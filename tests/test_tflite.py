@@ -146,6 +146,27 @@ def test_int8_weights_take_the_exact_dp_on_their_integers(models, tmp_path):
     assert large and all(t["exact"] for t in large)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_replace_labels_writes_the_bytes_of_replace_values(models, kind):
+    # compress writes codebook[labels] through replace_labels (rounded, clipped codebook gathered into the
+    # buffer); pack's unpack and other callers use replace_values: the same bytes, or pack/unpack breaks.
+    source = models["paths"]["conv"][kind]
+    by_values, by_labels = read_model(source), read_model(source)
+    rng = numpy.random.default_rng(0)
+    for weight in by_values.weights():
+        if not weight.floating:
+            continue
+        # Integer weights: codebook entries past the dtype's range and at .5 (rounding half to even) too.
+        spread = 300.0 if weight.name in by_values.integer_weights() else 1.0
+        codebook = numpy.concatenate([rng.uniform(-spread, spread, 13), [0.5, 1.5, -2.5]]).astype(weight.dtype)
+        labels = rng.integers(0, codebook.size, weight.size).astype(numpy.uint8)
+        by_values.replace_values({weight.name: codebook[labels].reshape(weight.shape)})
+        by_labels.replace_labels(weight.name, weight.shape, codebook, labels)
+    assert by_labels.to_bytes() == by_values.to_bytes() != source.read_bytes()
+    with pytest.raises(ValueError):
+        by_labels.replace_labels(weight.name, (1,), codebook, labels[:1])
+
+
 @pytest.mark.parametrize("kind", ["float32", "int8"])
 def test_pack_unpack_is_byte_identical_and_runs(models, tmp_path, kind):
     source = models["paths"]["conv"][kind]

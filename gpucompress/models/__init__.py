@@ -53,7 +53,7 @@ from ..errors import InputError
 from .graphdef import GraphDefModel, read_graphdef
 from .weights import Weight
 
-__all__ = ["FORMATS", "GraphDefModel", "Weight", "default_output", "defer_values", "model_class",
+__all__ = ["FORMATS", "GraphDefModel", "Weight", "apply_clustered", "default_output", "defer_values", "model_class",
            "model_format", "model_pieces", "read_model", "write_model"]
 
 # format_name -> "module:class" of the model class with from_skeleton (used by
@@ -178,6 +178,23 @@ def defer_values(model, name: str, shape: tuple[int, ...], make) -> None:
         own(name, shape, make)
     else:
         model.replace_values({name: make()})
+
+
+def apply_clustered(model, outcome) -> None:
+    """Give a model a clustered tensor's values, from a TensorOutcome (name, shape, codebook, labels).
+
+    Formats with `replace_labels(name, shape, codebook, labels)` write
+    codebook[labels] straight into their bytes (no float tensor in between);
+    the others, and tensors with non-finite values kept aside, go through
+    defer_values(model, name, shape, outcome.values). Same bytes either way.
+    """
+    own = getattr(model, "replace_labels", None)
+    # Per-channel and grouped codebooks are (rows, k), their labels index a row: made as values.
+    per_tensor = outcome.codebook.ndim == 1
+    if own is not None and per_tensor and (outcome.nonfinite_index is None or not outcome.nonfinite_index.size):
+        own(outcome.name, outcome.shape, outcome.codebook, outcome.labels)
+    else:
+        defer_values(model, outcome.name, outcome.shape, outcome.values)
 
 
 def model_pieces(model):

@@ -346,6 +346,29 @@ class TFLiteModel:
                 numpy.copyto(target, numpy.asarray(array), casting="unsafe")
             self._missing.discard(name)
 
+    def replace_labels(self, name: str, shape, codebook: numpy.ndarray, labels: numpy.ndarray) -> None:
+        """Write codebook[labels] as the named weight's values, in place: replace_values' bytes, made faster.
+
+        codebook: (k,) floats; labels: integer indices into it, one per value
+        of the weight (shape: the weight's). For an integer weight the
+        codebook is rounded and clipped first (k values, not one per weight
+        value: the same elementwise rint and clip, so the same integers), then
+        gathered straight into the buffer. Raises KeyError for an unknown
+        name, ValueError for a shape or label count that differs.
+        """
+        entry = self._entries[name]
+        if tuple(shape) != entry.shape or labels.size != int(numpy.prod(entry.shape, dtype=numpy.int64)):
+            raise ValueError(f"{name!r}: shape {tuple(shape)} with {labels.size} labels should be {entry.shape}.")
+        codebook = numpy.asarray(codebook)
+        if self._kind(entry) == "integer":
+            limits = numpy.iinfo(entry.dtype)
+            codebook = numpy.clip(numpy.rint(codebook), limits.min, limits.max)
+        # numpy.take(mode="raise") buffers `out`; labels index the codebook by construction (k entries),
+        # so "clip" only skips that copy.
+        numpy.take(codebook.astype(entry.dtype), labels.reshape(-1), out=self._values(entry).reshape(-1),
+                   mode="clip")
+        self._missing.discard(name)
+
     def to_skeleton(self, names) -> bytes:
         """Return the file with the named weights' buffers zeroed, behind a header naming them.
 
