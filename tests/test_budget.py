@@ -383,7 +383,10 @@ def test_target_size_with_importances(tmp_path):
     output = tmp_path / "b.gpcz"
     assert main(["pack", str(path), "-o", str(output), "--target-size", "9000", "--importance", str(importances),
                  "-q", "--device", "cpu", "--no-zip-sizes", "--report", str(tmp_path / "b.json")]) == 0
-    assert output.stat().st_size <= 9000
+    size = output.stat().st_size
+    assert size <= 9000  # four tensors: the reachable sizes are too coarse for a 2% bound here
     _, report = _sse(tmp_path / "b.json")
+    # The plan clustered with the same importances as the archive: its encoded size is the file's.
+    assert report["budget"]["archive_bytes"] == size
     states = {t["name"]: t["importance"] for t in report["tensors"] if t["clustered"]}
     assert states.get("wide") in (None, "weighted") and "weighted" in states.values()

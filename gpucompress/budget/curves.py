@@ -196,7 +196,7 @@ def fixed_archive_bytes(model, names: list[str]) -> float:
     return float(HEADER.size + MANIFEST_BYTES + len(entropy.zstd_compress(skeleton, SKELETON_ZSTD_LEVEL)))
 
 
-def measure_curves(model, options: CompressOptions, *, on_progress=None) -> CurveSet:
+def measure_curves(model, options: CompressOptions, *, on_progress=None, weighing: dict | None = None) -> CurveSet:
     """Return the curves of every tensor that options would cluster at k=2, for k up to options.n_clusters.
 
     Each k is one uniform run (options with n_clusters=k): a tensor with no
@@ -204,7 +204,10 @@ def measure_curves(model, options: CompressOptions, *, on_progress=None) -> Curv
     "kept exact" point covers it). model: a read model (gpucompress.models);
     its values are not changed. options: per-tensor codebooks (global_clusters
     is refused by the caller). on_progress(finished, total, what): called per
-    k. Raises what cluster_weights raises.
+    k. weighing: cluster_weights' importance and importance_source (the
+    run's importances): every run clusters as the final one will, and a
+    point's distortion is the tensor's importance-weighted SSE. Raises what
+    cluster_weights raises.
     """
     ks = curve_ks(options.n_clusters)
     weights = model.weights()
@@ -214,10 +217,11 @@ def measure_curves(model, options: CompressOptions, *, on_progress=None) -> Curv
     names: list[str] = []
     for step, k in enumerate(ks):  # k=2 first: it decides which tensors are candidates
         progress(step, len(ks), f"curves: k={k}")
-        run = cluster_weights(weights, replace(options, n_clusters=k))
+        run = cluster_weights(weights, replace(options, n_clusters=k), **(weighing or {}))
         for outcome in run.clustered():
             row = rows.setdefault(outcome.name, {"outcome": outcome, "points": []})
-            row["points"].append((k, float(coded_bytes(outcome)), float(outcome.sse)))
+            distortion = outcome.sse if outcome.weighted_sse is None else outcome.weighted_sse
+            row["points"].append((k, float(coded_bytes(outcome)), float(distortion)))
         if not names:
             names = [t.name for t in run.clustered()]
         del run

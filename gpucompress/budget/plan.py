@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..clustering import cluster_weights
 from ..errors import OptionsError
+from ..importance import gather_importance
 from ..models import defer_values, read_model
 from ..options import BudgetOptions, CompressOptions
 from .allocate import Allocation, BudgetError, allocate_bytes, allocate_distortion
@@ -124,13 +125,16 @@ def _rows(curves: CurveSet, allocation: Allocation, sensitivity: dict[str, float
     return rows
 
 
-def encoded_size(path: Path, options: CompressOptions, clusters: dict[str, int]) -> int:
-    """Return the bytes of the archive pack would write for a per-tensor plan (encoded in memory)."""
+def encoded_size(path: Path, options: CompressOptions, clusters: dict[str, int], weighing: dict | None = None) -> int:
+    """Return the bytes of the archive pack would write for a per-tensor plan (encoded in memory).
+
+    weighing: cluster_weights' importance and importance_source, as the final run has them.
+    """
     from ..packing import encode_model
 
     model = read_model(path)
     run = cluster_weights(model.weights(), options, clusters=clusters,
-                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values))
+                          on_tensor=lambda t: defer_values(model, t.name, t.shape, t.values), **(weighing or {}))
     info = {"producer": "gpucompress", "n_clusters": options.n_clusters,
             "global_clusters": options.global_clusters, "init": options.init, "method": options.method}
     data, _ = encode_model(model, run, info)
@@ -159,14 +163,18 @@ def plan_budget(path, options: CompressOptions, budget: BudgetOptions, *, on_pro
         probe = OutputProbe(path, inputs=budget.inputs, signature=budget.signature,
                             architecture=budget.architecture)
     model = read_model(path)
-    curves = measure_curves(model, options, on_progress=on_progress)
+    # The run's importances (a file, or computed from data once here): every clustering the plan
+    # measures clusters as compress and pack will, and size targets weigh SSE by them.
+    importance, source = gather_importance(options, model)
+    weighing = {"importance": importance, "importance_source": source} if importance is not None else {}
+    curves = measure_curves(model, options, on_progress=on_progress, weighing=weighing)
     if not curves.curves:
         raise OptionsError(f"{path}: no tensor to cluster, so no budget to allocate")
     measured = time.perf_counter()
     if probe is None:
-        plan = _plan_size(path, options, budget, curves, weights)
+        plan = _plan_size(path, options, budget, curves, weights, weighing)
     else:
-        plan = _plan_error(path, options, budget, curves, probe)
+        plan = _plan_error(path, options, budget, curves, probe, weighing)
     plan.seconds.update({"curves": measured - started, "curve_runs": curves.seconds["runs"],
                          "total": time.perf_counter() - started})
     return plan
@@ -184,7 +192,7 @@ def _smallest(curves: CurveSet) -> float:
     return curves.fixed_bytes + sum(min(curve.points(), key=lambda p: p[1])[1] for curve in curves.curves)
 
 
-def _plan_size(path, options, budget: BudgetOptions, curves: CurveSet, weights) -> Plan:
+def _plan_size(path, options, budget: BudgetOptions, curves: CurveSet, weights, weighing: dict) -> Plan:
     target, target_bytes = _size_target(budget, curves)
     table = sse_curves(curves, weights)
     values = sum(curve.size for curve in curves.curves)
@@ -205,7 +213,7 @@ def _plan_size(path, options, budget: BudgetOptions, curves: CurveSet, weights) 
                               f"achievable {figure}") from None
         clusters = {c.name: c.points()[i][0] for c, i in zip(curves.curves, allocation.choices)
                     if c.points()[i][0] is not None}
-        size = encoded_size(path, options, clusters)
+        size = encoded_size(path, options, clusters, weighing)
         predicted = curves.fixed_bytes + allocation.total_bytes
         history.append({"allowance": allowance, "predicted_bytes": predicted, "archive_bytes": size})
         log.info("budget try %d: predicted %.0f, archive %d bytes (target %.0f)", attempt + 1, predicted, size,
@@ -231,12 +239,13 @@ def _plan_size(path, options, budget: BudgetOptions, curves: CurveSet, weights) 
                 archive_bytes=size, tries=len(history), exact=allocation.exact, history=history)
 
 
-def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe) -> Plan:
+def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe, weighing: dict) -> Plan:
     from .sensitivity import probe_groups
 
     error = budget.max_output_error
     model = read_model(path)
-    largest = cluster_weights(model.weights(), options, clusters={c.name: c.ks[-1] for c in curves.curves})
+    largest = cluster_weights(model.weights(), options, clusters={c.name: c.ks[-1] for c in curves.curves},
+                              **weighing)
     outcomes = {t.name: t for t in largest.clustered()}
     by_name = {c.name: c for c in curves.curves}
     sensitivity, alone = {}, {}
@@ -269,7 +278,7 @@ def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe) -
             break  # all exact, or a plan already measured: no run would tell more
         tried.add(allocation.choices)
         model = read_model(path)
-        run = cluster_weights(model.weights(), options, clusters=clusters)
+        run = cluster_weights(model.weights(), options, clusters=clusters, **weighing)
         measured = probe.error({t.name: t.values() for t in run.clustered()})
         del run
         history.append({"allowance": allowance, "predicted_error": math.sqrt(allocation.total_distortion),
@@ -303,7 +312,7 @@ def _plan_error(path, options, budget: BudgetOptions, curves: CurveSet, probe) -
     plan = Plan({"kind": "max_output_error", "value": error}, rows, curves.fixed_bytes + allocation.total_bytes,
                 sum(r.sse for r in rows), output_error=measured, inputs_source=probe.inputs_source,
                 runs=probe.runs, tries=len(history), exact=allocation.exact, history=history)
-    plan.archive_bytes = encoded_size(path, options, plan.clusters)
+    plan.archive_bytes = encoded_size(path, options, plan.clusters, weighing)
     return plan
 
 
