@@ -177,27 +177,34 @@ def allocate_bytes(curves: Sequence[tuple[Sequence[float], Sequence[float]]], bu
             choices[c], used = b, used + cost
         else:
             blocked.add(c)  # a curve's later hull steps come after this one
-    _fill_bytes(curves, choices, budget)
+    _greedy_moves(curves, choices, budget, limited=0)
     return _best(curves, choices, budget, minimise=1)
 
 
-def _fill_bytes(curves, choices, budget) -> None:
-    """Spend what is left of the budget on the best single upgrades that fit, one at a time."""
-    used, _ = _totals(curves, choices)
+def _greedy_moves(curves, choices, budget, limited: int) -> None:
+    """Make the best single moves the budget still allows, one at a time, until none is left.
+
+    limited: which coordinate of a curve point the budget bounds (0: bytes,
+    1: distortion); each move is the one that saves most of the other. With
+    limited=0 it spends the bytes left on upgrades (allocate_bytes), with 1 it
+    takes bytes back by downgrades the distortion allows (allocate_distortion).
+    """
+    saved = 1 - limited
+    total = _totals(curves, choices)[limited]
     while True:
         best = None
-        for c, (bytes_, distortion) in enumerate(curves):
-            i = choices[c]
-            fits = (bytes_ - bytes_[i] <= budget - used) & (distortion < distortion[i])
+        for c, curve in enumerate(curves):
+            bound, gain, i = curve[limited], curve[saved], choices[c]
+            fits = (bound - bound[i] <= budget - total) & (gain < gain[i])
             if fits.any():
-                saving = numpy.where(fits, distortion[i] - distortion, -numpy.inf)
+                saving = numpy.where(fits, gain[i] - gain, -numpy.inf)
                 j = int(numpy.argmax(saving))
                 if best is None or saving[j] > best[0]:
                     best = (saving[j], c, j)
         if best is None:
             return
         _, c, j = best
-        used += curves[c][0][j] - curves[c][0][choices[c]]
+        total += curves[c][limited][j] - curves[c][limited][choices[c]]
         choices[c] = j
 
 
@@ -221,25 +228,5 @@ def allocate_distortion(curves: Sequence[tuple[Sequence[float], Sequence[float]]
             break
         distortion_total -= curves[c][1][a] - curves[c][1][b]
         choices[c] = b
-    _trim_distortion(curves, choices, budget)
+    _greedy_moves(curves, choices, budget, limited=1)
     return _best(curves, choices, budget, minimise=0)
-
-
-def _trim_distortion(curves, choices, budget) -> None:
-    """Take back bytes by the best single downgrades the distortion budget still allows, one at a time."""
-    _, total = _totals(curves, choices)
-    while True:
-        best = None
-        for c, (bytes_, distortion) in enumerate(curves):
-            i = choices[c]
-            fits = (distortion - distortion[i] <= budget - total) & (bytes_ < bytes_[i])
-            if fits.any():
-                saving = numpy.where(fits, bytes_[i] - bytes_, -numpy.inf)
-                j = int(numpy.argmax(saving))
-                if best is None or saving[j] > best[0]:
-                    best = (saving[j], c, j)
-        if best is None:
-            return
-        _, c, j = best
-        total += curves[c][1][j] - curves[c][1][choices[c]]
-        choices[c] = j
