@@ -128,3 +128,15 @@ def graphdef_of(*nodes, functions=()):
         function.signature.name = name
         function.node_def.extend(function_nodes)
     return graph_def
+
+
+@pytest.fixture
+def small_pb(tmp_path):
+    """A frozen graph of two float weights (40x40 normal, 300 Laplace) and an int32 shape constant."""
+    rng = numpy.random.default_rng(0)
+    graph_def = graphdef_of(const_node("w1", rng.normal(size=(40, 40)).astype("f4")),
+                            const_node("w2", rng.laplace(size=(300,)).astype("f4")),
+                            const_node("shape", numpy.array([1, 40], dtype=numpy.int32)))
+    path = tmp_path / "model.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    return path

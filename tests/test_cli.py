@@ -13,17 +13,6 @@ from gpucompress.models import read_model
 from .conftest import const_node, graphdef_of
 
 
-@pytest.fixture()
-def small_pb(tmp_path):
-    rng = numpy.random.default_rng(0)
-    graph_def = graphdef_of(const_node("w1", rng.normal(size=(40, 40)).astype("f4")),
-                            const_node("w2", rng.laplace(size=(300,)).astype("f4")),
-                            const_node("shape", numpy.array([1, 40], dtype=numpy.int32)))
-    path = tmp_path / "model.pb"
-    path.write_bytes(graph_def.SerializeToString())
-    return path
-
-
 def distinct_counts(path):
     return {w.name: numpy.unique(w.load()).size for w in read_model(path).weights() if w.floating}
 
