@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import difflib
 import os
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy
 
-from . import limits
 from .errors import FormatError, InputError, OptionsError
-from .files import check_input_file
+from .npz import load_npz
 
 # What a tensor's entry in the report says about its importances.
 WEIGHTED = "weighted"
@@ -33,27 +31,12 @@ UNIFORM = "uniform (no importance entry)"
 def load_importance_file(path: str | os.PathLike) -> dict[str, numpy.ndarray]:
     """Return {name: array} of a plain NumPy .npz file of importances, never unpickled.
 
-    The arrays' declared sizes are checked against the memory budget
-    (limits.py) before any is read. Raises InputError for a missing file or
-    one over the budget, FormatError for a file that is not an .npz of plain
+    The arrays' declared sizes (their .npy headers) are checked against the
+    memory budget before any is read (npz.load_npz). Raises InputError for a
+    missing file or one over the budget, FormatError for a file that is not an .npz of plain
     numeric arrays (object arrays and pickles are refused, not loaded).
     """
-    path = check_input_file(path)
-    size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise FormatError(f"{path}: not a NumPy .npz file ({error})") from None
-    limits.check(declared, size, f"{path}: importance arrays ({declared:,} bytes)")
-    arrays = {}
-    try:
-        with numpy.load(path, allow_pickle=False) as archive:
-            for key in archive.files:
-                arrays[key] = archive[key]
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FormatError(f"{path}: not a NumPy .npz file of plain arrays ({reason})") from None
+    path, arrays = load_npz(path, "importance arrays")
     for key, array in arrays.items():
         if array.dtype.kind not in "fiu":
             raise FormatError(f"{path}: importance {key!r} has dtype {array.dtype}; importances should be "

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy
 
-from .errors import FormatError, GpucompressError, InputError
-from .files import check_input_file
+from .errors import GpucompressError, InputError
 from .models import read_model
 from .options import VERIFY_SAMPLES
 from .runners import InputSpec, open_runner
@@ -128,15 +126,13 @@ def generate_inputs(specs: list[InputSpec], samples: int = DEFAULT_SAMPLES, seed
 def load_inputs(path: str | os.PathLike, specs: list[InputSpec]) -> dict:
     """Read inputs from a .npz file (never unpickled): one array per input, by name (`name` or `name:0`).
 
-    Raises InputError when an input is missing, an array is an object array,
-    or a shape does not fit the signature.
+    Raises InputError when an input is missing, the arrays' declared sizes are
+    over the memory budget, or a shape does not fit the signature;
+    FormatError for a file that is not an .npz of plain arrays.
     """
-    path = check_input_file(path)
-    try:
-        with numpy.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-        raise FormatError(f"{path}: not a NumPy .npz file of plain arrays ({error})") from None
+    from .npz import load_npz
+
+    path, arrays = load_npz(path, "inputs")
     feeds = {}
     for spec in specs:
         array = arrays.get(spec.name, arrays.get(f"{spec.name}:0"))
