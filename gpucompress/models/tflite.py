@@ -34,6 +34,7 @@ from ..errors import FormatError, InputError
 from ..files import check_input_file, write_atomic
 from ..kernels import compiled
 from . import TFLITE_IDENTIFIER as FILE_IDENTIFIER  # the registry sniffs files by it
+from . import tflite_quantization
 from .flatbuffer import Reader
 from .skeleton import frame_skeleton, split_skeleton
 from .weights import Weight
@@ -44,8 +45,11 @@ MAX_TFLITE_BYTES = 1 << 34
 SCHEMA_VERSION = 3
 
 # A skeleton: magic, u32 length of a JSON list of the removed weights, that
-# JSON, then the file with those weights' buffers zeroed.
+# JSON, then the file with those weights' buffers zeroed. Under QUANTIZED_MAGIC
+# the file's quantization vectors are also rewritten for zstd (tflite_quantization);
+# a file without any (a float model) keeps SKELETON_MAGIC and its plain bytes.
 SKELETON_MAGIC = b"TFSK"
+QUANTIZED_MAGIC = b"TFSQ"
 
 
 def schema():
@@ -381,8 +385,10 @@ class TFLiteModel:
         """Return the file with the named weights' buffers zeroed, behind a header naming them.
 
         `from_skeleton` then `replace_values` with the same values gives back
-        `to_bytes()` exactly (the buffers keep their place and length). Raises
-        KeyError for an unknown name, ValueError for a weight that is not clustered.
+        `to_bytes()` exactly (the buffers keep their place and length). A file
+        with quantization vectors has them rewritten for zstd (QUANTIZED_MAGIC,
+        tflite_quantization; undone by from_skeleton). Raises KeyError for an
+        unknown name, ValueError for a weight that is not clustered.
         """
         copy = bytearray(self._data)
         names = list(dict.fromkeys(names))
@@ -392,13 +398,18 @@ class TFLiteModel:
                 raise ValueError(f"weight {name!r} is not floating or integer; it cannot be removed.")
             start, length = self.structure.buffers[entry.buffer]
             copy[start : start + length] = bytes(length)
-        return frame_skeleton(SKELETON_MAGIC, names, bytes(copy))
+        magic = QUANTIZED_MAGIC if tflite_quantization.encode(copy, self.source) else SKELETON_MAGIC
+        return frame_skeleton(magic, names, bytes(copy))
 
     @classmethod
     def from_skeleton(cls, data: bytes, *, source: str = "skeleton") -> "TFLiteModel":
         """Rebuild a model from `to_skeleton` bytes; its removed weights need replace_values
         before to_bytes or save. Raises FormatError when the bytes are not a valid skeleton."""
-        names, body = split_skeleton(data, SKELETON_MAGIC, "TFLite", source)
+        quantized = data[:4] == QUANTIZED_MAGIC
+        names, body = split_skeleton(data, QUANTIZED_MAGIC if quantized else SKELETON_MAGIC, "TFLite", source)
+        if quantized:
+            body = bytearray(body)
+            tflite_quantization.decode(body, source)
         model = cls(body, source=source)
         if not all(isinstance(n, str) for n in names):
             raise FormatError(f"{source}: skeleton header should be a list of names")
