@@ -15,7 +15,9 @@ values keep their dtype and so their length, and every other byte (operators,
 tensors, quantization parameters, metadata, signatures) stays identical.
 
 Quantized integer weights (int8, int16) are clustered in their integer domain:
-the engine sees their integers as float32 (exact), and the clustered values are
+the engine sees their integers as float32 (exact; Weight.load_integers gives
+the stored integers, which clustering.py histograms instead, with the same
+results), and the clustered values are
 rounded back to integers, so a tensor holds at most k distinct integers and its
 scales and zero points are unchanged. The objective is then the squared error
 in integers, which is the dequantized error for one scale per tensor; with
