@@ -16,7 +16,8 @@ from . import channels
 from . import device as devices
 from . import engine
 from .errors import OptionsError
-from .kernels import compiled
+from .kernels import compiled, histogram
+from .kernels.optimal import exact_fits
 from .importance import UNIFORM, WEIGHTED, resolve_importance, weighted_sse
 from .models.weights import ROLE_VARIABLE, Weight
 from .options import CompressOptions
@@ -138,6 +139,10 @@ class _Pending:
     importance: numpy.ndarray | None = None
     major_importance: numpy.ndarray | None = None
     sent_importance: numpy.ndarray | None = None
+    # Integer weights clustered by their histograms (_prepare_levels; None: by their values): the
+    # stored integers in channel-major order, and int64 (rows, L) the counts of the values sent.
+    level_values: numpy.ndarray | None = None
+    level_counts: numpy.ndarray | None = None
 
 
 def _axis_for(weight: Weight, options: CompressOptions) -> tuple[int | None, str]:
@@ -165,6 +170,10 @@ def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple
     # Decided (and the options checked against the shape) before the values are read.
     layout = channels.layout_for(weight.name, tuple(weight.shape), options.granularity, options.group_size,
                                  axis, None)
+    if _by_levels(weight, options, layout, importance):
+        prepared = _prepare_levels(weight, options, layout, source)
+        if prepared is not None:
+            return prepared
     values = weight.load()
     # The tensor's own dtype: the engine widens one batch at a time (peak memory).
     flat = values.reshape(-1)
@@ -207,6 +216,104 @@ def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple
         starts = numpy.concatenate([[0], numpy.cumsum(full_sizes)[:-1]])
         pending.sent_sizes = numpy.add.reduceat(sent_mask, starts).astype(numpy.int64)
     return decision, pending
+
+
+# The histograms of a tensor clustered by levels take at most this many entries per value (int64
+# each: 32 bytes a value, below the ~60 of the engine's batches); past it (int16 per channel, or
+# channels of few values) its values are clustered instead. Same results either way.
+LEVEL_ENTRIES_PER_VALUE = 4
+
+
+def _by_levels(weight: Weight, options: CompressOptions, layout, importance) -> bool:
+    """Return whether an integer weight is clustered from its histograms (same results, no sort).
+
+    The engine's exact DP on distinct values depends on their counts alone:
+    int8/int16 weights it takes (the bound of _cluster_batch's
+    exact_candidates), unweighted, per tensor or per channel, with our
+    engine's optimal method (whose initializer plays no part).
+    """
+    if weight.load_integers is None or importance is not None or options.global_clusters:
+        return False
+    if options.engine != "gpucompress" or options.method != "optimal":
+        return False
+    if not (weight.distinct_bound <= EXACT_MAX_DISTINCT and weight.distinct_bound < weight.size):
+        return False
+    rows = 1 if layout is None else layout.rows
+    return rows * weight.integer_levels <= LEVEL_ENTRIES_PER_VALUE * weight.size
+
+
+def _prepare_levels(weight: Weight, options: CompressOptions, layout, source) -> tuple[Decision, _Pending] | None:
+    """Return _prepare's (decision, pending) of an integer weight from its histograms, or None when a
+    row has too many distinct values for the exact DP (the caller then clusters its values)."""
+    integers = weight.load_integers()
+    flat = integers.reshape(-1)
+    major = flat if layout is None else layout.to_channel_major(integers)
+    full_sizes = layout.segment_sizes() if layout is not None else numpy.array([flat.size], numpy.int64)
+    counts = histogram.segment_histograms(major, _offsets(full_sizes))
+    low, _ = histogram.level_range(major.dtype)
+    totals = counts.sum(axis=0)
+    if int(numpy.count_nonzero(totals)) <= options.n_clusters:
+        return Decision(False, "no more distinct values than the codebook"), None
+    zeros = int(totals[-low])
+    zero_share = zeros / flat.size
+    keep_zeros = zeros > 0 and bool(options.keep_zeros if options.keep_zeros is not None else
+                                    zero_share > AUTO_ZEROS_SHARE and options.n_clusters >= 3)
+    if keep_zeros:
+        counts[:, -low] = 0
+    sent_sizes = counts.sum(axis=1)
+    distinct = numpy.count_nonzero(counts, axis=1)[sent_sizes > 0]
+    if not exact_fits(distinct, options.n_clusters - keep_zeros).all():
+        return None
+    pending = _Pending(weight, integers, None, flat, layout, source if layout is not None else None,
+                       keep_zeros=keep_zeros, zero_share=zero_share, sent=major, sent_sizes=sent_sizes,
+                       level_values=major, level_counts=counts)
+    return Decision(True, CLUSTER), pending
+
+
+def _offsets(sizes: numpy.ndarray) -> numpy.ndarray:
+    """Return int64 (S + 1,) offsets of consecutive segments of the given sizes."""
+    offsets = numpy.zeros(sizes.size + 1, dtype=numpy.int64)
+    numpy.cumsum(sizes, out=offsets[1:])
+    return offsets
+
+
+def _level_outcome(pending: _Pending, result, codebook_id, n_clusters: int, weighted_run: bool) -> TensorOutcome:
+    """Return the TensorOutcome of a tensor clustered by levels: _segmented_outcome's, every number the same.
+
+    result: the engine.LevelResult of its rows with values sent. Labels come
+    from a table with one entry per level and row, and the errors from
+    level - centroid, each looked up once per value.
+    """
+    weight, layout, major = pending.weight, pending.layout, pending.level_values
+    rows = pending.sent_sizes.size
+    low, n_levels = histogram.level_range(major.dtype)
+    sent_rows = pending.sent_sizes > 0
+    full = numpy.zeros((rows, result.codebooks.shape[1]), dtype=numpy.float64)
+    full[sent_rows] = result.codebooks
+    dtype = engine.label_dtype(n_clusters)
+    table = numpy.zeros((rows, n_levels), dtype=dtype)
+    table[sent_rows] = result.level_labels
+    if pending.keep_zeros:
+        full, zero_column = _with_zero(full)
+        table = (table + (table >= zero_column[:, None])).astype(dtype)
+        table[:, -low] = zero_column.astype(dtype)
+    codebooks = full.astype(numpy.dtype(weight.dtype))
+    offsets = _offsets(layout.segment_sizes() if layout is not None else numpy.array([major.size], numpy.int64))
+    major_labels = histogram.segment_lookup(major, offsets, table)
+    # errors[r, j]: level j's value against its centroid, as _error_sums takes them (float64 of both).
+    levels = numpy.arange(low, low + n_levels, dtype=numpy.float64)
+    errors = levels[None, :] - numpy.take_along_axis(codebooks, table.astype(numpy.int64), axis=1).astype(numpy.float64)
+    sse, sum_squares = histogram.segment_error_sums(major, offsets, errors)
+    return TensorOutcome(
+        name=weight.name, dtype=weight.dtype, shape=weight.shape, clustered=True, reason=CLUSTER,
+        codebook=codebooks if layout is not None else codebooks[0],
+        labels=major_labels if layout is None else layout.from_channel_major(major_labels),
+        iterations=int(result.iterations.max()), converged=result.converged, sse=sse, codebook_id=codebook_id,
+        sum_squares=sum_squares, channel_axis=None if layout is None else layout.axis,
+        group_size=None if layout is None else layout.group_size, axis_source=pending.axis_source,
+        kept_zeros=pending.keep_zeros, zero_share=pending.zero_share, exact=bool(result.exact.all()),
+        importance=UNIFORM if weighted_run else None, weighted_sse=sse if weighted_run else None,
+    )
 
 
 def _outcome(pending: _Pending, codebook64, labels_finite, result, codebook_id, weighted_run=False) -> TensorOutcome:
@@ -511,9 +618,14 @@ def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, optio
             stop += 1
         run = pending[start:stop]
         k = ks[start]
+        by_levels = [p for p in run if p.level_counts is not None]
+        level_results = iter(engine.cluster_histograms(
+            [p.level_counts[p.sent_sizes > 0] for p in by_levels],
+            [histogram.level_range(p.level_values.dtype)[0] for p in by_levels], k, max_iter=options.max_iter,
+            device=options.device, on_batch=on_batch) if by_levels else ())
         # A tensor whose every value is an exact zero kept is never sent (the selection left
         # tensors of <= k distinct values, so this is a tensor of zeros and a few values only).
-        sent = [p for p in run if p.sent.size]
+        sent = [p for p in run if p.sent.size and p.level_counts is None]
         extra = {}
         if weighted_run:
             extra["weights"] = [p.sent_importance for p in sent]
@@ -522,7 +634,9 @@ def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, optio
             # their distinct values below their count, and the DP on them is exact.
             extra["exact_candidates"] = [p.weight.distinct_bound <= EXACT_MAX_DISTINCT and
                                          p.weight.distinct_bound < p.weight.size for p in sent]
-        if options.granularity == "per-tensor":
+        if not sent:
+            results = iter(())
+        elif options.granularity == "per-tensor":
             results = iter(cluster_arrays([p.sent for p in sent], k, on_batch=on_batch,
                                           first_id=first_id + start, **kwargs, **extra))
         else:
@@ -532,6 +646,10 @@ def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, optio
                                                    **extra))
         for index, p in enumerate(run):
             exact = False
+            if p.level_counts is not None:
+                yield _level_outcome(p, next(level_results), first_id + start + index, options.n_clusters,
+                                     weighted_run)
+                continue
             if not p.sent.size:
                 codebooks, labels, iterations, converged = numpy.zeros((0, k)), numpy.zeros(0, numpy.uint8), 0, True
             elif options.granularity == "per-tensor":

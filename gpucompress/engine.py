@@ -22,8 +22,8 @@ from .errors import OptionsError
 from .kernels import compiled, fixedpoint
 from .kernels.initializers import INITIALIZERS
 from .kernels.lloyd import assign_labels, lloyd
-from .kernels.optimal import exact_rows, optimal
-from .kernels.segments import batch_from_sorted, build_batch, segment_extremes, sort_values
+from .kernels.optimal import exact_fits, exact_rows, optimal
+from .kernels.segments import SegmentBatch, batch_from_sorted, build_batch, segment_extremes, sort_values
 
 log = logging.getLogger(__name__)
 
@@ -465,3 +465,120 @@ def _segment_max_abs(values: list[numpy.ndarray], segment_sizes: list[numpy.ndar
         parts.append(numpy.maximum(numpy.maximum.reduceat(v, starts).astype(numpy.float64),
                                    -numpy.minimum.reduceat(v, starts).astype(numpy.float64)))
     return numpy.concatenate(parts) if parts else numpy.zeros(0, numpy.float64)
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """The clustering of one integer array given by its histograms (cluster_histograms).
+
+    codebooks: float64 (S, k), as SegmentedResult. level_labels: (S, L)
+    unsigned ints, the label of the value low + j in segment s (0 for values
+    the segment does not hold). iterations: int64 (S,). converged: every
+    segment stopped before max_iter. exact: bool (S,), all True (the DP ran on the distinct values).
+    """
+
+    codebooks: numpy.ndarray
+    level_labels: numpy.ndarray
+    iterations: numpy.ndarray
+    converged: bool
+    exact: numpy.ndarray
+
+
+# Segments per batch of cluster_histograms: each holds at most L distinct values (256 for int8).
+HISTOGRAM_BATCH_SEGMENTS = 1 << 16
+
+
+def cluster_histograms(
+    counts: Sequence[numpy.ndarray],
+    lows: Sequence[int],
+    n_clusters: int = 256,
+    *,
+    max_iter: int = 300,
+    device: str = "auto",
+    on_batch: Callable[[int], None] | None = None,
+) -> list[LevelResult]:
+    """Cluster integer arrays given as histograms: method "optimal", its exact DP on the distinct values.
+
+    counts: per array, host int64 (S, L): counts[i][s, j] values lows[i] + j
+    in segment s of array i (kernels.histogram.segment_histograms), every row
+    summing to >= 1 (L may differ between arrays). Returns one LevelResult per array, in order: the
+    codebooks, iterations and (through level_labels) labels that
+    cluster_segments(method="optimal", exact_candidates=True) returns on
+    the values themselves (as floats, segment after segment), bit for bit on
+    every device: the batch holds each distinct value once, weighing its
+    count, which gives the same fixed-point scales (from max |x| and the
+    count of values), DP tables, Lloyd sums and labels. The initializer plays
+    no part in that method. on_batch: called with the number of arrays
+    finished after each batch. Raises OptionsError for bad arguments or a row
+    whose distinct values do not fit the exact DP (kernels.optimal.exact_fits:
+    check first), DeviceError when device="gpu" is not usable.
+    """
+    _check_arguments(n_clusters, "linear", "optimal", max_iter)
+    xp = devices.array_module(devices.resolve_device(device))
+    if len(lows) != len(counts):
+        raise OptionsError(f"lows holds {len(lows)} entries; it should hold one per array ({len(counts)}).")
+    checked = []
+    for index, table in enumerate(counts):
+        table = numpy.asarray(table)
+        if table.ndim != 2 or table.dtype.kind not in "iu" or table.shape[0] < 1 or (table < 0).any():
+            raise OptionsError(f"counts[{index}] should be a 2-D array of non-negative integer counts.")
+        present = table > 0
+        if not present.any(axis=1).all():
+            raise OptionsError(f"counts[{index}] has a segment of no values; every row should sum to >= 1.")
+        if table.shape[0] > fixedpoint.MAX_SEGMENTS:
+            raise OptionsError(f"counts[{index}] has {table.shape[0]} segments, at most {fixedpoint.MAX_SEGMENTS}.")
+        if not exact_fits(present.sum(axis=1), n_clusters).all():
+            raise OptionsError(f"counts[{index}] has a segment of too many distinct values for the exact DP "
+                               f"at n_clusters={n_clusters}.")
+        checked.append((table.astype(numpy.int64, copy=False), present, int(lows[index])))
+    dtype = label_dtype(n_clusters)
+    results: list[LevelResult] = []
+    for batch_range in plan_batches([table.shape[0] for table, _, _ in checked], HISTOGRAM_BATCH_SEGMENTS):
+        members = [checked[i] for i in batch_range]
+        batch = _level_batch(members, xp)
+        centroids, iterations = optimal(batch, xp.zeros((batch.n_segments, n_clusters), dtype=xp.int64), max_iter)
+        labels = devices.to_numpy(assign_labels(batch, centroids, dtype))
+        codebooks = devices.to_numpy(fixedpoint.dequantize(centroids, batch.exponents[:, None]))
+        iterations = devices.to_numpy(iterations).astype(numpy.int64)
+        start = used = 0
+        for member, present, _ in members:
+            stop = start + member.shape[0]
+            level_labels = numpy.zeros(member.shape, dtype=dtype)
+            level_labels[present] = labels[used : used + int(present.sum())]
+            used += int(present.sum())
+            steps = iterations[start:stop]
+            results.append(LevelResult(codebooks[start:stop].copy(), level_labels, steps,
+                                       bool((steps < max_iter).all()), numpy.ones(stop - start, dtype=bool)))
+            start = stop
+        del batch, centroids, labels
+        if on_batch is not None:
+            on_batch(len(members))
+    return results
+
+
+def _level_batch(members, xp) -> SegmentBatch:
+    """Return the SegmentBatch of histogram rows: each row's distinct values once, sorted, weighing their counts.
+
+    members: (counts int64 (S, L), counts > 0, low) per array, on the host. Scales as the values' own
+    batch has them (segment_exponents of max |x| and the number of values), marked for the exact DP.
+    """
+    parts, weights, distinct, sizes = [], [], [], []
+    for table, present, low in members:
+        _, level = numpy.nonzero(present)  # row after row, levels ascending: sorted within each segment
+        parts.append((level + low).astype(numpy.float64))
+        weights.append(table[present])
+        distinct.append(present.sum(axis=1))
+        sizes.append(table.sum(axis=1))
+    values, weights = numpy.concatenate(parts), numpy.concatenate(weights)
+    distinct, sizes = numpy.concatenate(distinct), numpy.concatenate(sizes)
+    offsets = numpy.zeros(distinct.shape[0] + 1, dtype=numpy.int64)
+    numpy.cumsum(distinct, out=offsets[1:])
+    segment = numpy.repeat(numpy.arange(distinct.shape[0], dtype=numpy.int64), distinct)
+    max_abs = numpy.maximum(values[offsets[1:] - 1], -values[offsets[:-1]])
+    exponents = fixedpoint.segment_exponents(max_abs, sizes)
+    device_values, device_segment = xp.asarray(values), xp.asarray(segment)
+    device_exponents = xp.asarray(exponents)
+    q = fixedpoint.quantize(device_values, device_exponents[device_segment])
+    prefix, weight_prefix = fixedpoint.weighted_prefix_sums(q, xp.asarray(weights))
+    return SegmentBatch(xp.asarray(offsets), device_exponents, fixedpoint.make_keys(q, device_segment), prefix,
+                        device_values, weight_prefix, distinct_rows=numpy.ones(distinct.shape[0], dtype=bool))

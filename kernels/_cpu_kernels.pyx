@@ -17,7 +17,7 @@ each iteration on its own data, so the results do not depend on the thread count
 """
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, cbrt, floor, rint
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy, memset
 
@@ -778,3 +778,134 @@ def unpack_weighted(const int64_t[::1] packed, const int64_t[::1] offsets, int64
                 weight_total += weight
                 prefix[index + 1] = total
                 weight_prefix[index + 1] = weight_total
+
+
+# Integer weights (int8, int16 TFLite buffers): histograms and lookups by level (kernels/histogram.py).
+
+ctypedef fused level_t:
+    int8_t
+    int16_t
+
+ctypedef fused bits_t:
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
+
+
+def segment_histograms(const level_t[::1] values, const int64_t[::1] offsets, int64_t low, int64_t[:, ::1] out):
+    """Add to out[s, v - low] one for each value v of segment s (out (S, L) zeroed by the caller)."""
+    cdef Py_ssize_t n_segments = offsets.shape[0] - 1
+    cdef Py_ssize_t segment, index, level, lane
+    cdef int64_t end
+    # Four sub-histograms for int8: trained weights crowd into few levels, and
+    # one counter bumped on every value waits on its own previous store.
+    cdef int64_t (*lanes)[256]
+    with nogil, parallel():
+        lanes = NULL
+        if level_t is int8_t:
+            lanes = <int64_t (*)[256]>malloc(4 * 256 * sizeof(int64_t))
+        for segment in prange(n_segments, schedule="dynamic"):
+            end = offsets[segment + 1]
+            if level_t is int8_t:
+                memset(lanes, 0, 4 * 256 * sizeof(int64_t))
+                index = offsets[segment]
+                while index + 4 <= end:
+                    lanes[0][<uint8_t>values[index]] += 1
+                    lanes[1][<uint8_t>values[index + 1]] += 1
+                    lanes[2][<uint8_t>values[index + 2]] += 1
+                    lanes[3][<uint8_t>values[index + 3]] += 1
+                    index = index + 4
+                while index < end:
+                    lanes[0][<uint8_t>values[index]] += 1
+                    index = index + 1
+                # lane slot b holds the value whose two's-complement byte is b
+                for level in range(256):
+                    out[segment, level] += (lanes[0][<uint8_t>(level + low)] + lanes[1][<uint8_t>(level + low)]
+                                            + lanes[2][<uint8_t>(level + low)] + lanes[3][<uint8_t>(level + low)])
+            else:
+                for index in range(offsets[segment], end):
+                    out[segment, values[index] - low] += 1
+        free(lanes)
+
+
+cdef inline Py_ssize_t _segment_at(const int64_t[::1] offsets, Py_ssize_t index) noexcept nogil:
+    """Return the segment s with offsets[s] <= index < offsets[s + 1] (the last such when some are empty)."""
+    cdef Py_ssize_t low = 0
+    cdef Py_ssize_t high = offsets.shape[0] - 1
+    cdef Py_ssize_t middle
+    while high - low > 1:
+        middle = (low + high) // 2
+        if offsets[middle] <= index:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def segment_lookup(const level_t[::1] values, const int64_t[::1] offsets, int64_t low, const label_t[:, ::1] table,
+                   label_t[::1] out):
+    """Write out[i] = table[s, values[i] - low] for each value i of segment s."""
+    cdef Py_ssize_t n_values = values.shape[0]
+    cdef Py_ssize_t block, index, end, stop, segment
+    cdef const label_t *row
+    with nogil:
+        # Blocks of values, not segments, run in parallel: one large segment (a per-tensor
+        # codebook) uses every core too.
+        for block in prange((n_values + _LABEL_BLOCK - 1) // _LABEL_BLOCK, schedule="static"):
+            index = block * _LABEL_BLOCK
+            end = min(index + _LABEL_BLOCK, n_values)
+            segment = _segment_at(offsets, index)
+            while index < end:
+                stop = min(<Py_ssize_t>offsets[segment + 1], end)
+                row = &table[segment, 0] - low
+                while index < stop:
+                    out[index] = row[values[index]]
+                    index = index + 1
+                segment = segment + 1
+
+
+def segment_error_sums(const level_t[::1] values, const int64_t[::1] offsets, int64_t low,
+                       const double[:, ::1] errors):
+    """Return float64 (sum of errors[s, v - low]**2, sum of v**2) over the values v of segments s, in order.
+
+    error_sums' four lanes and order: with errors[s, j] = (low + j) - codebook[label of that level], the
+    same adds of the same numbers as error_sums on the values as floats and their labels.
+    """
+    cdef double lane_errors[4]
+    cdef double squares[4]
+    cdef Py_ssize_t n_segments = offsets.shape[0] - 1
+    cdef Py_ssize_t segment, index
+    cdef double value, error
+    cdef const double *row
+    cdef int lane
+    for lane in range(4):
+        lane_errors[lane] = 0.0
+        squares[lane] = 0.0
+    with nogil:
+        for segment in range(n_segments):
+            if offsets[segment + 1] == offsets[segment]:
+                continue
+            row = &errors[segment, 0] - low
+            for index in range(offsets[segment], offsets[segment + 1]):
+                value = <double>values[index]
+                error = row[values[index]]
+                lane_errors[index & 3] += error * error
+                squares[index & 3] += value * value
+    return ((lane_errors[0] + lane_errors[1]) + (lane_errors[2] + lane_errors[3]),
+            (squares[0] + squares[1]) + (squares[2] + squares[3]))
+
+
+def gather(const label_t[::1] indices, const bits_t[::1] table, bits_t[::1] out):
+    """Write out[i] = table[indices[i]], indices clipped to the table (the bits of any dtype of that width)."""
+    cdef Py_ssize_t n_values = indices.shape[0]
+    cdef Py_ssize_t last = table.shape[0] - 1
+    cdef Py_ssize_t block, index, end, position
+    with nogil:
+        for block in prange((n_values + _LABEL_BLOCK - 1) // _LABEL_BLOCK, schedule="static"):
+            end = min((block + 1) * _LABEL_BLOCK, n_values)
+            for index in range(block * _LABEL_BLOCK, end):
+                # numpy.take(mode="clip"): an index out of range takes the nearest end
+                position = <Py_ssize_t>indices[index]
+                position = 0 if position < 0 else (last if position > last else position)
+                out[index] = table[position]

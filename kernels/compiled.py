@@ -435,3 +435,69 @@ def unpack_weighted(packed, offsets, key_shift: int, key_bias: int, weight_shift
     _kernels().unpack_weighted(packed, offsets, int(key_shift), int(key_bias), int(weight_shift), keys, prefix,
                                weight_prefix)
     return keys, prefix, weight_prefix
+
+
+LEVELS = (numpy.dtype(numpy.int8), numpy.dtype(numpy.int16))
+
+
+def _check_levels(values, offsets, low: int, n_levels: int) -> numpy.ndarray:
+    """Check int8/int16 values and their offsets, and that [low, low + n_levels) covers the dtype; return offsets."""
+    _check_vector("values", values, LEVELS)
+    offsets = _check_offsets(offsets, values.shape[0])
+    limits = numpy.iinfo(values.dtype)
+    if low > limits.min or low + n_levels - 1 < limits.max:
+        raise KernelInputError(f"levels [{low}, {low + n_levels}) should cover {values.dtype}'s range "
+                               f"[{limits.min}, {limits.max}].")
+    return offsets
+
+
+def segment_histograms(values, offsets, low: int, n_levels: int) -> numpy.ndarray:
+    """Return int64 (S, n_levels): count[s, j] of the values low + j in segment s (histogram.segment_histograms)."""
+    offsets = _check_levels(values, offsets, low, n_levels)
+    out = numpy.zeros((offsets.shape[0] - 1, n_levels), dtype=numpy.int64)
+    _kernels().segment_histograms(numpy.ascontiguousarray(values), offsets, int(low), out)
+    return out
+
+
+def segment_lookup(values, offsets, low: int, table) -> numpy.ndarray:
+    """Return table[s, v - low] for each value v of segment s, in table's dtype (histogram.segment_lookup)."""
+    table = numpy.ascontiguousarray(table)
+    if table.ndim != 2 or table.dtype not in LABELS:
+        raise KernelInputError(f"table should be a 2-D array of {' or '.join(map(str, LABELS))}.")
+    offsets = _check_levels(values, offsets, low, table.shape[1])
+    if table.shape[0] != offsets.shape[0] - 1:
+        raise KernelInputError(f"table holds {table.shape[0]} rows, one per segment ({offsets.shape[0] - 1}).")
+    out = numpy.empty(values.shape[0], dtype=table.dtype)
+    _kernels().segment_lookup(numpy.ascontiguousarray(values), offsets, int(low), table, out)
+    return out
+
+
+def segment_error_sums(values, offsets, low: int, errors) -> tuple[float, float]:
+    """Return float64 (sum of errors[s, v - low]**2, sum of v**2) in error_sums' order (histogram.segment_error_sums)."""
+    errors = numpy.ascontiguousarray(errors, dtype=numpy.float64)
+    if errors.ndim != 2:
+        raise KernelInputError("errors should be a 2-D float64 array (segments, levels).")
+    offsets = _check_levels(values, offsets, low, errors.shape[1])
+    if errors.shape[0] != offsets.shape[0] - 1:
+        raise KernelInputError(f"errors holds {errors.shape[0]} rows, one per segment ({offsets.shape[0] - 1}).")
+    return tuple(float(total) for total in
+                 _kernels().segment_error_sums(numpy.ascontiguousarray(values), offsets, int(low), errors))
+
+
+_BITS = {1: numpy.uint8, 2: numpy.uint16, 4: numpy.uint32, 8: numpy.uint64}
+
+
+def gather(table, indices, out) -> None:
+    """Write numpy.take(table, indices, mode="clip") into out (1-D, table's dtype), one parallel pass.
+
+    table: 1-D, any dtype of 1, 2, 4 or 8 bytes (its bits are copied); indices: 1-D of LABELS, out's length.
+    """
+    _check_vector("indices", indices, LABELS)
+    if (not isinstance(table, numpy.ndarray) or table.ndim != 1 or table.size == 0
+            or table.dtype.itemsize not in _BITS):
+        raise KernelInputError("table should be a non-empty 1-D array of 1, 2, 4 or 8-byte items.")
+    if (not isinstance(out, numpy.ndarray) or out.shape != indices.shape or out.dtype != table.dtype
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise KernelInputError("out should be a writable contiguous array of table's dtype and indices' shape.")
+    bits = _BITS[table.dtype.itemsize]
+    _kernels().gather(numpy.ascontiguousarray(indices), numpy.ascontiguousarray(table).view(bits), out.view(bits))

@@ -704,9 +704,14 @@ def exact_rows(batch: SegmentBatch, candidates, k: int) -> numpy.ndarray:
     """
     chosen = numpy.zeros(batch.n_segments, dtype=bool)
     for row in numpy.flatnonzero(numpy.asarray(candidates, dtype=bool)).tolist():
-        n_distinct = int(distinct_edges(batch, row).shape[0]) - 1
-        chosen[row] = (k - 1) * (n_distinct + 1) <= EXACT_TABLE_ENTRIES
+        chosen[row] = bool(exact_fits(int(distinct_edges(batch, row).shape[0]) - 1, k))
     return chosen
+
+
+def exact_fits(n_distinct, k: int):
+    """Return whether a segment of n_distinct distinct values (an int or a host int array) takes the exact
+    DP at k: its split tables stay within EXACT_TABLE_ENTRIES (exact_rows' rule)."""
+    return (k - 1) * (numpy.asarray(n_distinct, dtype=numpy.int64) + 1) <= EXACT_TABLE_ENTRIES
 
 
 def _exact_centroids(batch: SegmentBatch, rows_host, k: int, centroids) -> None:

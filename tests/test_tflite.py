@@ -146,6 +146,65 @@ def test_int8_weights_take_the_exact_dp_on_their_integers(models, tmp_path):
     assert large and all(t["exact"] for t in large)
 
 
+LEVEL_OPTIONS = [dict(n_clusters=16), dict(n_clusters=16, granularity="per-channel"),
+                 dict(n_clusters=5, keep_zeros=True), dict(n_clusters=100),
+                 dict(n_clusters=8, granularity="grouped", group_size=4, keep_zeros=True)]
+
+
+@pytest.mark.parametrize("kind", ["int8", "dynamic"])
+@pytest.mark.parametrize("options", LEVEL_OPTIONS)
+def test_int8_clustered_by_levels_gives_the_bytes_of_clustering_the_values(models, tmp_path, monkeypatch, kind,
+                                                                          options):
+    # int8 weights are clustered from their histograms (clustering._by_levels): the outputs, the archive and
+    # every number of the report must be those of clustering their values as floats (the path before it).
+    from gpucompress import clustering, engine
+
+    source = models["paths"]["conv"][kind]
+    calls = []
+    histograms = engine.cluster_histograms
+    monkeypatch.setattr(engine, "cluster_histograms", lambda *a, **kw: calls.append(len(a[0])) or histograms(*a, **kw))
+    fast = compress_file(source, tmp_path / "levels.tflite", CompressOptions(device="cpu", **options))
+    pack_file(source, tmp_path / "levels.gpcz", CompressOptions(device="cpu", **options))
+    assert sum(calls) >= 2  # compress and pack took the level path for some tensors (small channels: values)
+    monkeypatch.setattr(clustering, "_by_levels", lambda *arguments: False)
+    slow = compress_file(source, tmp_path / "values.tflite", CompressOptions(device="cpu", **options))
+    pack_file(source, tmp_path / "values.gpcz", CompressOptions(device="cpu", **options))
+    assert (tmp_path / "levels.tflite").read_bytes() == (tmp_path / "values.tflite").read_bytes()
+    assert (tmp_path / "levels.gpcz").read_bytes() == (tmp_path / "values.gpcz").read_bytes()
+    for a, b in zip(fast.run.tensors, slow.run.tensors):
+        assert (a.name, a.clustered, a.reason, a.kept_zeros, a.zero_share, a.exact) == \
+               (b.name, b.clustered, b.reason, b.kept_zeros, b.zero_share, b.exact)
+        if a.clustered:
+            assert a.codebook.dtype == b.codebook.dtype and a.codebook.tobytes() == b.codebook.tobytes()
+            assert a.labels.dtype == b.labels.dtype and numpy.array_equal(a.labels, b.labels)
+            assert (a.sse, a.sum_squares, a.iterations, a.converged, a.channel_axis, a.group_size) == \
+                   (b.sse, b.sum_squares, b.iterations, b.converged, b.channel_axis, b.group_size)
+
+
+def test_int8_per_channel_holds_at_most_k_integers_per_channel(models, tmp_path):
+    # Full-integer int8 with per-channel scales, clustered per channel (the level path for the Dense
+    # kernel's 1,024-value channels): k integers per channel, scales unchanged, and the interpreter runs it.
+    source, output = models["paths"]["conv"]["int8"], tmp_path / "per_channel.tflite"
+    k = 4
+    summary = compress_file(source, output, CompressOptions(n_clusters=k, granularity="per-channel", device="cpu"))
+    original, model = read_model(source), read_model(output)
+    clustered = {t.name: t for t in summary.run.clustered()}
+    assert len(clustered) == 4
+    for name, quantization in model.integer_weights().items():
+        values = model._values(model._entries[name])
+        assert numpy.array_equal(quantization["scales"], original.integer_weights()[name]["scales"])
+        moved = numpy.moveaxis(values, clustered[name].channel_axis, 0)
+        by_channel = moved.reshape(moved.shape[0], -1)
+        assert max(numpy.unique(row).size for row in by_channel) <= k
+        assert numpy.array_equal(values, numpy.rint(clustered[name].values()).astype(numpy.int8))
+    per_tensor = tmp_path / "per_tensor.tflite"
+    compress_file(source, per_tensor, CompressOptions(n_clusters=k, device="cpu"))
+    inputs = models["inputs"]["conv"]
+    reference = run_tflite(source.read_bytes(), inputs)
+    error = relative_error(reference, run_tflite(output.read_bytes(), inputs))
+    assert 0 < error < relative_error(reference, run_tflite(per_tensor.read_bytes(), inputs))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_replace_labels_writes_the_bytes_of_replace_values(models, kind):
     # compress writes codebook[labels] through replace_labels (rounded, clipped codebook gathered into the

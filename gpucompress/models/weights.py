@@ -32,6 +32,9 @@ class Weight:
     weights read as floats (int8/int16 TFLite buffers), how many distinct values
     their dtype allows (256, 65536); None otherwise. With max_distinct it bounds
     the distinct values, which lets the optimal method's DP run exactly on them.
+    load_integers: for those weights, returns the stored integers (a new
+    int8/int16 array of the shape, whose values load() gives as floats), which
+    the clustering histograms instead of sorting the floats; None otherwise.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Weight:
     aliases: tuple[str, ...] = ()
     layer_kind: str | None = None
     integer_levels: int | None = None
+    load_integers: Callable[[], numpy.ndarray] | None = None
 
     @property
     def distinct_bound(self) -> int:
