@@ -104,6 +104,17 @@ def bin_count(n: int, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> int:
     return min(int(n), max(MIN_BINS, bins_per_cluster * k, by_size))
 
 
+def bin_counts(sizes, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> numpy.ndarray:
+    """Return int64 (S,) bin_count(n, k) of every segment size n in host int sizes (S,), as one array step.
+
+    A per-channel run has tens of thousands of segments: one Python call
+    each was a few percent of its time.
+    """
+    sizes = numpy.asarray(sizes, dtype=numpy.int64)
+    by_size = numpy.minimum(LARGE_BINS, -(-sizes // VALUES_PER_BIN))
+    return numpy.minimum(sizes, numpy.maximum(max(MIN_BINS, bins_per_cluster * k), by_size))
+
+
 def integer_cube_root(x):
     """Return floor(cbrt(x)) for int64 x in [0, 2**60], exactly (float guess, integer fix-up)."""
     xp = array_namespace(x)
@@ -759,13 +770,13 @@ def optimal(batch: SegmentBatch, initial_centroids, max_iter: int, bins_per_clus
     """
     xp = array_namespace(initial_centroids)
     k = int(initial_centroids.shape[1])
-    sizes_host = [int(size) for size in (batch.offsets[1:] - batch.offsets[:-1]).tolist()]
-    distinct = (numpy.zeros(len(sizes_host), dtype=bool) if batch.distinct_rows is None
+    sizes_host = numpy.asarray((batch.offsets[1:] - batch.offsets[:-1]).tolist(), dtype=numpy.int64)
+    distinct = (numpy.zeros(sizes_host.shape[0], dtype=bool) if batch.distinct_rows is None
                 else numpy.asarray(batch.distinct_rows, dtype=bool))
-    groups: dict[int, list[int]] = {}
-    for row, size in enumerate(sizes_host):
-        if not distinct[row]:
-            groups.setdefault(bin_count(size, k, bins_per_cluster), []).append(row)
+    bins_host = bin_counts(sizes_host, k, bins_per_cluster)
+    # Rows in ascending order within each bin count, as one loop over the rows appended them.
+    groups = {int(n_bins): numpy.flatnonzero((bins_host == n_bins) & ~distinct)
+              for n_bins in numpy.unique(bins_host[~distinct]).tolist()}
     centroids = xp.empty_like(initial_centroids)
     if distinct.any():
         _exact_centroids(batch, numpy.flatnonzero(distinct).tolist(), k, centroids)

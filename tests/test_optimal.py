@@ -245,6 +245,7 @@ def test_bin_count_hand_computed():
 @given(n=st.integers(1, 1 << 40), k=st.integers(1, 1024))
 def test_bin_count_is_bounded_monotone_and_keeps_large_segments_bins(n, k):
     bins = optimal.bin_count(n, k)
+    assert optimal.bin_counts([n, n + 1], k).tolist() == [bins, optimal.bin_count(n + 1, k)]  # the array twin
     assert 1 <= bins <= min(n, max(optimal.LARGE_BINS, optimal.BINS_PER_CLUSTER * k))
     assert optimal.bin_count(n + 1, k) >= bins  # more values never get fewer bins
     if n >= optimal.LARGE_BINS * optimal.VALUES_PER_BIN or optimal.BINS_PER_CLUSTER * k >= optimal.LARGE_BINS:
