@@ -96,7 +96,9 @@ def bin_count(n: int, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> int:
     run (35,764 channels of ~640 values, k = 16) spend most of its time in
     DPs as large as a whole tensor's, for channels of two or three values a
     bin; from 2,048 values on (at k = 16), and at every size from k = 32 on,
-    the count is the earlier max(256, 8 k). On the FaceNet-shaped graph at
+    the count is the earlier max(256, 8 k). Whole arrays of at most
+    LARGE_BINS values keep their exact optimum through the DP on distinct
+    values (engine._exact_candidates). On the FaceNet-shaped graph at
     k = 16 (benchmarks/granularity.py; results/2026-12-02-granularity-issue17c.md)
     the per-channel total SSE rose 0.18% (1171.09 to 1173.15) and the
     per-tensor one 0.001%; tests/test_optimal.py checks channel-sized

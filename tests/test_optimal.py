@@ -267,3 +267,21 @@ def test_small_segments_with_fewer_bins_stay_near_the_optimum(n):
         ratios.append(sse(values, result.codebook) / sse(values, numpy.array(kmeans1d.cluster(values, 16)[1])))
     assert min(ratios) >= 1 - 1e-6
     assert float(numpy.median(ratios)) <= 1.01
+
+
+@pytest.mark.parametrize("n", [129, 200, 256])
+def test_small_arrays_keep_the_exact_optimum_through_their_distinct_values(n):
+    # Up to 256 values every value was a bin; bin_count now gives 128 bins
+    # from 129 values on (k=16), and a whole array of at most LARGE_BINS
+    # values takes the exact DP on its distinct values instead. Regression:
+    # an int8 TFLite model's 144- and 160-value tensors lost their exact
+    # optimum (tests/test_tflite.py's int8 error rose past its bound).
+    import kmeans1d
+
+    values = numpy.random.default_rng(n).laplace(size=n).round(1)  # duplicates too
+    result = cluster_arrays([values], 16, method="optimal", device="cpu")[0]
+    assert result.exact
+    optimum = sse(values, numpy.array(kmeans1d.cluster(values, 16)[1]))
+    assert sse(values, result.codebook) <= optimum * (1 + 1e-6) + 1e-9
+    larger = cluster_arrays([numpy.random.default_rng(n).laplace(size=optimal.LARGE_BINS + 1)], 16, device="cpu")[0]
+    assert not larger.exact
