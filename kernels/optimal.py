@@ -100,9 +100,9 @@ def bin_count(n: int, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> int:
     LARGE_BINS values keep their exact optimum through the DP on distinct
     values (engine._exact_candidates). On the FaceNet-shaped graph at
     k = 16 (benchmarks/granularity.py; results/2026-12-02-granularity-issue17c.md)
-    the per-channel total SSE rose 0.18% (1171.09 to 1173.15) and the
-    per-tensor one 0.001%; tests/test_optimal.py checks channel-sized
-    segments against the exact optimum.
+    the per-channel total SSE rose 0.17% (1171.09 to 1173.11), the per-tensor
+    one stayed 5046.45 (to 6 digits); tests/test_optimal.py checks
+    channel-sized segments against the exact optimum.
     """
     by_size = min(LARGE_BINS, -(-int(n) // VALUES_PER_BIN))
     return min(int(n), max(MIN_BINS, bins_per_cluster * k, by_size))
