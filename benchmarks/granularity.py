@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from facenet import build_facenet  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import describe, load_average  # noqa: E402
 
 from gpucompress import CompressOptions  # noqa: E402
 from gpucompress.clustering import cluster_weights  # noqa: E402
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     data = graph_def.SerializeToString(deterministic=True)
     configs = configurations(arguments.group_size)
     results = {label: [] for label in configs}
+    load_before = load_average()
     for round_index in range(arguments.rounds):
         for label, fields in configs.items():  # interleaved: a slow moment hits every configuration
             results[label].append(measure(data, fields, arguments.k, archive=round_index == 0,
@@ -92,11 +93,13 @@ def main(argv=None) -> int:
     base = rows["per-tensor"]
     command = "python benchmarks/granularity.py" + (" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:]
                                                     else "")
+    load_after = load_average()
     machine = describe()
     lines = [f"# Codebook granularity on the FaceNet-shaped graph, channel-scaled weights "
              f"({datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')})", "",
              f"Command: `{command}`", "",
-             f"Machine: {machine.get('cpu')}, {machine.get('cores')} usable cores; CPU engine (no GPU figures). "
+             f"Machine: {machine.get('cpu')}, {machine.get('cores')} usable cores; CPU engine (no GPU figures); "
+             f"load average (1, 5, 15 min) {load_before} before the rounds, {load_after} after. "
              f"Graph: width {width}, {count:,} float32 values, {len(data):,} bytes; every kernel's output "
              f"channels scaled by log-uniform gains over 10x (facenet.build_facenet(channel_gains=True)). "
              f"k = {arguments.k}, method {arguments.method}"

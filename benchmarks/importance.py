@@ -71,7 +71,7 @@ def quality_table(quick: bool) -> list[str]:
     lines = ["## 1. Weighted optimal SSE / exact weighted optimum", "",
              f"{seeds} heavy-tailed tensors of {n} values (Laplace, 1% 20x wider), importances "
              "exponential(1)**2; the optimum is taken with the engine's integer weights (resolution 2**-16 of "
-             "the largest). `optimal` bins these (more values than its max(256, 8k) bins at every k here; with "
+             "the largest). `optimal` bins these (more values than its bin_count(n, k) bins at every k here; with "
              "fewer values than bins every value is a bin and the DP is exact, tests/test_weighted.py).", "",
              "| k | median ratio | max ratio | exact DP (s, median) | optimal (s, median) |", "|---|---|---|---|---|"]
     for k in (8, 16) if quick else (8, 16, 32):

@@ -22,7 +22,7 @@ from .errors import OptionsError
 from .kernels import compiled, fixedpoint
 from .kernels.initializers import INITIALIZERS
 from .kernels.lloyd import assign_labels, lloyd
-from .kernels.optimal import exact_fits, exact_rows, optimal
+from .kernels.optimal import LARGE_BINS, exact_fits, exact_rows, optimal
 from .kernels.segments import SegmentBatch, batch_from_sorted, build_batch, segment_extremes, sort_values
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,16 @@ def _integer_weights(weights, arrays, values, segment_sizes) -> list[numpy.ndarr
 
 
 def _exact_candidates(values, exact_candidates) -> numpy.ndarray:
-    """Return host bool (n_arrays,): arrays of at most 65,536 possible values (float16, bfloat16, or flagged)."""
-    flags = numpy.array([v.dtype.itemsize == 2 for v in values], dtype=bool)
+    """Return host bool (n_arrays,): arrays of at most 65,536 possible values (float16, bfloat16, or flagged),
+    and arrays of at most LARGE_BINS values.
+
+    Why the small arrays: up to LARGE_BINS values every value was a bin
+    (bin_count), so the DP was exact on them; since bin_count gives 128 bins
+    to segments of up to 1,024 values (at k <= 16, for per-channel runs'
+    speed), a whole small tensor (a bias, a head layer: few, and cheap) keeps
+    the exact optimum through the DP on its distinct values instead.
+    """
+    flags = numpy.array([v.dtype.itemsize == 2 or v.size <= LARGE_BINS for v in values], dtype=bool)
     if exact_candidates is not None:
         if len(exact_candidates) != len(values):
             raise OptionsError(f"exact_candidates holds {len(exact_candidates)} entries; it should hold one per "

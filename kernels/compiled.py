@@ -135,9 +135,14 @@ def dp_groups_borders(groups, k: int) -> list:
     for sums, _, strides in groups:
         _check_range("strides", _int64("strides", strides, 1), 1, max(1, sums.shape[1] - 1))
     sums, counts, row_starts = _ragged(groups)
-    strides = [numpy.asarray(group[2], dtype=numpy.int64) for group in groups for _ in range(group[0].shape[0])]
-    stride_starts = numpy.concatenate([[0], numpy.cumsum([level.size for level in strides])]).astype(numpy.int64)
-    borders = _kernels().dp_rows(sums, counts, row_starts, int(k), numpy.concatenate(strides), stride_starts)
+    # Every row of a group repeats its group's levels: one tile per group, not
+    # one array per row (tens of thousands of rows per call per channel).
+    levels = [numpy.asarray(group[2], dtype=numpy.int64) for group in groups]
+    strides = numpy.concatenate([numpy.tile(level, group[0].shape[0]) for level, group in zip(levels, groups)])
+    per_row = numpy.concatenate([numpy.full(group[0].shape[0], level.size, dtype=numpy.int64)
+                                 for level, group in zip(levels, groups)])
+    stride_starts = numpy.concatenate([[0], numpy.cumsum(per_row)]).astype(numpy.int64)
+    borders = _kernels().dp_rows(sums, counts, row_starts, int(k), strides, stride_starts)
     return _split_rows(borders, groups)
 
 

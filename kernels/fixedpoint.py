@@ -62,7 +62,12 @@ def segment_exponents(max_abs: numpy.ndarray, sizes: numpy.ndarray) -> numpy.nda
     """
     max_abs = numpy.asarray(max_abs, dtype=numpy.float64)
     sizes = numpy.asarray(sizes, dtype=numpy.int64)
-    bits = numpy.array([value_bits(int(n)) for n in sizes], dtype=numpy.int64)
+    if sizes.size and int(sizes.min()) >= 1 and int(sizes.max()) < 1 << 52:
+        # value_bits of every size at once: below 2**52 a size is an exact
+        # float64 and frexp's exponent is its bit length (n = m * 2**e, 0.5 <= m < 1).
+        bits = numpy.minimum(MAX_VALUE_BITS, 61 - numpy.frexp(sizes.astype(numpy.float64))[1].astype(numpy.int64))
+    else:
+        bits = numpy.array([value_bits(int(n)) for n in sizes], dtype=numpy.int64)
     _, exponent = numpy.frexp(max_abs)  # max_abs = m * 2**exponent, 0.5 <= m < 1
     result = bits - exponent.astype(numpy.int64)
     return numpy.where(max_abs > 0, result, 0).astype(numpy.int64)

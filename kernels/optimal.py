@@ -41,8 +41,8 @@ float64 built from elementwise +, -, *, / (correctly rounded IEEE on both array
 libraries) and max/argmax with the first index winning ties. No float sum
 whose order could differ between devices decides anything.
 
-Memory: the split tables take k * (B + 1) int32 per segment with B fixed by k
-(not by n), and the DP runs on chunks of segments, so the working memory is
+Memory: the split tables take k * (B + 1) int32 per segment with B at most
+max(LARGE_BINS, BINS_PER_CLUSTER * k) (bin_count, bounded independently of n), and the DP runs on chunks of segments, so the working memory is
 O(n) plus a bound independent of n.
 """
 from __future__ import annotations
@@ -54,10 +54,13 @@ from .fixedpoint import KEY_BIAS, KEY_SHIFT, KEY_VALUE_MASK, array_namespace, ke
 from .lloyd import lloyd, segment_tags
 from .segments import SegmentBatch
 
-# Bins per cluster and the least number of bins; segments with at most that
-# many values get one bin per value, which makes the DP exact on them.
+# Bins per cluster, the least number of bins (segments with at most that many
+# values get one bin per value, which makes the DP exact on them), and the
+# bins of segments with many values per bin: MAX(MIN_BINS, VALUES / ...) below.
 BINS_PER_CLUSTER = 8
-MIN_BINS = 256
+MIN_BINS = 128
+LARGE_BINS = 256
+VALUES_PER_BIN = 8
 # Equal-width cells per bin that measure the value density, and the shift
 # that keeps the cube roots of cell counts fine-grained (counts < 2**42).
 FINE_PER_BIN = 4
@@ -86,10 +89,34 @@ TABLE_BYTES = 1 << 26
 def bin_count(n: int, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> int:
     """Return the number of DP bins of a segment of n values clustered into k.
 
-    A function of (n, k) alone, so a segment's bins never depend on its batch.
-    Segments with no more values than the bin budget get one bin per value.
+    max(MIN_BINS, bins_per_cluster * k, min(LARGE_BINS, ceil(n / VALUES_PER_BIN))),
+    at most n: a function of (n, k) alone, so a segment's bins never depend on
+    its batch. Segments with no more values than that get one bin per value.
+    Why the size term: LARGE_BINS bins for every segment made a per-channel
+    run (35,764 channels of ~640 values, k = 16) spend most of its time in
+    DPs as large as a whole tensor's, for channels of two or three values a
+    bin; from 2,048 values on (at k = 16), and at every size from k = 32 on,
+    the count is the earlier max(256, 8 k). Whole arrays of at most
+    LARGE_BINS values keep their exact optimum through the DP on distinct
+    values (engine._exact_candidates). On the FaceNet-shaped graph at
+    k = 16 (benchmarks/granularity.py; results/2026-12-02-granularity-issue17c.md)
+    the per-channel total SSE rose 0.17% (1171.09 to 1173.11), the per-tensor
+    one stayed 5046.45 (to 6 digits); tests/test_optimal.py checks
+    channel-sized segments against the exact optimum.
     """
-    return min(int(n), max(MIN_BINS, bins_per_cluster * k))
+    by_size = min(LARGE_BINS, -(-int(n) // VALUES_PER_BIN))
+    return min(int(n), max(MIN_BINS, bins_per_cluster * k, by_size))
+
+
+def bin_counts(sizes, k: int, bins_per_cluster: int = BINS_PER_CLUSTER) -> numpy.ndarray:
+    """Return int64 (S,) bin_count(n, k) of every segment size n in host int sizes (S,), as one array step.
+
+    A per-channel run has tens of thousands of segments: one Python call
+    each was a few percent of its time.
+    """
+    sizes = numpy.asarray(sizes, dtype=numpy.int64)
+    by_size = numpy.minimum(LARGE_BINS, -(-sizes // VALUES_PER_BIN))
+    return numpy.minimum(sizes, numpy.maximum(max(MIN_BINS, bins_per_cluster * k), by_size))
 
 
 def integer_cube_root(x):
@@ -752,13 +779,13 @@ def optimal(batch: SegmentBatch, initial_centroids, max_iter: int, bins_per_clus
     """
     xp = array_namespace(initial_centroids)
     k = int(initial_centroids.shape[1])
-    sizes_host = [int(size) for size in (batch.offsets[1:] - batch.offsets[:-1]).tolist()]
-    distinct = (numpy.zeros(len(sizes_host), dtype=bool) if batch.distinct_rows is None
+    sizes_host = numpy.asarray((batch.offsets[1:] - batch.offsets[:-1]).tolist(), dtype=numpy.int64)
+    distinct = (numpy.zeros(sizes_host.shape[0], dtype=bool) if batch.distinct_rows is None
                 else numpy.asarray(batch.distinct_rows, dtype=bool))
-    groups: dict[int, list[int]] = {}
-    for row, size in enumerate(sizes_host):
-        if not distinct[row]:
-            groups.setdefault(bin_count(size, k, bins_per_cluster), []).append(row)
+    bins_host = bin_counts(sizes_host, k, bins_per_cluster)
+    # Rows in ascending order within each bin count, as one loop over the rows appended them.
+    groups = {int(n_bins): numpy.flatnonzero((bins_host == n_bins) & ~distinct)
+              for n_bins in numpy.unique(bins_host[~distinct]).tolist()}
     centroids = xp.empty_like(initial_centroids)
     if distinct.any():
         _exact_centroids(batch, numpy.flatnonzero(distinct).tolist(), k, centroids)

@@ -189,3 +189,15 @@ def test_labels_of_keys_outside_the_stated_key_range_stay_in_bounds():
     labels = compiled.value_labels(values, offsets, exponents, mid_keys, 3, low, high, fixedpoint.KEY_SHIFT,
                                    fixedpoint.KEY_BIAS, numpy.int64)
     assert labels.shape == values.shape and labels.min() >= 0 and labels.max() <= 3
+
+
+def test_segment_exponents_bits_of_every_size_match_value_bits():
+    # segment_exponents finds every size's bit length by one frexp below 2**52
+    # (per-channel runs pass tens of thousands of sizes): value_bits' numbers.
+    sizes = numpy.array([1, 2, 3, 4, 7, 8, 255, 256, 257, 640, 2**20 - 1, 2**20, 2**40 + 1, 2**52 - 1],
+                        dtype=numpy.int64)
+    max_abs = numpy.linspace(0.0, 3.0, sizes.size)
+    expected = numpy.array([fixedpoint.value_bits(int(n)) for n in sizes]) - numpy.frexp(max_abs)[1]
+    assert numpy.array_equal(fixedpoint.segment_exponents(max_abs, sizes), numpy.where(max_abs > 0, expected, 0))
+    with pytest.raises(ValueError, match="n=0"):
+        fixedpoint.segment_exponents(numpy.ones(2), numpy.array([3, 0]))

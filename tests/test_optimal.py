@@ -67,7 +67,7 @@ def test_matches_exact_dp_when_every_value_is_a_bin(values, k):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(2, 32), n=st.integers(300, 3000))
 def test_binned_dp_is_near_exact(seed, k, n):
-    # More values than the default bins (max(MIN_BINS, 8 k)): the binned path runs.
+    # More values than the default bins (bin_count: 128 to 256 here): the binned path runs.
     import kmeans1d
 
     rng = numpy.random.default_rng(seed)
@@ -216,14 +216,72 @@ def test_many_equal_far_outliers_are_a_known_limit():
 
 
 def test_a_segment_of_exactly_n_bins_values_keeps_one_bin_per_value_in_any_batch():
-    # Sizes 256 and 257 share the 256-bin group at k=4; the 256-value segment
-    # once got the larger one's binned edges when batched with it (found by
-    # hypothesis in test_engine): results must not depend on the batch.
-    codes = "000101110203001103" + "3" * 238
+    # Sizes n and n + 1 share the n-bin group at k=4 (n = MIN_BINS); the
+    # n-value segment once got the larger one's binned edges when batched
+    # with it (found by hypothesis in test_engine, at 256 and 257 when
+    # MIN_BINS was 256): results must not depend on the batch.
+    n = optimal.MIN_BINS
+    assert optimal.bin_count(n, 4) == optimal.bin_count(n + 1, 4) == n
+    codes = "000101110203001103" + "3" * (n - 18)
     small = numpy.array([-34.0, 0.0, 0.5, 1.0], dtype=numpy.float32)[[int(c) for c in codes]]
-    arrays = [numpy.zeros(257, dtype=numpy.float32), small]
+    arrays = [numpy.zeros(n + 1, dtype=numpy.float32), small]
     together = cluster_arrays(arrays, 4, method="optimal", device="cpu")
     alone = cluster_arrays(arrays, 4, method="optimal", device="cpu", batch_values=1)
     for a, b in zip(together, alone):
         assert a.codebook.tobytes() == b.codebook.tobytes() and a.iterations == b.iterations
         assert numpy.array_equal(a.labels, b.labels)
+
+
+def test_bin_count_hand_computed():
+    # k = 16: one bin per value up to 128 values, 128 bins up to 1,024, then a
+    # bin per 8 values up to the 256 of every segment of 2,048 values or more.
+    assert [optimal.bin_count(n, 16) for n in (1, 100, 128, 129, 384, 1024, 1025, 1792, 2048, 10**7)] == [
+        1, 100, 128, 128, 128, 128, 129, 224, 256, 256]
+    # From k = 32 on 8 k >= 256: the count is max(256, 8 k) at every size, as before.
+    assert [optimal.bin_count(n, 64) for n in (300, 512, 513, 10**6)] == [300, 512, 512, 512]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 1 << 40), k=st.integers(1, 1024))
+def test_bin_count_is_bounded_monotone_and_keeps_large_segments_bins(n, k):
+    bins = optimal.bin_count(n, k)
+    assert optimal.bin_counts([n, n + 1], k).tolist() == [bins, optimal.bin_count(n + 1, k)]  # the array twin
+    assert 1 <= bins <= min(n, max(optimal.LARGE_BINS, optimal.BINS_PER_CLUSTER * k))
+    assert optimal.bin_count(n + 1, k) >= bins  # more values never get fewer bins
+    if n >= optimal.LARGE_BINS * optimal.VALUES_PER_BIN or optimal.BINS_PER_CLUSTER * k >= optimal.LARGE_BINS:
+        # The counts before issue 17: per-tensor results of large tensors (and of every k >= 32) are unchanged.
+        assert bins == min(n, max(optimal.LARGE_BINS, optimal.BINS_PER_CLUSTER * k))
+
+
+@pytest.mark.parametrize("n", [200, 384, 896])
+def test_small_segments_with_fewer_bins_stay_near_the_optimum(n):
+    # Channel-sized segments get 128 bins at k=16 (bin_count), 2 to 7 values a
+    # bin: the result after Lloyd stays within 1% of the exact optimum (median).
+    import kmeans1d
+
+    ratios = []
+    for seed in range(10):
+        rng = numpy.random.default_rng(seed)
+        values = rng.laplace(size=n) * numpy.where(rng.random(n) < 0.02, 6.0, 1.0)
+        result = cluster_arrays([values], 16, method="optimal", device="cpu")[0]
+        ratios.append(sse(values, result.codebook) / sse(values, numpy.array(kmeans1d.cluster(values, 16)[1])))
+    assert min(ratios) >= 1 - 1e-6
+    assert float(numpy.median(ratios)) <= 1.01
+
+
+@pytest.mark.parametrize("n", [129, 200, 256])
+def test_small_arrays_keep_the_exact_optimum_through_their_distinct_values(n):
+    # Up to 256 values every value was a bin; bin_count now gives 128 bins
+    # from 129 values on (k=16), and a whole array of at most LARGE_BINS
+    # values takes the exact DP on its distinct values instead. Regression:
+    # an int8 TFLite model's 144- and 160-value tensors lost their exact
+    # optimum (tests/test_tflite.py's int8 error rose past its bound).
+    import kmeans1d
+
+    values = numpy.random.default_rng(n).laplace(size=n).round(1)  # duplicates too
+    result = cluster_arrays([values], 16, method="optimal", device="cpu")[0]
+    assert result.exact
+    optimum = sse(values, numpy.array(kmeans1d.cluster(values, 16)[1]))
+    assert sse(values, result.codebook) <= optimum * (1 + 1e-6) + 1e-9
+    larger = cluster_arrays([numpy.random.default_rng(n).laplace(size=optimal.LARGE_BINS + 1)], 16, device="cpu")[0]
+    assert not larger.exact

@@ -201,7 +201,7 @@ def test_weighted_optimal_is_exact_when_every_value_is_a_bin(seed):
 
 
 def test_weighted_optimal_within_one_percent_of_the_exact_weighted_optimum_median():
-    # More values than bins (k=16: 256 bins): the DP is near-optimal, not exact.
+    # More values than bins (900 values at k=8: 128 bins): the DP is near-optimal, not exact.
     ratios = []
     for seed in range(8):
         rng = numpy.random.default_rng(100 + seed)
