@@ -337,3 +337,31 @@ def test_deferred_values_are_checked_against_the_weight():
     model.defer_values("kept", (2,), lambda: numpy.zeros(3, "f4"))  # lies about its shape
     with pytest.raises(FormatError, match="shape"):
         model.to_bytes()
+
+
+def test_deferred_values_after_weights_give_the_bytes_of_replaced_values():
+    # Issue 16 (fresh-process time): weights() remembers which tensors store tensor_content,
+    # so writing deferred values no longer copies the old content out first; same bytes.
+    graph_def = _deferral_model()
+    names = ["content", "listed", "half", "body::inner"]
+    lazy, eager = GraphDefModel.from_proto(graph_def), GraphDefModel.from_proto(graph_def)
+    weights = {w.name: w for w in lazy.weights()}
+    new = {name: (RNG.normal(size=weights[name].shape) * 3).astype(weights[name].dtype) for name in names}
+    eager.replace_values(new)
+    for name, values in new.items():
+        lazy.defer_values(name, values.shape, lambda v=values: v)
+    assert lazy.to_bytes() == eager.to_bytes()
+    assert b"".join(serialized_pieces(lazy)) == eager.to_bytes()
+    assert lazy.to_skeleton(["content", "body::inner"]) == eager.to_skeleton(["content", "body::inner"])
+
+
+def test_loaded_content_values_are_a_read_only_array_of_their_own():
+    # Issue 16: a tensor_content weight loads as a view of one copy of its bytes (no second copy);
+    # nothing may write through it, and the model's own bytes are not shared with it.
+    model = GraphDefModel.from_proto(_deferral_model())
+    before = model.to_bytes()
+    values = {w.name: w.load() for w in model.weights() if w.floating}
+    assert not values["content"].flags.writeable
+    with pytest.raises(ValueError):
+        values["content"][...] = 0
+    assert model.to_bytes() == before

@@ -73,6 +73,9 @@ class GraphDefModel:
         self._missing: dict[str, tuple] = {}
         # Weights whose values are made when serialized: name -> (make, skeleton form or None).
         self._deferred: dict[str, tuple[Callable[[], numpy.ndarray], tuple | None]] = {}
+        # Weights seen (by weights()) to store tensor_content: their form is known without reading
+        # the field again, which copies all of it (upb), when the new values are stored.
+        self._content_names: set[str] = set()
         for node in graph_def.node:
             self._add_const(node.name, node)
         for function in graph_def.library.function:
@@ -145,7 +148,12 @@ class GraphDefModel:
             floating = dtype is not None
             try:
                 shape = tensor_proto.tensor_shape(tensor)
-                max_distinct = tensor_proto.stored_value_count(tensor) if floating else 0
+                max_distinct = 0
+                if floating:
+                    content_bytes = len(tensor.tensor_content)  # one read: each copies the field
+                    max_distinct = tensor_proto.stored_value_count(tensor, content_bytes)
+                    if content_bytes:
+                        self._content_names.add(name)
             except FormatError as error:
                 raise FormatError(f"Const {name!r}: {error}") from None
             result.append(
@@ -214,7 +222,11 @@ class GraphDefModel:
         return array.astype(tensor_proto.float_numpy_dtype(tensor.dtype), copy=False)
 
     def _store_deferred(self, name: str, tensor) -> None:
-        _store(tensor, self._made(name), self._deferred[name][1])
+        form = self._deferred[name][1]
+        if form is None and name in self._content_names:
+            # The same bytes as store_numpy finding the old content, without copying it out first.
+            form = ("content", 0)
+        _store(tensor, self._made(name), form)
 
     def to_skeleton(self, names) -> bytes:
         """Return the model serialized deterministically without the values of the named weights.
