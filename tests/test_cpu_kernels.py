@@ -113,6 +113,25 @@ def test_empty_array_raises_the_same_options_error_on_both_paths(monkeypatch):
     assert messages[0] == messages[1]
 
 
+def test_sorted_keys_and_prefix_run_on_over_many_segments_as_one_cumsum():
+    # The uint64 running sum carries on from segment to segment (wrapping below zero) exactly as the
+    # array code's single cumsum over the batch, over many segments of mixed sizes and scales.
+    rng = numpy.random.default_rng(3)
+    sizes = rng.integers(1, 300, size=60)
+    sizes[::7] = 1
+    parts = [numpy.sort(rng.standard_t(3, size=int(n)) * (10.0 ** rng.integers(-3, 3))) for n in sizes]
+    values = numpy.concatenate(parts).astype(numpy.float32)
+    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64)
+    max_abs = numpy.array([numpy.abs(p.astype(numpy.float32)).max() for p in parts], dtype=numpy.float64)
+    exponents = fixedpoint.segment_exponents(max_abs, sizes)
+    keys, prefix = compiled.sorted_keys_and_prefix(values, offsets, exponents, fixedpoint.KEY_SHIFT,
+                                                   fixedpoint.KEY_BIAS)
+    segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+    expected = fixedpoint.make_keys(fixedpoint.quantize(values.astype(numpy.float64), exponents[segment]), segment)
+    assert numpy.array_equal(keys, expected)
+    assert numpy.array_equal(prefix, fixedpoint.prefix_sums(fixedpoint.key_values(expected)))
+
+
 def _sorted_batch():
     values = numpy.sort(numpy.random.default_rng(0).normal(size=100)).astype(numpy.float64)
     offsets = numpy.array([0, 40, 100], dtype=numpy.int64)
