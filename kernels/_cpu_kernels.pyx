@@ -15,6 +15,7 @@ these: here indexing is unchecked. Loops over rows, segments or blocks of
 values run in parallel with OpenMP (serial when the build had no OpenMP),
 each iteration on its own data, so the results do not depend on the thread count.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, cbrt, floor, rint
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -37,6 +38,12 @@ ctypedef fused label_t:
     uint32_t
     int32_t
     int64_t
+
+# The raw bits of a 2-, 4- or 8-byte value (float16, bfloat16, float32, float64 seen as integers).
+ctypedef fused item_t:
+    uint16_t
+    uint32_t
+    uint64_t
 
 ctypedef fused table_t:
     uint8_t
@@ -778,3 +785,22 @@ def unpack_weighted(const int64_t[::1] packed, const int64_t[::1] offsets, int64
                 weight_total += weight
                 prefix[index + 1] = total
                 weight_prefix[index + 1] = weight_total
+
+
+def gather_bytes(const item_t[::1] codebook, const label_t[::1] labels):
+    """Return a new bytes object holding codebook[labels] item after item (compiled.gather_bytes)."""
+    # Written straight into the bytes object before anything else sees it:
+    # no array of the values, no tobytes copy. In parallel over blocks.
+    cdef Py_ssize_t n_values = labels.shape[0]
+    result = PyBytes_FromStringAndSize(NULL, n_values * <Py_ssize_t>sizeof(item_t))
+    cdef item_t* out = <item_t*>PyBytes_AS_STRING(result)
+    cdef Py_ssize_t block, index, start, stop
+    if n_values == 0:
+        return result
+    with nogil:
+        for block in prange((n_values + _LABEL_BLOCK - 1) // _LABEL_BLOCK, schedule="static"):
+            start = block * _LABEL_BLOCK
+            stop = start + _LABEL_BLOCK if start + _LABEL_BLOCK < n_values else n_values
+            for index in range(start, stop):
+                out[index] = codebook[labels[index]]
+    return result

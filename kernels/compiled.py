@@ -435,3 +435,26 @@ def unpack_weighted(packed, offsets, key_shift: int, key_bias: int, weight_shift
     _kernels().unpack_weighted(packed, offsets, int(key_shift), int(key_bias), int(weight_shift), keys, prefix,
                                weight_prefix)
     return keys, prefix, weight_prefix
+
+
+_ITEM_VIEWS = {2: numpy.uint16, 4: numpy.uint32, 8: numpy.uint64}
+
+
+def gather_bytes(codebook, labels) -> bytes:
+    """Return codebook[labels].tobytes(): the codebook's items picked by labels, one after another.
+
+    codebook: a 1-D NumPy array (k,) of 2-, 4- or 8-byte items in native byte
+    order (float16, bfloat16, float32, float64); labels: (n,) unsigned or
+    int32/int64 indices in [0, k). One parallel pass into the new bytes object
+    (the array version makes the values, then copies them into bytes).
+    Raises KernelInputError for other dtypes or a label out of range.
+    """
+    if (not isinstance(codebook, numpy.ndarray) or codebook.ndim != 1 or codebook.dtype.itemsize not in _ITEM_VIEWS
+            or not codebook.dtype.isnative):
+        raise KernelInputError("codebook should be a 1-D array of 2-, 4- or 8-byte items in native byte order.")
+    _check_vector("labels", labels, LABELS)
+    if labels.size and codebook.size == 0:
+        raise KernelInputError("labels index an empty codebook.")
+    _check_range("labels", labels, 0, codebook.shape[0] - 1)
+    items = numpy.ascontiguousarray(codebook).view(_ITEM_VIEWS[codebook.dtype.itemsize])
+    return _kernels().gather_bytes(items, numpy.ascontiguousarray(labels))

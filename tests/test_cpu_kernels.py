@@ -208,3 +208,36 @@ def test_labels_of_keys_outside_the_stated_key_range_stay_in_bounds():
     labels = compiled.value_labels(values, offsets, exponents, mid_keys, 3, low, high, fixedpoint.KEY_SHIFT,
                                    fixedpoint.KEY_BIAS, numpy.int64)
     assert labels.shape == values.shape and labels.min() >= 0 and labels.max() <= 3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("label_dtype", ["uint8", "uint16", "uint32", "int32", "int64"])
+def test_gather_bytes_is_the_array_codes_bytes(dtype, label_dtype):
+    # Issue 16: the writer's one-pass twin of codebook[labels].tobytes().
+    import ml_dtypes
+
+    rng = numpy.random.default_rng(11)
+    codebook = numpy.sort(rng.normal(size=200)).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    for n in (0, 1, compiled._kernels().LABEL_BLOCK + 3):
+        labels = rng.integers(0, codebook.size, size=n).astype(label_dtype)
+        assert compiled.gather_bytes(codebook, labels) == codebook[labels].tobytes()
+
+
+@pytest.mark.parametrize("case", ["label above k", "negative label", "empty codebook", "2-D codebook",
+                                  "big-endian codebook", "float labels"])
+def test_gather_bytes_refuses_what_it_would_read_out_of_bounds(case):
+    codebook, labels = numpy.arange(4, dtype=numpy.float32), numpy.array([0, 3, 1], dtype=numpy.int64)
+    if case == "label above k":
+        labels = numpy.array([0, 4], dtype=numpy.uint8)
+    elif case == "negative label":
+        labels = numpy.array([-1, 0], dtype=numpy.int64)
+    elif case == "empty codebook":
+        codebook = numpy.zeros(0, dtype=numpy.float32)
+    elif case == "2-D codebook":
+        codebook = codebook.reshape(2, 2)
+    elif case == "big-endian codebook":
+        codebook = codebook.astype(">f4")
+    else:
+        labels = labels.astype(numpy.float64)
+    with pytest.raises(KernelInputError):
+        compiled.gather_bytes(codebook, labels)

@@ -365,3 +365,30 @@ def test_loaded_content_values_are_a_read_only_array_of_their_own():
     with pytest.raises(ValueError):
         values["content"][...] = 0
     assert model.to_bytes() == before
+
+
+def test_labelled_values_give_the_bytes_of_replaced_values():
+    # Issue 16: compress hands GraphDef weights their codebook and labels (replace_labels); a
+    # tensor_content weight's bytes are gathered straight from the codebook, the others made as values.
+    graph_def = _deferral_model()
+    names = ["content", "listed", "half", "body::inner"]
+    for learn_forms in (False, True):
+        lazy, eager = GraphDefModel.from_proto(graph_def), GraphDefModel.from_proto(graph_def)
+        weights = {w.name: w for w in (lazy.weights() if learn_forms else GraphDefModel(graph_def).weights())}
+        new = {}
+        for name in names:
+            codebook = numpy.sort(RNG.normal(size=5))  # float64: cast to the weight's dtype
+            labels = RNG.integers(0, 5, size=weights[name].size).astype(numpy.uint8)
+            lazy.replace_labels(name, weights[name].shape, codebook, labels)
+            new[name] = codebook.astype(weights[name].dtype)[labels].reshape(weights[name].shape)
+        eager.replace_values(new)
+        assert lazy.to_bytes() == eager.to_bytes()
+        assert b"".join(serialized_pieces(lazy)) == eager.to_bytes()
+        assert lazy.to_skeleton(["listed"]) == eager.to_skeleton(["listed"])
+        loaded = {w.name: w.load() for w in lazy.weights()}
+        assert all(numpy.array_equal(loaded[name], new[name]) for name in names)
+    with pytest.raises(ValueError, match="labels"):
+        lazy.replace_labels("content", weights["content"].shape, numpy.zeros(2), numpy.zeros(3, numpy.uint8))
+    # values given later win over the labels
+    lazy.defer_values("content", weights["content"].shape, lambda: numpy.zeros(weights["content"].shape, "f4"))
+    assert not numpy.any(next(w for w in lazy.weights() if w.name == "content").load())
