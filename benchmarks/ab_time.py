@@ -16,13 +16,16 @@ graph file as it is. --floor also times, in each round, this process's floor
 (read the graph, sort every floating tensor as stored, write it: run.py's
 time_io_floor), so each CLI figure has a floor measured next to it, and prints
 the median of the per-round ratios: on shared cores, the ratio of times taken
-seconds apart is what the load moves least.
+seconds apart is what the load moves least. Each call's CPU seconds (user +
+system, of the child and its threads, from getrusage) are printed too: other
+processes on the cores stretch the wall time of a call far more than its CPU time.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,6 +59,7 @@ def main() -> int:
                  for name in ("before", "after")}
     floors, ratios = [], {name: [] for name in checkouts}
     times = {name: [] for name in checkouts}
+    cpu = {name: [] for name in checkouts}
     digests = {name: set() for name in checkouts}
     with tempfile.TemporaryDirectory(prefix="gpucompress-ab-") as folder:
         folder = Path(folder)
@@ -74,9 +78,11 @@ def main() -> int:
                 if arguments.command == "pack":
                     command.append("--no-zip-sizes")
                 environment = dict(os.environ) if pythons[name] else {**os.environ, "PYTHONPATH": str(checkout)}
+                used = _children_cpu_seconds()
                 started = time.perf_counter()
                 subprocess.run(command, check=True, env=environment, cwd=folder)
                 times[name].append(time.perf_counter() - started)
+                cpu[name].append(_children_cpu_seconds() - used)
                 if arguments.floor:
                     ratios[name].append(times[name][-1] / floors[-1])
                 digests[name].add(hashlib.sha256(output.read_bytes()).hexdigest())
@@ -87,6 +93,9 @@ def main() -> int:
     for name, values in times.items():
         print(f"  {name:6} min {min(values):6.2f} s  median {statistics.median(values):6.2f} s  "
               f"({', '.join(f'{v:.2f}' for v in values)})  {checkouts[name]}")
+    for name, values in cpu.items():
+        print(f"  {name:6} CPU (user + system) median {statistics.median(values):6.2f} s  "
+              f"({', '.join(f'{v:.2f}' for v in values)})")
     if floors:
         print(f"  floor  min {min(floors):6.2f} s  median {statistics.median(floors):6.2f} s  "
               f"({', '.join(f'{v:.2f}' for v in floors)})")
@@ -96,6 +105,12 @@ def main() -> int:
     same = len(digests["before"] | digests["after"]) == 1
     print(f"  outputs identical across runs and checkouts: {'yes' if same else 'NO'}")
     return 0
+
+
+def _children_cpu_seconds() -> float:
+    """Return the user + system CPU seconds of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def floor_seconds(graph: Path, folder: Path) -> float:

@@ -107,10 +107,11 @@ def cli(python: str) -> list[str]:
     return [str(script)] if script.exists() else [python, "-m", "gpucompress"]
 
 
-def wall(command: list[str], env: dict) -> float:
-    """Return the wall seconds of running command to completion; raise if it fails."""
+def wall(command: list[str], env: dict, cwd: Path | None = None) -> float:
+    """Return the wall seconds of running command to completion (in folder cwd); raise if it fails."""
     started = time.perf_counter()
-    completed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    completed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               cwd=cwd)
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
         raise SystemExit(f"startup.py: {' '.join(command)} failed: {completed.stderr.strip()[-500:]}")
@@ -122,38 +123,40 @@ def measure(envs: dict[str, str], graphs: dict[str, Path], workdir: Path, runs: 
     results = {name: {"import": [], "tiny": [], "facenet": [], "in-process": [], "peak RSS": [], "first": []}
                for name in envs}
     base = dict(os.environ)
+    # Every child runs in workdir: started in a checkout, `python -c` and `-m` would import that checkout's
+    # package instead of the interpreter's own (the before and after trees mixed).
     warm_caches = {name: workdir / f"numba-{name}" for name in envs}
     for name, python in envs.items():  # fill each JIT cache once, untimed
         env = {**base, "NUMBA_CACHE_DIR": str(warm_caches[name])}
         wall(cli(python) + ["compress", str(graphs["facenet"]), "-o", str(workdir / f"{name}.pb"),
-                            "--overwrite", "-q"], env)
+                            "--overwrite", "-q"], env, workdir)
     for round_ in range(max(runs, first_runs)):
         for name, python in envs.items():
             env = {**base, "NUMBA_CACHE_DIR": str(warm_caches[name])}
             compress = cli(python) + ["compress"]
             if round_ < runs:
                 imported = subprocess.run([python, "-c", IMPORT_SCRIPT], env=env, capture_output=True, text=True,
-                                          check=True)
+                                          check=True, cwd=workdir)
                 results[name]["import"].append(float(imported.stdout.strip()))
                 results[name]["tiny"].append(wall(compress + [str(graphs["tiny"]), "-o", str(workdir / "t.pb"),
-                                                              "--overwrite", "-q"], env))
+                                                              "--overwrite", "-q"], env, workdir))
                 results[name]["facenet"].append(wall(compress + [str(graphs["facenet"]), "-o",
                                                                  str(workdir / f"{name}.pb"), "--overwrite", "-q"],
-                                                     env))
+                                                     env, workdir))
                 in_process = subprocess.run([python, "-c", IN_PROCESS_SCRIPT, str(graphs["facenet"]),
                                              str(workdir / f"{name}.pb")], env=env, capture_output=True, text=True,
-                                            check=True)
+                                            check=True, cwd=workdir)
                 results[name]["in-process"].append(float(in_process.stdout.strip().splitlines()[-1]))
             if round_ == 0:
                 peak = subprocess.run([python, "-c", PEAK_RSS_SCRIPT, "compress", str(graphs["facenet"]), "-o",
                                        str(workdir / f"{name}.pb"), "--overwrite", "-q"], env=env,
-                                      capture_output=True, text=True, check=True)
+                                      capture_output=True, text=True, check=True, cwd=workdir)
                 results[name]["peak RSS"].append(int(peak.stdout.strip().splitlines()[-1]) / 1e6)
             if round_ < first_runs:
                 fresh = {**base, "NUMBA_CACHE_DIR": tempfile.mkdtemp(dir=workdir, prefix="numba-empty-")}
                 results[name]["first"].append(wall(compress + [str(graphs["facenet"]), "-o",
                                                                str(workdir / f"{name}.pb"), "--overwrite", "-q"],
-                                                   fresh))
+                                                   fresh, workdir))
     return results
 
 
@@ -181,7 +184,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=HERE / ".cache", help="where the FaceNet graph is cached")
     parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
     arguments = parser.parse_args(argv)
-    envs = dict(item.split("=", 1) for item in arguments.env) or {"this": sys.executable}
+    # absolute (the children run in a temporary folder), not resolved: a venv's python is a symlink
+    envs = ({name: os.path.abspath(python) for name, python in (item.split("=", 1) for item in arguments.env)}
+            or {"this": sys.executable})
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         graphs = {"tiny": workdir / "tiny.pb", "facenet": facenet_graph(arguments.cache, arguments.width)}

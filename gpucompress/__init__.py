@@ -13,23 +13,34 @@ Public API (importing it never imports TensorFlow):
   `read_archive(path_or_bytes)`: compact `.gpcz` archives (codebooks and
   entropy-coded indices); read_archive returns the model without writing.
 """
-from .api import CompressionSummary, compress_file, compress_graphdef
-from .device import gpu_available
-from .engine import ClusterResult, SegmentedResult, cluster_arrays, cluster_segments
 from .errors import DeviceError, FormatError, GpucompressError, InputError, OptionsError
 from .options import CompressOptions
 
-# Loaded on first use (PEP 562): `compress` never needs the archive code (codec, zstd, tarfile).
-_PACKING = ("PackSummary", "pack_file", "read_archive", "unpack_file")
+# Loaded on first use (PEP 562): importing the package (the CLI does, before it
+# parses its arguments) imports neither NumPy nor the engine, and `compress`
+# never needs the archive code (codec, zstd, tarfile).
+_LAZY = {
+    "CompressionSummary": "api", "compress_file": "api", "compress_graphdef": "api",
+    "gpu_available": "device",
+    "ClusterResult": "engine", "SegmentedResult": "engine", "cluster_arrays": "engine",
+    "cluster_segments": "engine",
+    "PackSummary": "packing", "pack_file": "packing", "read_archive": "packing", "unpack_file": "packing",
+}
 
 
 def __getattr__(name: str):
-    """Return the archive API's names (PackSummary, pack_file, read_archive, unpack_file) from packing."""
-    if name in _PACKING:
-        from . import packing
+    """Return a public name of the API (compress_file, cluster_arrays, pack_file ...) from its module."""
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(packing, name)
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __version__ = "0.1.0"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +87,8 @@ def _zipped_size(members) -> int:
     Streams: the same bytes as ZipFile.writestr(name, b"".join(pieces)) would
     write (writestr also opens the member with its size known), none kept.
     """
+    import zipfile  # here: only zip sizes need it
+
     sink = _SizeSink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, size, pieces in members:

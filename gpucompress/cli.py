@@ -7,6 +7,13 @@ import logging
 import os
 import sys
 
+# The CLI does no BLAS work (a few 1-D dot products at most), but OpenBLAS starts
+# a thread per core when NumPy loads, and each spins before it sleeps: on two
+# busy cores that took CPU from the run itself. Only when NumPy is not loaded
+# yet (a fresh `gpucompress` process) and the user has not chosen.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from . import __version__
 from .errors import GpucompressError
 from .commands import COMMANDS, EXIT_ERROR, EXIT_INTERRUPTED

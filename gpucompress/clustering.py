@@ -368,11 +368,12 @@ def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, 
     # A row with no value sent (a channel of zeros or non-finite values only) keeps a codebook of zeros.
     full[pending.sent_sizes > 0] = codebooks64
     dtype = engine.label_dtype(n_clusters)
-    row_of_sent = numpy.repeat(numpy.arange(rows, dtype=numpy.int64), pending.sent_sizes)
-    labels = sent_labels.astype(dtype)
+    # No copy when the engine's labels have the dtype already (k - 1 for kept zeros may need a narrower one).
+    labels = sent_labels.astype(dtype, copy=False)
     zero_column = None
     if pending.keep_zeros:
         full, zero_column = _with_zero(full)
+        row_of_sent = numpy.repeat(numpy.arange(rows, dtype=numpy.int64), pending.sent_sizes)
         labels = (labels + (labels >= zero_column[row_of_sent])).astype(dtype)
     codebooks = full.astype(pending.values.dtype)
     n = weight.size

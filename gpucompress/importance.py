@@ -21,7 +21,6 @@ from typing import Mapping
 import numpy
 
 from .errors import FormatError, InputError, OptionsError
-from .npz import load_npz
 
 # What a tensor's entry in the report says about its importances.
 WEIGHTED = "weighted"
@@ -36,6 +35,8 @@ def load_importance_file(path: str | os.PathLike) -> dict[str, numpy.ndarray]:
     missing file or one over the budget, FormatError for a file that is not an .npz of plain
     numeric arrays (object arrays and pickles are refused, not loaded).
     """
+    from .npz import load_npz  # here: zipfile and the .npy reader only when there is a file
+
     path, arrays = load_npz(path, "importance arrays")
     for key, array in arrays.items():
         if array.dtype.kind not in "fiu":

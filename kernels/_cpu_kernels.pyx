@@ -15,6 +15,7 @@ these: here indexing is unchecked. Loops over rows, segments or blocks of
 values run in parallel with OpenMP (serial when the build had no OpenMP),
 each iteration on its own data, so the results do not depend on the thread count.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, cbrt, floor, rint
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -909,16 +910,37 @@ def segment_error_sums(const level_t[::1] values, const int64_t[::1] offsets, in
             (squares[0] + squares[1]) + (squares[2] + squares[3]))
 
 
-def gather(const label_t[::1] indices, const bits_t[::1] table, bits_t[::1] out):
-    """Write out[i] = table[indices[i]], indices clipped to the table (the bits of any dtype of that width)."""
+cdef void _gather_into(const label_t[::1] indices, const bits_t[::1] table, bits_t *out) noexcept nogil:
+    """Write out[i] = table[indices[i]], indices clipped to the table, in parallel over blocks."""
     cdef Py_ssize_t n_values = indices.shape[0]
     cdef Py_ssize_t last = table.shape[0] - 1
     cdef Py_ssize_t block, index, end, position
+    for block in prange((n_values + _LABEL_BLOCK - 1) // _LABEL_BLOCK, schedule="static"):
+        end = min((block + 1) * _LABEL_BLOCK, n_values)
+        for index in range(block * _LABEL_BLOCK, end):
+            # numpy.take(mode="clip"): an index out of range takes the nearest end
+            position = <Py_ssize_t>indices[index]
+            position = 0 if position < 0 else (last if position > last else position)
+            out[index] = table[position]
+
+
+def gather(const label_t[::1] indices, const bits_t[::1] table, bits_t[::1] out):
+    """Write out[i] = table[indices[i]], indices clipped to the table (the bits of any dtype of that width)."""
+    if indices.shape[0] == 0:
+        return
     with nogil:
-        for block in prange((n_values + _LABEL_BLOCK - 1) // _LABEL_BLOCK, schedule="static"):
-            end = min((block + 1) * _LABEL_BLOCK, n_values)
-            for index in range(block * _LABEL_BLOCK, end):
-                # numpy.take(mode="clip"): an index out of range takes the nearest end
-                position = <Py_ssize_t>indices[index]
-                position = 0 if position < 0 else (last if position > last else position)
-                out[index] = table[position]
+        _gather_into(indices, table, &out[0])
+
+
+def gather_bytes(const bits_t[::1] codebook, const label_t[::1] labels):
+    """Return a new bytes object holding codebook[labels] item after item (compiled.gather_bytes)."""
+    # Written straight into the bytes object before anything else sees it:
+    # no array of the values, no tobytes copy.
+    cdef Py_ssize_t n_values = labels.shape[0]
+    result = PyBytes_FromStringAndSize(NULL, n_values * <Py_ssize_t>sizeof(bits_t))
+    cdef bits_t* out = <bits_t*>PyBytes_AS_STRING(result)
+    if n_values == 0:
+        return result
+    with nogil:
+        _gather_into(labels, codebook, out)
+    return result

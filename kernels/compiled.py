@@ -506,3 +506,23 @@ def gather(table, indices, out) -> None:
         raise KernelInputError("out should be a writable contiguous array of table's dtype and indices' shape.")
     bits = _BITS[table.dtype.itemsize]
     _kernels().gather(numpy.ascontiguousarray(indices), numpy.ascontiguousarray(table).view(bits), out.view(bits))
+
+
+def gather_bytes(codebook, labels) -> bytes:
+    """Return codebook[labels].tobytes(): the codebook's items picked by labels, one after another.
+
+    codebook: a 1-D NumPy array (k,) of 1-, 2-, 4- or 8-byte items in native byte
+    order (float16, bfloat16, float32, float64); labels: (n,) unsigned or
+    int32/int64 indices in [0, k). One parallel pass into the new bytes object
+    (the array version makes the values, then copies them into bytes).
+    Raises KernelInputError for other dtypes or a label out of range.
+    """
+    if (not isinstance(codebook, numpy.ndarray) or codebook.ndim != 1 or codebook.dtype.itemsize not in _BITS
+            or not codebook.dtype.isnative):
+        raise KernelInputError("codebook should be a 1-D array of 1-, 2-, 4- or 8-byte items in native byte order.")
+    _check_vector("labels", labels, LABELS)
+    if labels.size and codebook.size == 0:
+        raise KernelInputError("labels index an empty codebook.")
+    _check_range("labels", labels, 0, codebook.shape[0] - 1)
+    items = numpy.ascontiguousarray(codebook).view(_BITS[codebook.dtype.itemsize])
+    return _kernels().gather_bytes(items, numpy.ascontiguousarray(labels))

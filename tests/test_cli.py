@@ -112,6 +112,18 @@ def test_package_imports_without_tensorflow():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_plain_compress_imports_no_archive_savedmodel_or_importance_code(small_pb, tmp_path):
+    # Issue 16 (fresh-process time): a GraphDef compress without options loads only what it uses.
+    code = ("import sys; from gpucompress.cli import main; "
+            f"code = main(['compress', {str(small_pb)!r}, '-o', {str(tmp_path / 'out.pb')!r}, '-q']); "
+            "print(sorted(m for m in ('zipfile', 'tarfile', 'gpucompress.npz', 'gpucompress.models.savedmodel', "
+            "'gpucompress.models.freeze', 'gpucompress.models.tflm', 'gpucompress.packing', 'zstandard', "
+            "'constriction') if m in sys.modules)); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_top_level_help_names_every_format(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -113,6 +113,25 @@ def test_empty_array_raises_the_same_options_error_on_both_paths(monkeypatch):
     assert messages[0] == messages[1]
 
 
+def test_sorted_keys_and_prefix_run_on_over_many_segments_as_one_cumsum():
+    # The uint64 running sum carries on from segment to segment (wrapping below zero) exactly as the
+    # array code's single cumsum over the batch, over many segments of mixed sizes and scales.
+    rng = numpy.random.default_rng(3)
+    sizes = rng.integers(1, 300, size=60)
+    sizes[::7] = 1
+    parts = [numpy.sort(rng.standard_t(3, size=int(n)) * (10.0 ** rng.integers(-3, 3))) for n in sizes]
+    values = numpy.concatenate(parts).astype(numpy.float32)
+    offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.int64)
+    max_abs = numpy.array([numpy.abs(p.astype(numpy.float32)).max() for p in parts], dtype=numpy.float64)
+    exponents = fixedpoint.segment_exponents(max_abs, sizes)
+    keys, prefix = compiled.sorted_keys_and_prefix(values, offsets, exponents, fixedpoint.KEY_SHIFT,
+                                                   fixedpoint.KEY_BIAS)
+    segment = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64), sizes)
+    expected = fixedpoint.make_keys(fixedpoint.quantize(values.astype(numpy.float64), exponents[segment]), segment)
+    assert numpy.array_equal(keys, expected)
+    assert numpy.array_equal(prefix, fixedpoint.prefix_sums(fixedpoint.key_values(expected)))
+
+
 def _sorted_batch():
     values = numpy.sort(numpy.random.default_rng(0).normal(size=100)).astype(numpy.float64)
     offsets = numpy.array([0, 40, 100], dtype=numpy.int64)
@@ -201,3 +220,36 @@ def test_segment_exponents_bits_of_every_size_match_value_bits():
     assert numpy.array_equal(fixedpoint.segment_exponents(max_abs, sizes), numpy.where(max_abs > 0, expected, 0))
     with pytest.raises(ValueError, match="n=0"):
         fixedpoint.segment_exponents(numpy.ones(2), numpy.array([3, 0]))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("label_dtype", ["uint8", "uint16", "uint32", "int32", "int64"])
+def test_gather_bytes_is_the_array_codes_bytes(dtype, label_dtype):
+    # Issue 16: the writer's one-pass twin of codebook[labels].tobytes().
+    import ml_dtypes
+
+    rng = numpy.random.default_rng(11)
+    codebook = numpy.sort(rng.normal(size=200)).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    for n in (0, 1, compiled._kernels().LABEL_BLOCK + 3):
+        labels = rng.integers(0, codebook.size, size=n).astype(label_dtype)
+        assert compiled.gather_bytes(codebook, labels) == codebook[labels].tobytes()
+
+
+@pytest.mark.parametrize("case", ["label above k", "negative label", "empty codebook", "2-D codebook",
+                                  "big-endian codebook", "float labels"])
+def test_gather_bytes_refuses_what_it_would_read_out_of_bounds(case):
+    codebook, labels = numpy.arange(4, dtype=numpy.float32), numpy.array([0, 3, 1], dtype=numpy.int64)
+    if case == "label above k":
+        labels = numpy.array([0, 4], dtype=numpy.uint8)
+    elif case == "negative label":
+        labels = numpy.array([-1, 0], dtype=numpy.int64)
+    elif case == "empty codebook":
+        codebook = numpy.zeros(0, dtype=numpy.float32)
+    elif case == "2-D codebook":
+        codebook = codebook.reshape(2, 2)
+    elif case == "big-endian codebook":
+        codebook = codebook.astype(">f4")
+    else:
+        labels = labels.astype(numpy.float64)
+    with pytest.raises(KernelInputError):
+        compiled.gather_bytes(codebook, labels)

@@ -337,3 +337,58 @@ def test_deferred_values_are_checked_against_the_weight():
     model.defer_values("kept", (2,), lambda: numpy.zeros(3, "f4"))  # lies about its shape
     with pytest.raises(FormatError, match="shape"):
         model.to_bytes()
+
+
+def test_deferred_values_after_weights_give_the_bytes_of_replaced_values():
+    # Issue 16 (fresh-process time): weights() remembers which tensors store tensor_content,
+    # so writing deferred values no longer copies the old content out first; same bytes.
+    graph_def = _deferral_model()
+    names = ["content", "listed", "half", "body::inner"]
+    lazy, eager = GraphDefModel.from_proto(graph_def), GraphDefModel.from_proto(graph_def)
+    weights = {w.name: w for w in lazy.weights()}
+    new = {name: (RNG.normal(size=weights[name].shape) * 3).astype(weights[name].dtype) for name in names}
+    eager.replace_values(new)
+    for name, values in new.items():
+        lazy.defer_values(name, values.shape, lambda v=values: v)
+    assert lazy.to_bytes() == eager.to_bytes()
+    assert b"".join(serialized_pieces(lazy)) == eager.to_bytes()
+    assert lazy.to_skeleton(["content", "body::inner"]) == eager.to_skeleton(["content", "body::inner"])
+
+
+def test_loaded_content_values_are_a_read_only_array_of_their_own():
+    # Issue 16: a tensor_content weight loads as a view of one copy of its bytes (no second copy);
+    # nothing may write through it, and the model's own bytes are not shared with it.
+    model = GraphDefModel.from_proto(_deferral_model())
+    before = model.to_bytes()
+    values = {w.name: w.load() for w in model.weights() if w.floating}
+    assert not values["content"].flags.writeable
+    with pytest.raises(ValueError):
+        values["content"][...] = 0
+    assert model.to_bytes() == before
+
+
+def test_labelled_values_give_the_bytes_of_replaced_values():
+    # Issue 16: compress hands GraphDef weights their codebook and labels (replace_labels); a
+    # tensor_content weight's bytes are gathered straight from the codebook, the others made as values.
+    graph_def = _deferral_model()
+    names = ["content", "listed", "half", "body::inner"]
+    for learn_forms in (False, True):
+        lazy, eager = GraphDefModel.from_proto(graph_def), GraphDefModel.from_proto(graph_def)
+        weights = {w.name: w for w in (lazy.weights() if learn_forms else GraphDefModel(graph_def).weights())}
+        new = {}
+        for name in names:
+            codebook = numpy.sort(RNG.normal(size=5))  # float64: cast to the weight's dtype
+            labels = RNG.integers(0, 5, size=weights[name].size).astype(numpy.uint8)
+            lazy.replace_labels(name, weights[name].shape, codebook, labels)
+            new[name] = codebook.astype(weights[name].dtype)[labels].reshape(weights[name].shape)
+        eager.replace_values(new)
+        assert lazy.to_bytes() == eager.to_bytes()
+        assert b"".join(serialized_pieces(lazy)) == eager.to_bytes()
+        assert lazy.to_skeleton(["listed"]) == eager.to_skeleton(["listed"])
+        loaded = {w.name: w.load() for w in lazy.weights()}
+        assert all(numpy.array_equal(loaded[name], new[name]) for name in names)
+    with pytest.raises(ValueError, match="labels"):
+        lazy.replace_labels("content", weights["content"].shape, numpy.zeros(2), numpy.zeros(3, numpy.uint8))
+    # values given later win over the labels
+    lazy.defer_values("content", weights["content"].shape, lambda: numpy.zeros(weights["content"].shape, "f4"))
+    assert not numpy.any(next(w for w in lazy.weights() if w.name == "content").load())

@@ -215,11 +215,26 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clustered tensors in the printed summary, largest first (default %(default)s)")
 
 
+def _default_output(arguments) -> str:
+    """Return the output path compress_file picks when -o is not given."""
+    # Imported here: a plain compress never needs the SavedModel freezer or the TFLite Micro writer.
+    if arguments.to_graphdef:
+        from ..models.freeze import frozen_output
+
+        return frozen_output(arguments.model)
+    if arguments.tflm:
+        from ..models.tflm import tflm_output
+
+        return tflm_output(arguments.model)
+    from ..models import default_output
+
+    return default_output(arguments.model)
+
+
 def run_compress(arguments) -> int:
     from ..api import compress_file
     from ..errors import OptionsError
     from ..files import check_output_path
-    from ..models import default_output
     from ..progress import progress_bar, progress_wanted
     from ..select import left_out_notice
     from ..report import BatchTimer, format_summary, report_from_summary, write_report
@@ -232,11 +247,7 @@ def run_compress(arguments) -> int:
     if budget is not None and (arguments.to_graphdef or arguments.tflm):
         raise OptionsError("a budget (--target-size, --target-bits-per-weight, --max-output-error) does not "
                            "apply with --to-graphdef or --tflm")
-    from ..models.freeze import frozen_output
-    from ..models.tflm import tflm_output
-
-    output = arguments.output or (frozen_output if arguments.to_graphdef else
-                                  tflm_output if arguments.tflm else default_output)(arguments.model)
+    output = arguments.output or _default_output(arguments)
     if arguments.report and not (budget is not None and arguments.dry_run):
         check_output_path(arguments.report, [Path(arguments.model), Path(output)], overwrite=arguments.overwrite)
     plan = None

@@ -73,6 +73,11 @@ class GraphDefModel:
         self._missing: dict[str, tuple] = {}
         # Weights whose values are made when serialized: name -> (make, skeleton form or None).
         self._deferred: dict[str, tuple[Callable[[], numpy.ndarray], tuple | None]] = {}
+        # Weights seen (by weights()) to store tensor_content: their form is known without reading
+        # the field again, which copies all of it (upb), when the new values are stored.
+        self._content_names: set[str] = set()
+        # Deferred weights given as a codebook and labels (replace_labels): name -> (codebook, labels).
+        self._labelled: dict[str, tuple[numpy.ndarray, numpy.ndarray]] = {}
         for node in graph_def.node:
             self._add_const(node.name, node)
         for function in graph_def.library.function:
@@ -145,7 +150,12 @@ class GraphDefModel:
             floating = dtype is not None
             try:
                 shape = tensor_proto.tensor_shape(tensor)
-                max_distinct = tensor_proto.stored_value_count(tensor) if floating else 0
+                max_distinct = 0
+                if floating:
+                    content_bytes = len(tensor.tensor_content)  # one read: each copies the field
+                    max_distinct = tensor_proto.stored_value_count(tensor, content_bytes)
+                    if content_bytes:
+                        self._content_names.add(name)
             except FormatError as error:
                 raise FormatError(f"Const {name!r}: {error}") from None
             result.append(
@@ -183,6 +193,7 @@ class GraphDefModel:
             if tuple(array.shape) != shape:
                 raise ValueError(f"values[{name!r}].shape={array.shape} should be {shape}.")
             deferred = self._deferred.pop(name, None)
+            self._labelled.pop(name, None)
             form = self._missing.pop(name, None) or (deferred[1] if deferred else None)
             _store(tensor, array, form)
 
@@ -203,6 +214,28 @@ class GraphDefModel:
         previous = self._deferred.get(name)
         form = self._missing.pop(name, None) or (previous[1] if previous else None)
         self._deferred[name] = (make, form)
+        self._labelled.pop(name, None)
+
+    def replace_labels(self, name: str, shape, codebook: numpy.ndarray, labels: numpy.ndarray) -> None:
+        """Give a weight the values codebook[labels], made when the model is serialized (as defer_values).
+
+        codebook: (k,) floats (cast to the weight's dtype); labels: integer
+        indices into it, one per value of the weight in C order (shape: the
+        weight's). A weight stored as tensor_content gets its bytes gathered
+        straight from the codebook (compiled.gather_bytes): no array of its
+        values and no copy of them. The bytes are those of
+        replace_values({name: codebook[labels].reshape(shape)}). Raises
+        KeyError for an unknown name, ValueError for a shape or label count that differs.
+        """
+        tensor = self._nodes[name].attr["value"].tensor
+        expected = tensor_proto.tensor_shape(tensor)
+        labels = numpy.asarray(labels).reshape(-1)
+        if tuple(shape) != expected or labels.size != int(numpy.prod(expected, dtype=numpy.int64)):
+            raise ValueError(f"{name!r}: shape {tuple(shape)} with {labels.size} labels should be {expected}.")
+        # Casting the k entries, then picking them, gives the values that casting the picked ones gives.
+        codebook = numpy.asarray(codebook).astype(tensor_proto.float_numpy_dtype(tensor.dtype), copy=False)
+        self.defer_values(name, expected, lambda: codebook[labels].reshape(expected))
+        self._labelled[name] = (codebook, labels)
 
     def _made(self, name: str) -> numpy.ndarray:
         """Return the deferred values of a weight, checked against its shape (FormatError if not)."""
@@ -214,7 +247,18 @@ class GraphDefModel:
         return array.astype(tensor_proto.float_numpy_dtype(tensor.dtype), copy=False)
 
     def _store_deferred(self, name: str, tensor) -> None:
-        _store(tensor, self._made(name), self._deferred[name][1])
+        form = self._deferred[name][1]
+        if form is None and name in self._content_names:
+            # The same bytes as store_numpy finding the old content, without copying it out first.
+            form = ("content", 0)
+        labelled = self._labelled.get(name)
+        if labelled is not None and form is not None and form[0] == "content" and labelled[0].dtype.isnative:
+            from ..kernels import compiled
+
+            if compiled.available():
+                tensor.tensor_content = compiled.gather_bytes(*labelled)
+                return
+        _store(tensor, self._made(name), form)
 
     def to_skeleton(self, names) -> bytes:
         """Return the model serialized deterministically without the values of the named weights.

@@ -49,18 +49,22 @@ def tensor_shape(tensor) -> tuple[int, ...]:
     return shape
 
 
-def stored_value_count(tensor) -> int:
+def stored_value_count(tensor, content_bytes: int | None = None) -> int:
     """Return how many values a floating TensorProto stores explicitly (an upper bound on its distinct values).
 
-    Checks the stored size against the shape without decoding; raises FormatError on a mismatch.
+    content_bytes: len(tensor.tensor_content) when the caller has it (each
+    read of the field is a new bytes copy of all of it, with upb). Checks the
+    stored size against the shape without decoding; raises FormatError on a mismatch.
     """
     shape = tensor_shape(tensor)
     size = int(numpy.prod(shape, dtype=numpy.int64))
-    if tensor.tensor_content:
+    if content_bytes is None:
+        content_bytes = len(tensor.tensor_content)
+    if content_bytes:
         itemsize = 2 if tensor.dtype in (DT_HALF, DT_BFLOAT16) else 8 if tensor.dtype == DT_DOUBLE else 4
-        if len(tensor.tensor_content) != size * itemsize:
+        if content_bytes != size * itemsize:
             raise FormatError(
-                f"tensor_content holds {len(tensor.tensor_content)} bytes, shape {list(shape)} needs {size * itemsize}"
+                f"tensor_content holds {content_bytes} bytes, shape {list(shape)} needs {size * itemsize}"
             )
         return size
     count = len(getattr(tensor, _value_field(tensor.dtype)))
@@ -82,13 +86,15 @@ def to_numpy(tensor) -> numpy.ndarray:
     size = int(numpy.prod(shape, dtype=numpy.int64))
     if size > MAX_TENSOR_VALUES:
         raise FormatError(f"constant tensor of {size} values exceeds the limit of {MAX_TENSOR_VALUES}")
-    if tensor.tensor_content:
-        content = tensor.tensor_content
+    # One read of the field (each read copies it, upb); the array is a read-only view of that
+    # copy, which nothing else holds: a second copy of every weight would cost a pass and fresh pages.
+    content = tensor.tensor_content
+    if content:
         if len(content) != size * dtype.itemsize:
             raise FormatError(
                 f"tensor_content holds {len(content)} bytes, shape {list(shape)} needs {size * dtype.itemsize}"
             )
-        return numpy.frombuffer(content, dtype=dtype).reshape(shape).copy()
+        return numpy.frombuffer(content, dtype=dtype).reshape(shape)
     stored = getattr(tensor, _value_field(tensor.dtype))
     if len(stored) > size:
         raise FormatError(f"constant stores {len(stored)} values for shape {list(shape)}")

@@ -22,7 +22,9 @@ class Weight:
     whether it is a floating dtype (the only kind ever clustered).
     max_distinct: an upper bound on its distinct values known without decoding
     (the number of values it stores). load: returns the values as a new NumPy
-    array of that shape and dtype (floating tensors only).
+    array of that shape and dtype (floating tensors only), shared with no one
+    but possibly read-only (a GraphDef's tensor_content loads as a view of
+    one copy of its bytes).
     role: ROLE_CONSTANT, ROLE_VARIABLE or ROLE_OPTIMIZER. aliases: other names
     the weight answers to in `whitelisted` (a SavedModel variable's own name,
     e.g. "dense/kernel", next to its checkpoint path). layer_kind: the kind of
