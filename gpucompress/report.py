@@ -261,7 +261,8 @@ def format_summary(report: dict, *, top: int = 8, name_width: int = 44) -> str:
         lines.append("left as they are: " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())))
     exact = sum(1 for t in clustered if t.get("exact"))
     if exact:
-        lines.append(f"exact optimum (DP on the distinct values: float16, bfloat16, int8/int16): {exact} tensors")
+        lines.append("exact optimum (DP on the distinct values: float16, bfloat16, int8/int16, or at most 256 values): "
+                     f"{exact} tensors")
     weighted = sum(1 for t in clustered if t.get("importance") == "weighted")
     if any(t.get("importance") for t in clustered):
         lines.append(f"importance-weighted: {weighted} tensors; {len(clustered) - weighted} without an entry "
