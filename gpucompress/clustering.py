@@ -16,7 +16,7 @@ from . import channels
 from . import device as devices
 from . import engine
 from .errors import OptionsError
-from .kernels import compiled, histogram
+from .kernels import compiled, fixedpoint, histogram
 from .kernels.optimal import exact_fits
 from .importance import UNIFORM, WEIGHTED, resolve_importance, weighted_sse
 from .models.weights import ROLE_VARIABLE, Weight
@@ -56,7 +56,10 @@ class TensorOutcome:
     exact optimum: float16, bfloat16, int8/int16 integers), in every
     codebook row. importance: importance.WEIGHTED or importance.UNIFORM when
     the run had importances (None otherwise); weighted_sse: sum w * (x - c)**2
-    with them (float64; exact zeros kept have no error).
+    with them (float64; exact zeros kept have no error). scale_weighted: an
+    int8/int16 tensor with per-channel scales whose squared integer errors
+    weighed their channels' scales squared (its dequantized error was the
+    objective; sse stays the integers' own).
     """
 
     name: str
@@ -81,6 +84,7 @@ class TensorOutcome:
     exact: bool = False
     importance: str | None = None
     weighted_sse: float | None = None
+    scale_weighted: bool = False
 
     @property
     def size(self) -> int:
@@ -143,6 +147,8 @@ class _Pending:
     # stored integers in channel-major order, and int64 (rows, L) the counts of the values sent.
     level_values: numpy.ndarray | None = None
     level_counts: numpy.ndarray | None = None
+    # Its integer errors weigh its channels' squared scales (_channel_weighting).
+    scale_weighted: bool = False
 
 
 def _axis_for(weight: Weight, options: CompressOptions) -> tuple[int | None, str]:
@@ -170,10 +176,13 @@ def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple
     # Decided (and the options checked against the shape) before the values are read.
     layout = channels.layout_for(weight.name, tuple(weight.shape), options.granularity, options.group_size,
                                  axis, None)
-    if _by_levels(weight, options, layout, importance):
-        prepared = _prepare_levels(weight, options, layout, source)
+    scaling = _channel_weighting(weight, options, layout)
+    if _by_levels(weight, options, layout, importance, scaling):
+        prepared = _prepare_levels(weight, options, layout, source, scaling)
         if prepared is not None:
             return prepared
+    if scaling is not None:
+        importance = _scaled_importance(importance, tuple(weight.shape), scaling)
     values = weight.load()
     # The tensor's own dtype: the engine widens one batch at a time (peak memory).
     flat = values.reshape(-1)
@@ -184,7 +193,7 @@ def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple
     if not decision.cluster:
         return decision, None
     pending = _Pending(weight, values, None if all_finite else mask, finite,
-                       layout, source if layout is not None else None)
+                       layout, source if layout is not None else None, scale_weighted=scaling is not None)
     if options.global_clusters:
         if importance is not None:
             pending.importance = importance.reshape(-1) if all_finite else importance.reshape(-1)[mask]
@@ -224,13 +233,42 @@ def _prepare(weight: Weight, options: CompressOptions, importance=None) -> tuple
 LEVEL_ENTRIES_PER_VALUE = 4
 
 
-def _by_levels(weight: Weight, options: CompressOptions, layout, importance) -> bool:
+def _channel_weighting(weight: Weight, options: CompressOptions, layout) -> tuple[int, numpy.ndarray] | None:
+    """Return (axis, float64 squared scales along it) when a weight's squared integer errors are weighed
+    by their channels' scales squared, its dequantized error being the objective; None when it has no
+    per-channel scales, when each codebook serves one channel of the scales' axis (one scale: the integer
+    error is the dequantized one up to a factor), or with an engine or mode that takes no weights (faiss,
+    global_clusters: cluster_weights says so)."""
+    if weight.channel_scales is None or options.engine != "gpucompress" or options.global_clusters:
+        return None
+    axis, scales = weight.channel_scales()
+    if layout is not None and layout.axis == axis and layout.group_size == 1:
+        return None
+    return axis, scales * scales
+
+
+def _scaled_importance(importance, shape: tuple[int, ...], scaling) -> numpy.ndarray:
+    """Return float64 importances of a weight of this shape: the user's (None: ones) times the squared
+    scale of each value's channel."""
+    axis, squares = scaling
+    along = [1] * len(shape)
+    along[axis] = squares.size
+    squares = squares.reshape(along)
+    if importance is None:
+        return numpy.broadcast_to(squares, shape).copy()
+    return numpy.asarray(importance, dtype=numpy.float64).reshape(shape) * squares
+
+
+def _by_levels(weight: Weight, options: CompressOptions, layout, importance, scaling=None) -> bool:
     """Return whether an integer weight is clustered from its histograms (same results, no sort).
 
-    The engine's exact DP on distinct values depends on their counts alone:
-    int8/int16 weights it takes (the bound of _cluster_batch's
-    exact_candidates), unweighted, per tensor or per channel, with our
-    engine's optimal method (whose initializer plays no part).
+    The engine's exact DP on distinct values depends on their counts (their
+    total weights) alone: int8/int16 weights it takes (the bound of
+    _cluster_batch's exact_candidates), without user importances, per
+    tensor or per channel, with our engine's optimal method (whose
+    initializer plays no part). Weighed by their scales (scaling, from
+    _channel_weighting), a weight's histograms are counted per channel of the
+    scales' axis first, so its codebooks must span whole channels of it.
     """
     if weight.load_integers is None or importance is not None or options.global_clusters:
         return False
@@ -239,17 +277,34 @@ def _by_levels(weight: Weight, options: CompressOptions, layout, importance) -> 
     if not (weight.distinct_bound <= EXACT_MAX_DISTINCT and weight.distinct_bound < weight.size):
         return False
     rows = 1 if layout is None else layout.rows
+    if scaling is not None:
+        if layout is not None and layout.axis != scaling[0]:
+            return False
+        rows = scaling[1].size
     return rows * weight.integer_levels <= LEVEL_ENTRIES_PER_VALUE * weight.size
 
 
-def _prepare_levels(weight: Weight, options: CompressOptions, layout, source) -> tuple[Decision, _Pending] | None:
+def _prepare_levels(weight: Weight, options: CompressOptions, layout, source,
+                    scaling=None) -> tuple[Decision, _Pending] | None:
     """Return _prepare's (decision, pending) of an integer weight from its histograms, or None when a
-    row has too many distinct values for the exact DP (the caller then clusters its values)."""
+    row has too many distinct values for the exact DP (the caller then clusters its values).
+
+    scaling: None, or _channel_weighting's (axis, squared scales): the histograms then count each value
+    with its channel's integer weight, which the values' own path (_scaled_importance) would give it.
+    """
     integers = weight.load_integers()
     flat = integers.reshape(-1)
-    major = flat if layout is None else layout.to_channel_major(integers)
-    full_sizes = layout.segment_sizes() if layout is not None else numpy.array([flat.size], numpy.int64)
-    counts = histogram.segment_histograms(major, _offsets(full_sizes))
+    by_channel = None if scaling is None else channels.Layout(tuple(weight.shape), scaling[0], 1)
+    if by_channel is not None:
+        channel_major = by_channel.to_channel_major(integers)  # no copy for axis 0
+        counts = histogram.segment_histograms(channel_major, _offsets(by_channel.segment_sizes()))
+        # One codebook: its lookups need no channel order. Grouped: the groups' order is the channels'.
+        major = flat if layout is None else channel_major
+        del channel_major
+    else:
+        major = flat if layout is None else layout.to_channel_major(integers)
+        full_sizes = layout.segment_sizes() if layout is not None else numpy.array([flat.size], numpy.int64)
+        counts = histogram.segment_histograms(major, _offsets(full_sizes))
     low, _ = histogram.level_range(major.dtype)
     totals = counts.sum(axis=0)
     if int(numpy.count_nonzero(totals)) <= options.n_clusters:
@@ -260,14 +315,44 @@ def _prepare_levels(weight: Weight, options: CompressOptions, layout, source) ->
                                     zero_share > AUTO_ZEROS_SHARE and options.n_clusters >= 3)
     if keep_zeros:
         counts[:, -low] = 0
-    sent_sizes = counts.sum(axis=1)
+    if by_channel is not None:
+        group = by_channel.channels if layout is None else layout.group_size
+        counts, sent_sizes = _weighted_rows(counts, scaling[1], group)
+    else:
+        sent_sizes = counts.sum(axis=1)
     distinct = numpy.count_nonzero(counts, axis=1)[sent_sizes > 0]
     if not exact_fits(distinct, options.n_clusters - keep_zeros).all():
         return None
     pending = _Pending(weight, integers, None, flat, layout, source if layout is not None else None,
                        keep_zeros=keep_zeros, zero_share=zero_share, sent=major, sent_sizes=sent_sizes,
-                       level_values=major, level_counts=counts)
+                       level_values=major, level_counts=counts, scale_weighted=scaling is not None)
     return Decision(True, CLUSTER), pending
+
+
+def _weighted_rows(channel_counts: numpy.ndarray, squares: numpy.ndarray, group: int):
+    """Return (int64 (rows, L) weighted histograms, int64 (rows,) values sent) of codebooks that serve
+    `group` consecutive channels each, from int64 (C, L) per-channel counts of the values sent.
+
+    Each channel's values weigh the integer its squared scale becomes in the engine
+    (fixedpoint.quantize_weights per codebook, over the channels with values sent, as the engine
+    quantizes the same importances value by value: one weight repeated changes no maximum, integrality
+    or divisor), so the histograms give the weighted batch of the values themselves.
+    """
+    n_channels = channel_counts.shape[0]
+    starts = numpy.arange(0, n_channels, group, dtype=numpy.int64)
+    per_channel = channel_counts.sum(axis=1)
+    live = per_channel > 0
+    row_of = numpy.arange(n_channels, dtype=numpy.int64) // group
+    live_per_row = numpy.bincount(row_of[live], minlength=starts.size)
+    if starts.size == 1:
+        quantized = fixedpoint.quantize_weights(squares[live])
+    else:
+        quantized = fixedpoint.quantize_segment_weights(squares[live], live_per_row[live_per_row > 0])
+    integer = numpy.ones(n_channels, dtype=numpy.int64)
+    if quantized is not None:
+        integer[live] = quantized
+    weighted = numpy.add.reduceat(channel_counts * integer[:, None], starts, axis=0)
+    return weighted, numpy.add.reduceat(per_channel, starts)
 
 
 def _offsets(sizes: numpy.ndarray) -> numpy.ndarray:
@@ -313,6 +398,7 @@ def _level_outcome(pending: _Pending, result, codebook_id, n_clusters: int, weig
         group_size=None if layout is None else layout.group_size, axis_source=pending.axis_source,
         kept_zeros=pending.keep_zeros, zero_share=pending.zero_share, exact=bool(result.exact.all()),
         importance=UNIFORM if weighted_run else None, weighted_sse=sse if weighted_run else None,
+        scale_weighted=pending.scale_weighted,
     )
 
 
@@ -421,7 +507,7 @@ def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, 
         channel_axis=None if layout is None else layout.axis,
         group_size=None if layout is None else layout.group_size,
         axis_source=pending.axis_source, kept_zeros=pending.keep_zeros, zero_share=pending.zero_share,
-        exact=exact, importance=importance_state, weighted_sse=weighted,
+        exact=exact, importance=importance_state, weighted_sse=weighted, scale_weighted=pending.scale_weighted,
     )
 
 
@@ -489,6 +575,12 @@ def cluster_weights(
     weight needs an entry when any has one.
     """
     check_whitelist(weights, options)
+    scaled = sum(1 for w in weights if w.channel_scales is not None)
+    if scaled and (options.engine != "gpucompress" or options.global_clusters):
+        # Said out loud: the objective these weights would have had is not the one they get.
+        log.warning("%d int8/int16 weights have per-channel scales; with %s their integers are clustered "
+                    "unweighted (the integer error, not the dequantized one)", scaled,
+                    "global_clusters" if options.global_clusters else f"engine={options.engine!r}")
     if clusters is not None:
         _check_clusters(clusters, options)
     resolved = None if importance is None else resolve_importance(importance, weights, importance_source)
@@ -628,7 +720,8 @@ def _cluster_batch(cluster_arrays, pending: list[_Pending], first_id: int, optio
         # tensors of <= k distinct values, so this is a tensor of zeros and a few values only).
         sent = [p for p in run if p.sent.size and p.level_counts is None]
         extra = {}
-        if weighted_run:
+        # Integer weights weighed by their scales have importances without a user's.
+        if weighted_run or any(p.sent_importance is not None for p in sent):
             extra["weights"] = [p.sent_importance for p in sent]
         if options.engine == "gpucompress":
             # Integers of int8/int16 TFLite weights (float32 here): the format bounds

@@ -117,7 +117,7 @@ def tensor_entry(outcome: TensorOutcome, seconds: float | None = None) -> dict:
              "snr_db": None, "iterations": None, "converged": None, "seconds": None,
              "granularity": None, "codebooks": None, "channel_axis": None, "axis_source": None,
              "group_size": None, "last_group_channels": None, "kept_zeros": None, "zero_share": None,
-             "exact": None, "importance": None, "weighted_sse": None}
+             "exact": None, "importance": None, "weighted_sse": None, "scale_weighted": None}
     if outcome.clustered:
         entry.update(_granularity_fields(outcome))
         entry.update(
@@ -129,6 +129,7 @@ def tensor_entry(outcome: TensorOutcome, seconds: float | None = None) -> dict:
             iterations=outcome.iterations, converged=outcome.converged,
             seconds=None if seconds is None else float(seconds),
             exact=outcome.exact, importance=outcome.importance, weighted_sse=outcome.weighted_sse,
+            scale_weighted=outcome.scale_weighted,
         )
     return entry
 
@@ -263,6 +264,10 @@ def format_summary(report: dict, *, top: int = 8, name_width: int = 44) -> str:
     if exact:
         lines.append("exact optimum (DP on the distinct values: float16, bfloat16, int8/int16, or at most 256 values): "
                      f"{exact} tensors")
+    scaled = sum(1 for t in clustered if t.get("scale_weighted"))
+    if scaled:
+        lines.append("int8/int16 weights with per-channel scales, their integer errors weighed by the scales "
+                     f"squared (the dequantized error): {scaled} tensors")
     weighted = sum(1 for t in clustered if t.get("importance") == "weighted")
     if any(t.get("importance") for t in clustered):
         lines.append(f"importance-weighted: {weighted} tensors; {len(clustered) - weighted} without an entry "

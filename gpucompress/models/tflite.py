@@ -19,10 +19,9 @@ the engine sees their integers as float32 (exact; Weight.load_integers gives
 the stored integers, which clustering.py histograms instead, with the same
 results), and the clustered values are
 rounded back to integers, so a tensor holds at most k distinct integers and its
-scales and zero points are unchanged. The objective is then the squared error
-in integers, which is the dequantized error for one scale per tensor; with
-per-channel scales each channel's error counts with weight 1 instead of its
-scale squared (not weighted yet).
+scales and zero points are unchanged. The objective is the dequantized error:
+the squared error in integers, weighed, with per-channel scales that differ,
+by each channel's scale squared (Weight.channel_scales).
 """
 from __future__ import annotations
 
@@ -306,8 +305,9 @@ class TFLiteModel:
             size = int(numpy.prod(entry.shape, dtype=numpy.int64))
             # max_distinct is the number of values stored (Weight's meaning; pack reads fewer than
             # the size as a fill), not the dtype's bound: an int8 tensor stores all its values.
-            integers = None
+            integers = scales = None
             if kind == "integer":
+                scales = _channel_scales(entry)
                 dtype = "float32"
                 load = (lambda e=entry: self._values(e).astype(numpy.float32))
                 integers = (lambda e=entry: self._values(e).copy())
@@ -320,7 +320,7 @@ class TFLiteModel:
                                  # one kind of user only: a buffer two kinds read has no one channel axis
                                  layer_kind=next(iter(entry.kinds)) if len(entry.kinds) == 1 else None,
                                  integer_levels=1 << (8 * entry.dtype.itemsize) if kind == "integer" else None,
-                                 load_integers=integers))
+                                 load_integers=integers, channel_scales=scales))
         return result
 
     def integer_weights(self) -> dict[str, dict]:
@@ -444,6 +444,23 @@ class TFLiteModel:
         parse_structure(self._data, str(path))
         write_atomic(Path(path), memoryview(self._data))
         return len(self._data)
+
+
+def _channel_scales(entry: _Entry):
+    """Return Weight.channel_scales of an integer entry: a callable giving (axis, float64 scales), or None
+    for one scale (or all equal), scales that do not match the shape, or tensors of the buffer that
+    disagree on them (their dequantized errors differ: the integers' own error is then the objective)."""
+    first = entry.tensors[0]
+    scales, axis = first.scales, first.quantized_dimension
+    if scales.size < 2 or any(t.quantized_dimension != axis or not numpy.array_equal(t.scales, scales)
+                              for t in entry.tensors[1:]):
+        return None
+    if not 0 <= axis < len(entry.shape) or entry.shape[axis] != scales.size:
+        return None
+    widened = scales.astype(numpy.float64)
+    if not (numpy.isfinite(widened).all() and (widened > 0).all()) or (widened == widened[0]).all():
+        return None
+    return lambda: (axis, widened.copy())
 
 
 def read_tflite(path: str | os.PathLike) -> TFLiteModel:

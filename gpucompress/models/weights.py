@@ -37,6 +37,13 @@ class Weight:
     load_integers: for those weights, returns the stored integers (a new
     int8/int16 array of the shape, whose values load() gives as floats), which
     the clustering histograms instead of sorting the floats; None otherwise.
+    channel_scales: for those weights when their integers dequantize with a
+    scale per channel that is not the same for all (TFLite per-channel
+    quantization): returns (axis, float64 scales along it, finite and > 0).
+    The dequantized error of a value is its integer error times its scale,
+    so the clustering weighs each squared integer error by the scale
+    squared. None otherwise (one scale: the integer error is the
+    dequantized error up to a constant factor).
     """
 
     name: str
@@ -50,6 +57,7 @@ class Weight:
     layer_kind: str | None = None
     integer_levels: int | None = None
     load_integers: Callable[[], numpy.ndarray] | None = None
+    channel_scales: Callable[[], tuple[int, numpy.ndarray]] | None = None
 
     @property
     def distinct_bound(self) -> int:
