@@ -227,8 +227,43 @@ def machine_load() -> str:
         return "load average unknown"
 
 
+def dequantized_sse(source: Path, clustered: Path) -> float:
+    """Return the sum over the int8/int16 weights of ((q' - q) * scale)^2: the squared error of their
+    dequantized values (per-channel scales along their quantized dimension)."""
+    from gpucompress.models import read_model
+
+    before, after = read_model(source), read_model(clustered)
+    total = 0.0
+    for name, quantization in before.integer_weights().items():
+        shape = before._entries[name].shape
+        along = [1] * len(shape)
+        if quantization["scales"].size > 1:
+            along[quantization["axis"]] = -1
+        gap = (after._values(after._entries[name]).astype(numpy.float64)
+               - before._values(before._entries[name]).astype(numpy.float64))
+        total += float(((gap * quantization["scales"].astype(numpy.float64).reshape(along)) ** 2).sum())
+    return total
+
+
+def objective_rows(name: str, kind: str, source: Path, folder: Path, inputs, ks) -> list[dict]:
+    """Return, per k, the output error and dequantized weight SSE of a quantized model clustered with each
+    integer objective (`--integer-objective dequantized`, the default, and `integer`)."""
+    from tests.tflite_models import relative_error, run_tflite
+
+    reference, rows = run_tflite(source.read_bytes(), inputs), []
+    for k in ks:
+        row = {"model": name, "kind": kind, "k": k}
+        for objective in ("dequantized", "integer"):
+            output = folder / f"{name}_{kind}.{objective}.tflite"
+            compress_file(source, output, CompressOptions(n_clusters=k, integer_objective=objective), overwrite=True)
+            row[objective] = {"error": relative_error(reference, run_tflite(output.read_bytes(), inputs)),
+                              "dequantized_sse": dequantized_sse(source, output)}
+        rows.append(row)
+    return rows
+
+
 def markdown(rows: list[dict], timing: list[dict], k: int, date: str, machine: str, load: str = "",
-             training: dict | None = None) -> str:
+             training: dict | None = None, objectives: list[dict] | None = None) -> str:
     """Return the results table (rows and timing as main() collects them, or as the .json stores them).
 
     training: {model: what it was trained on}, or None for untrained (random-init) models.
@@ -264,6 +299,17 @@ def markdown(rows: list[dict], timing: list[dict], k: int, date: str, machine: s
             lines.append(f"| {r['model']} | {r['kind']} | {r['zip9'] / 2:,.0f} | {r['archive']:,} | "
                          f"{r['archive_smallest']:,} | {r['zip9'] / r['archive_smallest']:.3f}x | {r['bound']:,} | "
                          f"{r['rest']:,} | {floor:,} | {r['zip9'] / floor:.3f}x |")
+    if objectives:
+        lines += ["", "the objective of int8 weights (`--integer-objective`): output error and the dequantized "
+                  "weights' squared error (sum over the int8 weights of ((q' - q) * scale)^2) when each squared "
+                  "integer error weighs its channel's scale squared (dequantized, the default) or not (integer):", "",
+                  "| model | kind | k | error, dequantized | error, integer | weight SSE, dequantized "
+                  "| weight SSE, integer | SSE ratio |", "|---|---|---|---|---|---|---|---|"]
+        for o in objectives:
+            mine, plain = o["dequantized"], o["integer"]
+            ratio = mine["dequantized_sse"] / plain["dequantized_sse"] if plain["dequantized_sse"] else 1.0
+            lines.append(f"| {o['model']} | {o['kind']} | {o['k']} | {mine['error']:.4f} | {plain['error']:.4f} | "
+                         f"{mine['dequantized_sse']:.6g} | {plain['dequantized_sse']:.6g} | {ratio:.3f} |")
     lines += ["", "compress time (best of 3 after a warm-up) against the floor (read + parse, sort each weight, "
               "write; best of 3):", "", "| model | kind | weights | file bytes | compress s | floor s | ratio |",
               "|---|---|---|---|---|---|---|"]
@@ -288,12 +334,12 @@ def main(argv=None) -> int:
         # Runs stored before the trained models had no "training" key: they were untrained.
         print(markdown(stored["rows"], stored["timing"], stored.get("k", arguments.k), arguments.render.stem,
                        f"{cpu_model()}, {usable_cores()} cores", stored.get("machine", ""),
-                       stored.get("training")), end="")
+                       stored.get("training"), stored.get("objectives")), end="")
         return 0
     from tests.tflite_models import convert, relative_error, run_tflite
 
     k = arguments.k
-    rows, timing = [], []
+    rows, timing, objectives = [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         for name, model, inputs, kinds in models(arguments.quick, not arguments.untrained):
@@ -324,6 +370,8 @@ def main(argv=None) -> int:
                              "archive_smallest": smallest, "bound": packed.sizes["bound"],
                              "rest": packed.sizes["rest"], "tflm": tflm_bytes, "tflm_decoded": decoded})
                 print(rows[-1], flush=True)
+                if kind in ("int8", "dynamic"):
+                    objectives += objective_rows(name, kind, source, folder, inputs, (k, max(2, k // 2)))
                 if name == ("conv" if arguments.quick else "mlp") and kind in ("float32", "int8"):
                     floor = io_floor(source, folder)
                     seconds = compress_seconds(source, folder, k)
@@ -333,13 +381,13 @@ def main(argv=None) -> int:
     names = {row["model"] for row in rows}
     training = None if arguments.untrained else {name: TRAINING[name] for name in TRAINING if name in names}
     text = markdown(rows, timing, k, datetime.date.today().isoformat(), f"{cpu_model()}, {usable_cores()} cores",
-                    machine_load(), training)
+                    machine_load(), training, objectives)
     print(text)
     if not arguments.quick:
         RESULTS.mkdir(exist_ok=True)
         stem = arguments.output or RESULTS / f"tflite-{datetime.date.today().isoformat()}"
         stem.with_suffix(".md").write_text(text)
-        stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "timing": timing, "k": k,
+        stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "timing": timing, "k": k, "objectives": objectives,
                                                          "machine": machine_load(), "training": training}, indent=1))
         print(f"wrote {stem}.md")
     return 0

@@ -237,9 +237,10 @@ def _channel_weighting(weight: Weight, options: CompressOptions, layout) -> tupl
     """Return (axis, float64 squared scales along it) when a weight's squared integer errors are weighed
     by their channels' scales squared, its dequantized error being the objective; None when it has no
     per-channel scales, when each codebook serves one channel of the scales' axis (one scale: the integer
-    error is the dequantized one up to a factor), or with an engine or mode that takes no weights (faiss,
-    global_clusters: cluster_weights says so)."""
-    if weight.channel_scales is None or options.engine != "gpucompress" or options.global_clusters:
+    error is the dequantized one up to a factor), with integer_objective "integer", or with an engine or
+    mode that takes no weights (faiss, global_clusters: cluster_weights says so)."""
+    if (weight.channel_scales is None or options.integer_objective != "dequantized"
+            or options.engine != "gpucompress" or options.global_clusters):
         return None
     axis, scales = weight.channel_scales()
     if layout is not None and layout.axis == axis and layout.group_size == 1:
@@ -586,7 +587,11 @@ def cluster_weights(
     """
     check_whitelist(weights, options)
     scaled = sum(1 for w in weights if w.channel_scales is not None)
-    if scaled and (options.engine != "gpucompress" or options.global_clusters):
+    if options.integer_objective != "dequantized" and not scaled:
+        log.warning("integer_objective=%r changes nothing here: no weight is int8/int16 with per-channel scales",
+                    options.integer_objective)
+    elif scaled and options.integer_objective == "dequantized" and (options.engine != "gpucompress"
+                                                                     or options.global_clusters):
         # Said out loud: the objective these weights would have had is not the one they get.
         log.warning("%d int8/int16 weights have per-channel scales; with %s their integers are clustered "
                     "unweighted (the integer error, not the dequantized one)", scaled,

@@ -10,6 +10,7 @@ from .errors import OptionsError
 
 DEVICES = ("auto", "cpu", "gpu")
 ENGINES = ("gpucompress", "faiss")
+INTEGER_OBJECTIVES = ("dequantized", "integer")
 MAX_CLUSTERS = 65536
 # The optimal method's dynamic program over 8k bins holds O(k^2) cells: on a
 # 1 M-value tensor k=4096 peaks at 0.7 GB RSS (16 s on 2 cores), k=16384 at
@@ -83,6 +84,11 @@ class CompressOptions:
         False: zeros are clustered like any value; None
         (auto, the default): True for each tensor more than 30% of whose
         values are exact zeros (the report says which). Not with global_clusters.
+    integer_objective: what int8/int16 weights with per-channel scales (TFLite)
+        minimise: "dequantized" (the default: their error once dequantized,
+        each squared integer error weighing its channel's scale squared) or
+        "integer" (the integers' own error, every channel alike: each channel's
+        error relative to its range). Other weights are not concerned.
     """
 
     n_clusters: int = 256
@@ -103,6 +109,7 @@ class CompressOptions:
     keep_zeros: bool | None = None
     importance: str | os.PathLike | Mapping | None = field(default=None, compare=False)
     importance_from_data: str | os.PathLike | None = None
+    integer_objective: str = "dequantized"
 
     def __post_init__(self):
         if isinstance(self.whitelisted, (list, set, frozenset)):
@@ -119,6 +126,7 @@ class CompressOptions:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("method", self.method, tuple(sorted(_methods())))
         _check_choice("init", self.init, tuple(sorted(_initializers())))
+        _check_choice("integer_objective", self.integer_objective, INTEGER_OBJECTIVES)
         self._check_granularity()
         if self.importance is not None and not isinstance(self.importance, (str, os.PathLike, Mapping)):
             raise OptionsError(f"importance={type(self.importance).__name__} should be a path to an .npz file "

@@ -196,11 +196,14 @@ def test_int8_per_channel_scales_weigh_the_objective(models, tmp_path, monkeypat
     assert per_channel
     weighted = compress_file(source, tmp_path / "weighted.tflite", CompressOptions(device="cpu", **options))
     assert {t.name for t in weighted.run.clustered() if t.scale_weighted} == per_channel
-    # The same run with the scales hidden from the clustering: the integers' own error.
+    # The integers' own error (--integer-objective integer) is what hiding the scales gives.
+    unweighted = compress_file(source, tmp_path / "unweighted.tflite",
+                               CompressOptions(device="cpu", integer_objective="integer", **options))
+    assert not any(t.scale_weighted for t in unweighted.run.clustered())
     monkeypatch.setattr(TFLiteModel, "weights", lambda self, _w=TFLiteModel.weights: [
         dataclass_replace(w, channel_scales=None) for w in _w(self)])
-    unweighted = compress_file(source, tmp_path / "unweighted.tflite", CompressOptions(device="cpu", **options))
-    assert not any(t.scale_weighted for t in unweighted.run.clustered())
+    compress_file(source, tmp_path / "hidden.tflite", CompressOptions(device="cpu", **options))
+    assert (tmp_path / "hidden.tflite").read_bytes() == (tmp_path / "unweighted.tflite").read_bytes()
     before = read_model(source)
 
     def dequantized_sse(path, name):
@@ -219,6 +222,13 @@ def test_int8_per_channel_scales_weigh_the_objective(models, tmp_path, monkeypat
         changed += mine != plain
     assert changed  # the weighting changed some codebook
     assert numpy.isfinite(run_tflite((tmp_path / "weighted.tflite").read_bytes(), models["inputs"]["conv"])).all()
+
+
+def test_integer_objective_on_a_float_model_says_it_changes_nothing(models, tmp_path, caplog):
+    assert main(["compress", str(models["paths"]["conv"]["float32"]), "-o", str(tmp_path / "f.tflite"), "-q",
+                 "--n_clusters", "8", "--device", "cpu", "--integer-objective", "integer"]) == 0
+    assert any("integer_objective='integer' changes nothing here" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
 
 
 def test_global_clusters_says_per_channel_scales_go_unweighted(models, tmp_path, caplog):

@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..options import DEVICES, ENGINES, GRANULARITIES, CompressOptions
+from ..options import DEVICES, ENGINES, GRANULARITIES, INTEGER_OBJECTIVES, CompressOptions
 from . import EXIT_OK, new_parser
 from .budget import BUDGET_EXAMPLES, add_budget_arguments, budget_from_arguments, plan_from_arguments, print_plan
 
@@ -91,6 +91,10 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                        "default: on for each tensor more than 30%% zeros, as the report says")
     zeros.add_argument("--no-keep-zeros", "--no_keep_zeros", dest="keep_zeros", action="store_false",
                        help="cluster zeros like any value, whatever their share")
+    group.add_argument("--integer-objective", choices=INTEGER_OBJECTIVES, default=defaults.integer_objective,
+                       help="int8/int16 TFLite weights with per-channel scales: minimise their dequantized error "
+                       "(each channel's squared error weighs its scale squared) or the integers' own error "
+                       "(every channel alike) (default %(default)s)")
     add_importance_arguments(parser)
 
 
@@ -127,6 +131,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> CompressOptions:
         group_size=arguments.group_size,
         channel_axis=arguments.channel_axis,
         keep_zeros=arguments.keep_zeros,
+        integer_objective=arguments.integer_objective,
         importance=getattr(arguments, "importance", None),
         importance_from_data=getattr(arguments, "importance_from_data", None),
     )
