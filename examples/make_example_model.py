@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     accuracy = float((model.predict(images, verbose=0).argmax(1) == labels).mean())
     graph_def = freeze(model)
     with open(arguments.output, "wb") as stream:
-        stream.write(graph_def.SerializeToString())
+        stream.write(graph_def.SerializeToString(deterministic=True))  # map fields in key order: the same bytes every run
     weights = sum(int(v.numpy().size) for v in model.weights)
     print(f"wrote {arguments.output}: {weights:,} weights, test accuracy {accuracy:.3f}")
     return 0
