@@ -720,6 +720,58 @@ def distinct_edges(batch: SegmentBatch, row: int):
     return xp.concatenate([xp.asarray([start], dtype=xp.int64), changes, xp.asarray([end], dtype=xp.int64)])
 
 
+# From this many rows on, the distinct values of a run of rows (a per-channel int8 or float16 tensor's
+# thousands of channels) are found in one pass over the keys of their span, not one call per row.
+SPAN_ROWS = 16
+
+
+def _distinct_spans(batch: SegmentBatch, rows_host):
+    """Return (changes, lo, hi, starts, ends) of ascending rows_host: changes, the positions (in the
+    span of those rows) where a key differs from the one before it; per row, changes[lo:hi] are its own
+    (a row's first position excluded), starts/ends its host offsets. Arrays: changes on the batch's
+    device, the rest host int64."""
+    xp = array_namespace(batch.keys)
+    rows = numpy.asarray(rows_host, dtype=numpy.int64)
+    offsets = numpy.asarray(batch.offsets[int(rows[0]) : int(rows[-1]) + 2].tolist(), dtype=numpy.int64)
+    local = rows - rows[0]
+    starts, ends = offsets[local], offsets[local + 1]
+    span = batch.keys[int(offsets[0]) : int(offsets[-1])]
+    changes = xp.flatnonzero(span[1:] != span[:-1]).astype(xp.int64) + (int(offsets[0]) + 1)
+    lo = numpy.asarray(xp.searchsorted(changes, xp.asarray(starts), side="right").tolist(), dtype=numpy.int64)
+    hi = numpy.asarray(xp.searchsorted(changes, xp.asarray(ends), side="left").tolist(), dtype=numpy.int64)
+    return changes, lo, hi, starts, ends
+
+
+def _distinct_counts(batch: SegmentBatch, rows_host) -> numpy.ndarray:
+    """Return host int64: the number of distinct values (distinct_edges' D) of each of ascending rows_host."""
+    if len(rows_host) < SPAN_ROWS:
+        return numpy.array([int(distinct_edges(batch, row).shape[0]) - 1 for row in rows_host], dtype=numpy.int64)
+    _, lo, hi, _, _ = _distinct_spans(batch, rows_host)
+    return hi - lo + 1
+
+
+def _distinct_edge_lists(batch: SegmentBatch, rows_host) -> list:
+    """Return distinct_edges(batch, row) of each of ascending rows_host, the same arrays (views of one)."""
+    if len(rows_host) < SPAN_ROWS:
+        return [distinct_edges(batch, row) for row in rows_host]
+    xp = array_namespace(batch.keys)
+    changes, lo, hi, starts, ends = _distinct_spans(batch, rows_host)
+    lengths = hi - lo + 2  # start, the row's changes, end
+    begins = numpy.zeros(lengths.size + 1, dtype=numpy.int64)
+    numpy.cumsum(lengths, out=begins[1:])
+    # Position j of the output takes changes[lo_r + j - begin_r - 1] inside row r, its start and end at the ends.
+    owner = numpy.repeat(numpy.arange(lengths.size, dtype=numpy.int64), lengths)
+    source = numpy.arange(int(begins[-1]), dtype=numpy.int64) - begins[owner] - 1 + lo[owner]
+    inner = numpy.ones(int(begins[-1]), dtype=bool)
+    inner[begins[:-1]] = False
+    inner[begins[1:] - 1] = False
+    flat = xp.empty(int(begins[-1]), dtype=xp.int64)
+    flat[xp.asarray(numpy.flatnonzero(inner))] = changes[xp.asarray(source[inner])]
+    flat[xp.asarray(begins[:-1])] = xp.asarray(starts)
+    flat[xp.asarray(begins[1:] - 1)] = xp.asarray(ends)
+    return [flat[int(b) : int(e)] for b, e in zip(begins[:-1].tolist(), begins[1:].tolist())]
+
+
 def exact_rows(batch: SegmentBatch, candidates, k: int) -> numpy.ndarray:
     """Return host bool (S,): the candidate segments whose DP runs on their distinct values (exactly).
 
@@ -730,8 +782,9 @@ def exact_rows(batch: SegmentBatch, candidates, k: int) -> numpy.ndarray:
     split tables stay within EXACT_TABLE_ENTRIES, and without bands.
     """
     chosen = numpy.zeros(batch.n_segments, dtype=bool)
-    for row in numpy.flatnonzero(numpy.asarray(candidates, dtype=bool)).tolist():
-        chosen[row] = bool(exact_fits(int(distinct_edges(batch, row).shape[0]) - 1, k))
+    rows = numpy.flatnonzero(numpy.asarray(candidates, dtype=bool))
+    if rows.size:
+        chosen[rows] = exact_fits(_distinct_counts(batch, rows.tolist()), k)
     return chosen
 
 
@@ -745,20 +798,35 @@ def _exact_centroids(batch: SegmentBatch, rows_host, k: int, centroids) -> None:
     """Write into centroids the exact DP's centroids of segments rows_host, bins = distinct values."""
     xp = array_namespace(batch.keys)
     groups: dict[int, list] = {}
-    for row in rows_host:
-        edges = distinct_edges(batch, row)
+    for row, edges in zip(rows_host, _distinct_edge_lists(batch, rows_host)):
         groups.setdefault(int(edges.shape[0]) - 1, []).append((row, edges))
     on_cpu = xp is numpy and compiled.available()
+    pending, pending_bytes = [], 0
+
+    def flush():
+        # Chunks of every distinct count share one parallel compiled call (per-channel rows have
+        # hundreds of distinct counts), up to TABLE_BYTES of split tables at a time.
+        for (rows, edges, _, _, _), borders in zip(pending, _compiled_full_borders(
+                [(sums, counts, n_bins) for _, _, sums, counts, n_bins in pending], k)):
+            centroids[rows] = _border_centroids(batch, rows, edges, borders)
+        pending.clear()
+
     for n_bins, members in sorted(groups.items()):
         for first in range(0, len(members), max(1, TABLE_BYTES // (4 * k * (n_bins + 1)))):
             chunk = members[first : first + max(1, TABLE_BYTES // (4 * k * (n_bins + 1)))]
             rows = xp.asarray([row for row, _ in chunk], dtype=xp.int64)
             edges, sums, counts = _tables_at(batch, xp.stack([edges for _, edges in chunk]))
-            if on_cpu:
-                (borders,) = _compiled_full_borders([(sums, counts, n_bins)], k)
-            else:
-                borders = _full_borders(sums, counts, k, n_bins)
-            centroids[rows] = _border_centroids(batch, rows, edges, borders)
+            if not on_cpu:
+                centroids[rows] = _border_centroids(batch, rows, edges, _full_borders(sums, counts, k, n_bins))
+                continue
+            chunk_bytes = 4 * k * (n_bins + 1) * len(chunk)
+            if pending and pending_bytes + chunk_bytes > TABLE_BYTES:
+                flush()
+                pending_bytes = 0
+            pending.append((rows, edges, sums, counts, n_bins))
+            pending_bytes += chunk_bytes
+    if pending:
+        flush()
 
 
 def _chunks(rows_host, k: int, n_bins: int):

@@ -285,3 +285,19 @@ def test_small_arrays_keep_the_exact_optimum_through_their_distinct_values(n):
     assert sse(values, result.codebook) <= optimum * (1 + 1e-6) + 1e-9
     larger = cluster_arrays([numpy.random.default_rng(n).laplace(size=optimal.LARGE_BINS + 1)], 16, device="cpu")[0]
     assert not larger.exact
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_rows=st.integers(1, 60), levels=st.sampled_from([1, 3, 40, 1000]))
+def test_distinct_edges_of_many_rows_at_once_are_those_row_by_row(seed, n_rows, levels):
+    # exact_rows and the exact DP find many rows' distinct values (a per-channel int8 tensor's channels)
+    # in one pass over their span: the same edges and counts as one call per row, for any subset of rows.
+    rng = numpy.random.default_rng(seed)
+    arrays = [rng.integers(-levels, levels + 1, int(rng.integers(1, 300))).astype(numpy.float64)
+              for _ in range(n_rows)]
+    batch = batch_of(arrays)
+    rows = sorted(set(rng.integers(0, n_rows, int(rng.integers(1, 2 * n_rows + 1))).tolist()))
+    expected = [optimal.distinct_edges(batch, row) for row in rows]
+    got = optimal._distinct_edge_lists(batch, rows)
+    assert [e.tolist() for e in got] == [e.tolist() for e in expected]
+    assert optimal._distinct_counts(batch, rows).tolist() == [e.size - 1 for e in expected]
