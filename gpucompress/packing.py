@@ -24,6 +24,7 @@ from .api import path_bytes, path_zip_size, pieces_zip_size
 from .clustering import ClusteringRun, TensorOutcome, cluster_weights
 from .importance import gather_importance
 from .codec import archive as archives
+from .codec import codebooks as codebook_sections
 from .codec import entropy
 from .errors import FormatError, GpucompressError, InputError, OptionsError
 from .files import check_output_path, overwriting, read_input_file, write_atomic
@@ -200,18 +201,24 @@ def encode_model(model, run: ClusteringRun, info: dict | None = None,
             if tensor is not None:
                 candidates.append(tensor)
     users = Counter((t.dtype, t.codebook.tobytes()) for t in candidates)
+    # What a codebook takes in the archive: raw or delta-coded, the smaller (codec.codebooks).
+    codebook_bytes = {}
+    for t in candidates:
+        key = (t.dtype, t.codebook.tobytes())
+        if key not in codebook_bytes:
+            codebook_bytes[key] = codebook_sections.coded_size(t.codebook)
     # What each tensor takes in the model file: a format that knows says (an int8 TFLite weight is
     # clustered as float32 but stores one byte a value); else its stored values in the codebook's dtype.
     stored = model.stored_bytes() if hasattr(model, "stored_bytes") else {}
     coded = [t for t in candidates
              if _worth_coding(t, stored.get(t.name, weights[t.name].max_distinct * t.codebook.dtype.itemsize),
-                              t.codebook.nbytes / users[(t.dtype, t.codebook.tobytes())])]
+                              codebook_bytes[(t.dtype, t.codebook.tobytes())] / users[(t.dtype, t.codebook.tobytes())])]
     archive = archives.Archive(model.format_name, model.to_skeleton([t.name for t in coded]), coded, info or {})
     data = archives.write_archive(archive, speed_tolerance)
     rest_skeleton = (archive.skeleton if len(coded) == len(candidates)
                      else model.to_skeleton([t.name for t in candidates]))
     bound = sum(entropy.entropy_bytes(t.indices, t.codebook.shape[-1]) for t in candidates)
-    bound += sum(len(key[1]) for key in users)
+    bound += sum(codebook_bytes.values())
     coders = Counter(archive.coders.values())
     coders["kept"] = len(candidates) - len(coded) + fills
     return data, {"coders": coders, "coded": len(coded), "bound": int(round(bound)),

@@ -356,16 +356,20 @@ def test_budgets_on_every_format(tmp_path, kind):
 # --- budgets with per-channel codebooks and importances ---------------------------------------------
 
 def test_target_size_with_per_channel_codebooks(tmp_path):
-    # Curves price a per-channel tensor's codebook by its rows; the plan still lands within 2%.
+    # Curves price a per-channel tensor's codebook by its rows (delta-coded sections included), and the
+    # plan beats uniform k=8 at its size. It lands within 3%: on these four small tensors the plans
+    # nearest the target are 2.8% apart (8,407 and 8,642 bytes for a target of 8,605).
     path = _graph(tmp_path)
     uniform = tmp_path / "u.gpcz"
     common = ["--granularity", "per-channel", "-q", "--device", "cpu", "--no-zip-sizes"]
-    assert main(["pack", str(path), "-o", str(uniform), "--n_clusters", "8", *common]) == 0
+    assert main(["pack", str(path), "-o", str(uniform), "--n_clusters", "8", *common,
+                 "--report", str(tmp_path / "u.json")]) == 0
     target = uniform.stat().st_size
     budgeted = tmp_path / "b.gpcz"
     assert main(["pack", str(path), "-o", str(budgeted), "--target-size", str(target), *common,
                  "--report", str(tmp_path / "b.json")]) == 0
-    assert 0.98 * target <= budgeted.stat().st_size <= target
+    assert 0.97 * target <= budgeted.stat().st_size <= target
+    assert _sse(tmp_path / "b.json")[0] < _sse(tmp_path / "u.json")[0]
     _, report = _sse(tmp_path / "b.json")
     validate(report)
     assert any(t["granularity"] == "per-channel" and t["codebooks"] > 1 for t in report["tensors"])

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from gpucompress import CompressOptions, FormatError
 from gpucompress.clustering import cluster_weights
 from gpucompress.codec import archive as archives
-from gpucompress.codec import bitpack, entropy
+from gpucompress.codec import bitpack, codebooks, entropy
 from gpucompress.models import GraphDefModel
 from gpucompress.packing import decode_archive, encode_model, index_exactly
 
@@ -243,6 +243,8 @@ def _edited(change):
     (lambda m: m["tensors"].append(dict(m["tensors"][0])), "unique"),
     (lambda m: m["tensors"][0].update(nonfinite=True), "non-finite"),
     (lambda m: m.update(extra=1), "keys"),
+    (lambda m: m["codebooks"][0].update(coding="lzma"), "coding"),
+    (lambda m: m["codebooks"][0].pop("coding"), "keys"),
 ])
 def test_crafted_manifests_are_rejected_before_allocating(small_archive, change, message):
     data, _ = small_archive
@@ -265,3 +267,79 @@ def test_index_exactly_keeps_bit_patterns():
     tensor = index_exactly("t", "float32", values)
     assert tensor.codebook.size == 3 and tensor.nonfinite_index.tolist() == [2, 4]
     assert tensor.values().tobytes() == values.tobytes()
+
+
+CODEBOOK_DTYPES = ["<f2", "bfloat16", "<f4", "<f8"]
+
+
+def _dtype(name):
+    return archives.numpy_dtype("bfloat16") if name == "bfloat16" else numpy.dtype(name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(CODEBOOK_DTYPES), rows=st.integers(1, 40), k=st.integers(1, 40),
+       sort=st.booleans())
+def test_codebook_sections_give_back_every_bit_pattern(data, dtype, rows, k, sort):
+    # Any bits (NaN payloads, -0.0, infinities, subnormals): the delta coding maps each to one rank and back.
+    dtype = _dtype(dtype)
+    words = data.draw(hnp.arrays(f"<u{dtype.itemsize}", rows * k))
+    codebook = words.view(dtype).reshape(rows, k)
+    if sort:
+        codebook = numpy.sort(codebook.astype(numpy.float64), axis=1).astype(dtype)
+    coding, section = codebooks.encode_codebook(codebook)
+    assert coding in codebooks.CODINGS
+    back = codebooks.decode_codebook(coding, section, dtype, rows, k)
+    assert back.dtype == dtype and back.view(f"<u{dtype.itemsize}").tolist() == \
+        numpy.ascontiguousarray(codebook).reshape(-1).view(f"<u{dtype.itemsize}").tolist()
+    if coding == codebooks.RAW:
+        assert section == codebook.tobytes()
+    forced = entropy.zstd_compress(codebooks._delta_planes(codebook), codebooks.ZSTD_LEVEL)
+    assert codebooks.decode_codebook(codebooks.DELTA, forced, dtype, rows, k).tobytes() == codebook.tobytes()
+
+
+def test_channel_codebooks_take_the_delta_coding_and_shrink():
+    # Sorted k-means centroids of channels whose scales differ (trained kernels): steps are small integers.
+    rng = numpy.random.default_rng(3)
+    centroids = numpy.sort(rng.laplace(size=(2000, 16)), axis=1) * numpy.exp(rng.uniform(-3, 0, (2000, 1)))
+    codebook = centroids.astype("<f4")
+    coding, section = codebooks.encode_codebook(codebook)
+    assert coding == codebooks.DELTA and len(section) < 0.9 * codebook.nbytes
+    # One per-tensor codebook of 16 values: the frame would cost more than it saves.
+    assert codebooks.encode_codebook(codebook[0])[0] == codebooks.RAW
+
+
+def test_codebook_sections_of_the_wrong_size_are_refused():
+    codebook = numpy.sort(numpy.random.default_rng(4).normal(size=(50, 8)), axis=1).astype("<f4")
+    coding, section = codebooks.encode_codebook(codebook)
+    assert coding == codebooks.DELTA
+    with pytest.raises(FormatError, match="declares"):
+        codebooks.decode_codebook(coding, section, numpy.dtype("<f4"), 49, 8)
+    with pytest.raises(FormatError, match="holds"):
+        codebooks.decode_codebook(codebooks.RAW, codebook.tobytes()[:-1], numpy.dtype("<f4"), 50, 8)
+    with pytest.raises(FormatError):
+        codebooks.decode_codebook(codebooks.DELTA, section[:-3], numpy.dtype("<f4"), 50, 8)
+
+
+def test_version_2_archives_still_read():
+    import hashlib
+    import os
+
+    from .data import make_archive_v2
+
+    data = open(os.path.join(os.path.dirname(__file__), "data", "archive_v2.gpcz"), "rb").read()
+    assert int.from_bytes(data[8:10], "little") == 2
+    assert hashlib.sha256(decode_archive(data).to_bytes()).hexdigest() == make_archive_v2.UNPACKED_SHA256
+    # Written again today it is a version 3 archive of the same model.
+    model = make_archive_v2.tiny_graph()
+    again = decode_archive(data)
+    model.replace_values({w.name: w.load() for w in again.weights()})
+    data3, _ = encode_model(*_clustered_again(again))
+    assert int.from_bytes(data3[8:10], "little") == 3
+    assert decode_archive(data3).to_bytes() == decode_archive(data).to_bytes()
+
+
+def _clustered_again(model):
+    # The unpacked model holds at most 8 values per channel: clustering it again at k=8 is exact.
+    run = cluster_weights(model.weights(), CompressOptions(n_clusters=8, granularity="per-channel", device="cpu"))
+    model.replace_values({t.name: t.values() for t in run.clustered()})
+    return model, run

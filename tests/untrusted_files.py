@@ -176,7 +176,7 @@ def _manifest_archive(path: Path, format_name: str, skeleton_frame: bytes, skele
     manifest_codebooks = []
     for dtype, data in codebooks:
         manifest_codebooks.append({"dtype": dtype, "size": len(data) // archives.numpy_dtype(dtype).itemsize,
-                                   "rows": 1, "section": len(sections)})
+                                   "rows": 1, "coding": "raw", "section": len(sections)})
         sections.append(data)
     manifest_tensors = []
     for entry, stream in zip(tensors, streams):

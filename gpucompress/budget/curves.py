@@ -28,6 +28,7 @@ import numpy
 
 from ..clustering import TensorOutcome, cluster_weights
 from ..codec import bitpack, entropy
+from ..codec import codebooks as codebook_sections
 from ..options import CompressOptions
 
 # Bytes a coded tensor adds to the zstd-compressed manifest (its entry and section list rows),
@@ -143,13 +144,15 @@ def coded_bytes(outcome: TensorOutcome, *, encode: bool = True,
         stream = min(entropy.entropy_bytes(outcome.labels, k) + table,
                      float(bitpack.packed_size(outcome.size, bitpack.bits_for(k))))
     # pack leaves a tensor whose coding would not pay in the skeleton, clustered (packing._worth_coding).
-    if not _worth_coding(outcome, itemsize, nonfinite):
+    codebook = codebook_sections.coded_size(outcome.codebook)
+    if not _worth_coding(outcome, itemsize, nonfinite, codebook):
         return skeleton_bytes(outcome.values().tobytes())
-    return stream + outcome.codebook.nbytes + nonfinite * (8 + itemsize) + MANIFEST_ENTRY_BYTES
+    return stream + codebook + nonfinite * (8 + itemsize) + MANIFEST_ENTRY_BYTES
 
 
-def _worth_coding(outcome: TensorOutcome, itemsize: int, nonfinite: int) -> bool:
-    """Return packing._worth_coding's answer for a clustered tensor with its own codebook."""
+def _worth_coding(outcome: TensorOutcome, itemsize: int, nonfinite: int, codebook_bytes: int) -> bool:
+    """Return packing._worth_coding's answer for a clustered tensor with its own codebook (of
+    codebook_bytes in the archive)."""
     from ..codec.archive import CodedTensor
     from ..packing import _worth_coding as worth
 
@@ -158,7 +161,7 @@ def _worth_coding(outcome: TensorOutcome, itemsize: int, nonfinite: int) -> bool
         return True  # far from the line: skip building the record
     tensor = CodedTensor(outcome.name, outcome.dtype, outcome.shape, outcome.codebook, outcome.labels,
                          numpy.zeros(nonfinite, numpy.int64), None, outcome.channel_axis, outcome.group_size)
-    return worth(tensor, outcome.size * itemsize, outcome.codebook.nbytes)
+    return worth(tensor, outcome.size * itemsize, codebook_bytes)
 
 
 def exact_bytes(values: numpy.ndarray, n_clusters: int, max_distinct: int | None = None) -> float:
@@ -179,11 +182,14 @@ def exact_bytes(values: numpy.ndarray, n_clusters: int, max_distinct: int | None
         return raw
     tensor = index_exactly("exact", str(values.dtype), values)
     stored = (flat.size if max_distinct is None else max_distinct) * flat.dtype.itemsize
-    if tensor is None or not _worth_coding(tensor, stored, tensor.codebook.nbytes):
+    if tensor is None:
+        return raw
+    codebook = codebook_sections.coded_size(tensor.codebook)
+    if not _worth_coding(tensor, stored, codebook):
         return raw
     stream = len(entropy.encode_indices(tensor.indices.reshape(-1), tensor.codebook.size)[1])
     itemsize = flat.dtype.itemsize
-    return float(stream + tensor.codebook.nbytes + tensor.nonfinite_index.size * (8 + itemsize)
+    return float(stream + codebook + tensor.nonfinite_index.size * (8 + itemsize)
                  + MANIFEST_ENTRY_BYTES)
 
 

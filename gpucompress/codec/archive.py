@@ -21,12 +21,13 @@ import numpy
 from .. import limits
 from ..channels import Layout
 from ..errors import FormatError
-from . import bitpack, entropy
+from . import bitpack, codebooks as codebook_sections, entropy
 
 MAGIC = b"GPCZ\r\n\x1a\n"
-# Version 2: codebooks of several rows (per-channel and grouped codebooks). Version 1 files still read.
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 2: codebooks of several rows (per-channel and grouped codebooks). Version 3: codebook sections
+# raw or delta-coded (codebooks.py). Versions 1 and 2 still read.
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 HEADER = struct.Struct("<8sHH16sQQII")  # magic, version, flags, format, manifest stored/raw, CRCs
 
 # Limits on what a reader accepts (FORMAT.md, "Limits").
@@ -137,7 +138,9 @@ def write_archive(archive: Archive, speed_tolerance: float = entropy.SPEED_TOLER
         key = (tensor.dtype, rows, codebook.tobytes())
         if key not in codebook_ids:  # identical codebooks (global mode) are stored once
             codebook_ids[key] = len(codebooks)
-            codebooks.append({"dtype": tensor.dtype, "size": int(k), "rows": int(rows), "section": add(key[2])})
+            coding, data = codebook_sections.encode_codebook(codebook)
+            codebooks.append({"dtype": tensor.dtype, "size": int(k), "rows": int(rows), "coding": coding,
+                              "section": add(data)})
         coder, stream = entropy.encode_indices(tensor.indices.reshape(-1), k, speed_tolerance)
         archive.coders[tensor.name] = coder
         entry = {"name": tensor.name, "dtype": tensor.dtype, "shape": [int(d) for d in tensor.shape],
@@ -248,13 +251,8 @@ def _read(view: memoryview, source: str, lazy: bool = False) -> Archive:
 def _decode(format_name: str, manifest: dict, sections: list[memoryview], lazy_source: str | None) -> Archive:
     codebooks = []
     for entry in manifest["codebooks"]:
-        dtype = numpy_dtype(entry["dtype"])
-        data = sections[entry["section"]]
-        count = entry["size"] * entry["rows"]
-        if len(data) != count * dtype.itemsize:
-            raise FormatError(f"codebook section holds {len(data)} bytes, {count} {entry['dtype']} "
-                              f"values need {count * dtype.itemsize}")
-        values = numpy.frombuffer(data, dtype=dtype).copy()
+        values = codebook_sections.decode_codebook(entry["coding"], sections[entry["section"]],
+                                                   numpy_dtype(entry["dtype"]), entry["rows"], entry["size"])
         codebooks.append(values.reshape(entry["rows"], entry["size"]) if entry["rows"] > 1 else values)
     skeleton = entropy.zstd_decompress(sections[manifest["skeleton"]["section"]], manifest["skeleton"]["bytes"])
     tensors, coders = [], {}
@@ -378,7 +376,12 @@ def _parse_manifest(raw: bytes, version: int = VERSION) -> dict:
         if version == 1:  # version 1: one row per codebook, no "rows" key
             _keys(entry, {"dtype", "size", "section"}, "a codebook")
             entry["rows"] = 1
-        _keys(entry, {"dtype", "size", "rows", "section"}, "a codebook")
+        if version <= 2:  # versions 1 and 2: raw codebook sections, no "coding" key
+            _keys(entry, {"dtype", "size", "rows", "section"}, "a codebook")
+            entry["coding"] = codebook_sections.RAW
+        _keys(entry, {"dtype", "size", "rows", "section", "coding"}, "a codebook")
+        _require(entry["coding"] in codebook_sections.CODINGS,
+                 f"codebook coding should be one of {', '.join(codebook_sections.CODINGS)}")
         _require(_is_int(entry["rows"], 1, MAX_CODEBOOK_ROWS), f"codebook rows should be 1..{MAX_CODEBOOK_ROWS}")
         _require(entry["dtype"] in DTYPES, f"codebook dtype should be one of {', '.join(DTYPES)}")
         _require(_is_int(entry["size"], 1, MAX_CODEBOOK), f"codebook size should be 1..{MAX_CODEBOOK}")
