@@ -388,6 +388,23 @@ def test_bin_edges_match_array_bin_edges(n_bins, dtype):
     assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
 
 
+def test_bin_edges_of_channels_match_array_bin_edges():
+    # Regression for the merged (not qsorted) union and the table of cube roots:
+    # many channel-sized segments at 128 bins, ties, a lone outlier, cells of
+    # more values than the table covers (the mostly-zeros segment).
+    rng = numpy.random.default_rng(17)
+    arrays = [heavy_tailed(int(n), seed=100 + i) * rng.uniform(0.1, 10) for i, n in
+              enumerate(rng.integers(129, 2000, size=300))]
+    arrays += [numpy.round(heavy_tailed(640, seed=7) * 4) / 4, numpy.concatenate([numpy.zeros(5000), [1.0, 2.0]]),
+               numpy.concatenate([heavy_tailed(700, seed=8), [1e5]])]
+    batch = batch_of([a.astype(numpy.float32) for a in arrays])
+    rows = numpy.arange(len(arrays), dtype=numpy.int64)
+    reference = optimal.bin_edges(batch, rows, 128)
+    twin = compiled.bin_edges(batch.keys, batch.offsets, rows, 128, fixedpoint.KEY_SHIFT, fixedpoint.KEY_VALUE_MASK,
+                              fixedpoint.KEY_BIAS, optimal.FINE_PER_BIN, optimal.CUBE_SHIFT, optimal.extreme_bins(128))
+    assert numpy.array_equal(twin, reference)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("label_dtype", ["uint8", "int64"])
 def test_error_sums_match_numpy(dtype, label_dtype):
