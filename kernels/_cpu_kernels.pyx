@@ -712,6 +712,32 @@ def error_sums(const floating[::1] values, const codebook_t[::1] codebook, const
     return (errors[0] + errors[1]) + (errors[2] + errors[3]), (squares[0] + squares[1]) + (squares[2] + squares[3])
 
 
+def rows_error_sums(const floating[::1] values, const codebook_t[::1] codebooks, const label_t[::1] labels,
+                    const int64_t[::1] offsets, int64_t k):
+    """Return error_sums(values, codebooks, s * k + labels) over the values of rows s (compiled.rows_error_sums)."""
+    # error_sums' four lanes and order, the row's codebook found from its
+    # offsets: no int64 array of flat labels (two passes over 8 bytes a value).
+    cdef double errors[4]
+    cdef double squares[4]
+    cdef Py_ssize_t n_rows = offsets.shape[0] - 1
+    cdef Py_ssize_t row, index
+    cdef int64_t base
+    cdef double value, error
+    cdef int lane
+    for lane in range(4):
+        errors[lane] = 0.0
+        squares[lane] = 0.0
+    with nogil:
+        for row in range(n_rows):
+            base = row * k
+            for index in range(offsets[row], offsets[row + 1]):
+                value = <double>values[index]
+                error = value - <double>codebooks[base + <int64_t>labels[index]]
+                errors[index & 3] += error * error
+                squares[index & 3] += value * value
+    return (errors[0] + errors[1]) + (errors[2] + errors[3]), (squares[0] + squares[1]) + (squares[2] + squares[3])
+
+
 def partition(const floating[::1] values, double pivot, floating[::1] out):
     """Write the values below pivot to the front of out, the others (NaN among them) to the back; return their count."""
     # Each value is written to both free ends and only one end advances: no

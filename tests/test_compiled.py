@@ -406,6 +406,19 @@ def test_bin_edges_of_channels_match_array_bin_edges():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_error_sums_match_error_sums_on_flat_labels(dtype):
+    # Per-channel codebooks: the same sums, bit for bit, as error_sums on s * k + labels.
+    rng = numpy.random.default_rng(21)
+    sizes = rng.integers(0, 700, size=97)
+    values = heavy_tailed(int(sizes.sum()), seed=21).astype(dtype)
+    codebooks = numpy.sort(rng.standard_normal((sizes.size, 16)), axis=1).astype(dtype)
+    labels = rng.integers(0, 16, size=values.size).astype(numpy.uint8)
+    flat = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64) * 16, sizes) + labels
+    assert compiled.rows_error_sums(values, codebooks, labels, sizes) == compiled.error_sums(
+        values, codebooks.reshape(-1), flat)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("label_dtype", ["uint8", "int64"])
 def test_error_sums_match_numpy(dtype, label_dtype):
     rng = numpy.random.default_rng(12)
