@@ -690,6 +690,38 @@ def bin_edges(const int64_t[::1] keys, const int64_t[::1] offsets, const int64_t
     return edges_array
 
 
+def bin_tables(const uint64_t[::1] prefix, const int64_t[::1] weight_prefix, const int64_t[:, ::1] edges):
+    """Return (sums int64, counts float64), (R, W): optimal._tables_at's tables at bin edges (R, W), bit for bit.
+
+    sums[r, j]: the sum of q over sorted positions [edges[r, 0], edges[r, j])
+    (uint64 differences read as int64, as fixedpoint.range_sums); counts the
+    number of positions, or with weight_prefix (N + 1,) not empty, their total
+    weight, as float64. One parallel pass instead of four array steps.
+    """
+    cdef Py_ssize_t n_rows = edges.shape[0]
+    cdef Py_ssize_t width = edges.shape[1]
+    sums_array = numpy.empty((n_rows, width), dtype=numpy.int64)
+    counts_array = numpy.empty((n_rows, width), dtype=numpy.float64)
+    cdef int64_t[:, ::1] sums = sums_array
+    cdef double[:, ::1] counts = counts_array
+    cdef bint weighted = weight_prefix.shape[0] > 0
+    cdef Py_ssize_t row, j
+    cdef int64_t first, edge
+    if n_rows == 0 or width == 0:
+        return sums_array, counts_array
+    with nogil:
+        for row in prange(n_rows, schedule="static"):
+            first = edges[row, 0]
+            for j in range(width):
+                edge = edges[row, j]
+                sums[row, j] = <int64_t>(prefix[edge] - prefix[first])
+                if weighted:
+                    counts[row, j] = <double>(weight_prefix[edge] - weight_prefix[first])
+                else:
+                    counts[row, j] = <double>(edge - first)
+    return sums_array, counts_array
+
+
 def error_sums(const floating[::1] values, const codebook_t[::1] codebook, const label_t[::1] labels):
     """Return float64 (sum of (values - codebook[labels])**2, sum of values**2) in a fixed order."""
     # Four running sums each, in a fixed order: the adds overlap (a single

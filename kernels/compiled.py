@@ -266,6 +266,24 @@ def bin_edges(keys, offsets, rows, n_bins: int, key_shift: int, value_mask: int,
                                  int(value_mask), int(key_bias), int(fine_per_bin), int(cube_shift), int(extremes))
 
 
+def bin_tables(prefix, weight_prefix, edges):
+    """Return (sums int64, counts float64) (R, W) at bin edges: optimal._tables_at's twin, one parallel pass.
+
+    prefix: uint64 (N + 1,) prefix sums of q (or of w * q); weight_prefix: None or int64 (N + 1,) of the
+    integer weights; edges: int64 (R, W) sorted positions in [0, N], each row's first its start.
+    """
+    prefix = numpy.ascontiguousarray(prefix, dtype=numpy.uint64)
+    edges = _int64("edges", edges, 2)
+    _check_range("edges", edges, 0, prefix.shape[0] - 1)
+    if weight_prefix is None:
+        weight_prefix = numpy.zeros(0, dtype=numpy.int64)  # the kernel's "every weight is 1"
+    else:
+        weight_prefix = _int64("weight_prefix", weight_prefix, 1)
+        if weight_prefix.shape != prefix.shape:
+            raise KernelInputError(f"weight_prefix {weight_prefix.shape} should have shape {prefix.shape}.")
+    return _kernels().bin_tables(prefix, weight_prefix, edges)
+
+
 def error_sums(values, codebook, labels):
     """Return float64 (sum of (values - codebook[labels])**2, sum of values**2), one pass, no temporaries.
 

@@ -388,6 +388,25 @@ def test_bin_edges_match_array_bin_edges(n_bins, dtype):
     assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bin_tables_match_array_tables(weighted):
+    # The DP's sums and counts at bin edges: the compiled pass against the array steps, with
+    # wrapping uint64 prefix sums and (weighted) integer weights.
+    rng = numpy.random.default_rng(5)
+    n = 5000
+    prefix = numpy.concatenate([[0], numpy.cumsum(rng.integers(-2**40, 2**40, size=n))]).astype(numpy.int64)
+    prefix = prefix.view(numpy.uint64) + numpy.uint64(2**63)  # wraps, as fixedpoint.prefix_sums may
+    weight_prefix = numpy.concatenate([[0], numpy.cumsum(rng.integers(0, 2**16, size=n))]) if weighted else None
+    starts = numpy.sort(rng.integers(0, n - 200, size=40))
+    edges = numpy.sort(starts[:, None] + rng.integers(0, 200, size=(40, 33)), axis=1)
+    edges[:, 0] = starts
+    sums, counts = compiled.bin_tables(prefix, weight_prefix, edges)
+    first = numpy.broadcast_to(edges[:, :1], edges.shape)
+    assert numpy.array_equal(sums, fixedpoint.range_sums(prefix, first, edges)) and sums.dtype == numpy.int64
+    reference = fixedpoint.range_weights(weight_prefix, first, edges).astype(numpy.float64)
+    assert numpy.array_equal(counts, reference) and counts.dtype == numpy.float64
+
+
 def test_bin_edges_of_channels_match_array_bin_edges():
     # Regression for the merged (not qsorted) union and the table of cube roots:
     # many channel-sized segments at 128 bins, ties, a lone outlier, cells of
