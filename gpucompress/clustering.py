@@ -488,18 +488,24 @@ def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, 
         major = flat if layout is None else layout.to_channel_major(pending.values)
     finite = None if pending.finite_mask is None else numpy.isfinite(major)
     k = codebooks.shape[1]
+    major_importance = pending.major_importance
     if layout is None:
         flat_codebook, flat_labels = codebooks[0], major_labels
+    elif finite is None and major_importance is None and _rows_compiled(major, codebooks):
+        # Each row's codebook found from the row sizes: the same sums as on flat labels.
+        flat_codebook = flat_labels = None
     else:
         full_sizes = layout.segment_sizes()
         flat_codebook = codebooks.reshape(-1)
         flat_labels = numpy.repeat(numpy.arange(rows, dtype=numpy.int64) * k, full_sizes) + major_labels
-    major_importance = pending.major_importance
     if finite is not None:
         major, flat_labels = major[finite], flat_labels[finite]
         if major_importance is not None:
             major_importance = major_importance[finite]
-    sse, sum_squares = _error_sums(major, flat_codebook, flat_labels)
+    if flat_labels is None:
+        sse, sum_squares = compiled.rows_error_sums(major, codebooks, major_labels, layout.segment_sizes())
+    else:
+        sse, sum_squares = _error_sums(major, flat_codebook, flat_labels)
     importance_state = weighted = None
     if weighted_run:
         importance_state = UNIFORM if major_importance is None else WEIGHTED
@@ -520,6 +526,12 @@ def _segmented_outcome(pending: _Pending, codebooks64, sent_labels, iterations, 
         axis_source=pending.axis_source, kept_zeros=pending.keep_zeros, zero_share=pending.zero_share,
         exact=exact, importance=importance_state, weighted_sse=weighted, scale_weighted=pending.scale_weighted,
     )
+
+
+def _rows_compiled(values: numpy.ndarray, codebooks: numpy.ndarray) -> bool:
+    """Return whether compiled.rows_error_sums takes these values and codebooks (float32/float64, built)."""
+    return (values.dtype in (numpy.float32, numpy.float64) and codebooks.dtype == values.dtype
+            and compiled.available())
 
 
 def _error_sums(finite: numpy.ndarray, codebook: numpy.ndarray, labels: numpy.ndarray) -> tuple[float, float]:

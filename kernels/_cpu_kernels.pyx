@@ -19,7 +19,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, cbrt, floor, rint
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 import numpy
@@ -525,8 +525,22 @@ cdef void equal_width_positions(const int64_t* keys, int64_t start, int64_t end,
     cdef int64_t high = (keys[end - 1] & value_mask) - key_bias
     cdef int64_t position = start
     cdef int64_t step, query
+    cdef int64_t span = high - low
+    # floor(span * step / n_cells), step after step, without a division each
+    # (span >= 0: the keys are sorted): span = whole * n_cells + part.
+    cdef int64_t whole = span // n_cells
+    cdef int64_t part = span % n_cells
+    cdef int64_t quotient = 0
+    cdef int64_t remainder = 0
     for step in range(1, n_cells):
-        query = tag + low + floor_divide((high - low) * step, n_cells) + key_bias
+        quotient += whole
+        remainder += part
+        if remainder >= n_cells:
+            quotient += 1
+            remainder -= n_cells
+        if span < 0:  # unsorted keys (never from a SegmentBatch): the formula itself
+            quotient = floor_divide(span * step, n_cells)
+        query = tag + low + quotient + key_bias
         position = lower_bound_from(keys, position, end, query)  # thresholds ascend
         out[step - 1] = position
 
@@ -542,25 +556,24 @@ cdef inline int64_t integer_cube_root(int64_t x) noexcept nogil:
 
 cdef int density_positions(const int64_t* keys, int64_t start, int64_t end, int64_t tag, int64_t value_mask,
                            int64_t key_bias, int64_t n_bins, int64_t fine_per_bin, int64_t cube_shift,
-                           int64_t* out) noexcept nogil:
-    # out[0..n_bins]: optimal.density_edges of one segment. Returns -1 when
-    # its work arrays cannot be allocated, else 0.
+                           const int64_t* cube_roots, int64_t n_cube_roots, int64_t* work, int64_t* out) noexcept nogil:
+    # out[0..n_bins]: optimal.density_edges of one segment. work: 3 * (fine_per_bin * n_bins + 1) int64.
+    # cube_roots[c] = integer_cube_root(c << cube_shift) for c < n_cube_roots (the same integers, looked up).
     cdef int64_t n_cells = fine_per_bin * n_bins
-    cdef int64_t cell, edge, total, target, chosen, within, count, position
-    cdef int64_t* cell_edges = <int64_t*>malloc((n_cells + 1) * sizeof(int64_t))
-    cdef int64_t* weights = <int64_t*>malloc(n_cells * sizeof(int64_t))
-    cdef int64_t* cumulative = <int64_t*>malloc((n_cells + 1) * sizeof(int64_t))
-    if cell_edges == NULL or weights == NULL or cumulative == NULL:
-        free(cell_edges)
-        free(weights)
-        free(cumulative)
-        return -1
+    cdef int64_t cell, edge, total, target, chosen, within, count, position, cell_count
+    cdef int64_t* cell_edges = work
+    cdef int64_t* weights = work + n_cells + 1
+    cdef int64_t* cumulative = work + 2 * (n_cells + 1)
     cell_edges[0] = start
     cell_edges[n_cells] = end
     equal_width_positions(keys, start, end, tag, value_mask, key_bias, n_cells, cell_edges + 1)
     cumulative[0] = 0
     for cell in range(n_cells):
-        weights[cell] = integer_cube_root((cell_edges[cell + 1] - cell_edges[cell]) << cube_shift)
+        cell_count = cell_edges[cell + 1] - cell_edges[cell]
+        if cell_count < n_cube_roots:
+            weights[cell] = cube_roots[cell_count]
+        else:
+            weights[cell] = integer_cube_root(cell_count << cube_shift)
         cumulative[cell + 1] = cumulative[cell] + weights[cell]
     total = cumulative[n_cells]
     cell = 0
@@ -576,16 +589,34 @@ cdef int density_positions(const int64_t* keys, int64_t start, int64_t end, int6
         out[edge] = min64(position, end)
     out[0] = start
     out[n_bins] = end
-    free(cell_edges)
-    free(weights)
-    free(cumulative)
     return 0
 
 
-cdef int compare_int64(const void* a, const void* b) noexcept nogil:
-    cdef int64_t x = (<const int64_t*>a)[0]
-    cdef int64_t y = (<const int64_t*>b)[0]
-    return (x > y) - (x < y)
+cdef inline int64_t merge_two(const int64_t* first, int64_t n_first, const int64_t* second, int64_t n_second,
+                              int64_t* out) noexcept nogil:
+    # out: the ascending merge of two ascending runs (selects, not branches, pick each item); returns its length.
+    cdef int64_t i = 0
+    cdef int64_t j = 0
+    cdef int64_t filled = 0
+    cdef int64_t x, y
+    cdef bint take_second
+    while i < n_first and j < n_second:
+        x = first[i]
+        y = second[j]
+        take_second = y < x
+        out[filled] = y if take_second else x
+        j += take_second
+        i += 1 - take_second
+        filled += 1
+    while i < n_first:
+        out[filled] = first[i]
+        i += 1
+        filled += 1
+    while j < n_second:
+        out[filled] = second[j]
+        j += 1
+        filled += 1
+    return filled
 
 
 def bin_edges(const int64_t[::1] keys, const int64_t[::1] offsets, const int64_t[::1] rows, int64_t n_bins,
@@ -593,41 +624,102 @@ def bin_edges(const int64_t[::1] keys, const int64_t[::1] offsets, const int64_t
               int64_t extremes):
     """Return int64 (R, n_bins + 1): optimal.bin_edges of segments larger than n_bins, bit for bit.
 
-    Raises MemoryError when a row's work arrays cannot be allocated.
+    Raises MemoryError when a thread's work arrays cannot be allocated.
     """
     cdef Py_ssize_t n_rows = rows.shape[0]
     cdef int64_t count_bins = n_bins // 3
     cdef int64_t density_bins = n_bins // 3
     cdef int64_t width_bins = n_bins - count_bins - density_bins - 2 * extremes
+    cdef int64_t n_cells = fine_per_bin * density_bins
     edges_array = numpy.empty((n_rows, n_bins + 1), dtype=numpy.int64)
     cdef int64_t[:, ::1] edges = edges_array
     cdef Py_ssize_t index
-    cdef int64_t row, start, end, tag, step, rank, filled
+    cdef int64_t row, start, end, tag, step, rank, filled, c
+    # Cell counts are small (a channel's ~640 values over ~170 cells): their
+    # cube roots come from a table of the same integers, not libm's cbrt.
+    cdef int64_t n_cube_roots = 1024
+    cdef int64_t cube_roots[1024]
+    cdef int64_t run_starts[6]
+    cdef int64_t* work
     cdef int64_t* union
+    cdef int64_t* merged
     cdef int failed = 0
+    for c in range(n_cube_roots):
+        cube_roots[c] = integer_cube_root(c << cube_shift)
+    # runs: equal-count edges, the least values, the greatest (ascending), equal-width, density
+    run_starts[0] = 0
+    run_starts[1] = count_bins + 1
+    run_starts[2] = run_starts[1] + extremes
+    run_starts[3] = run_starts[2] + extremes
+    run_starts[4] = run_starts[3] + width_bins - 1
+    run_starts[5] = run_starts[4] + density_bins + 1
     with nogil, parallel():
+        # One work area per thread (cells, the runs, two merge buffers), not one per row.
+        work = <int64_t*>malloc((3 * (n_cells + 1) + 3 * (n_bins + 1)) * sizeof(int64_t))
         for index in prange(n_rows, schedule="dynamic"):
+            if work == NULL:
+                failed += 1
+                continue
             row = rows[index]
             start = offsets[row]
             end = offsets[row + 1]
             tag = row << key_shift
-            union = &edges[index, 0]
+            union = work + 3 * (n_cells + 1)
+            merged = union + n_bins + 1
+            # runs in union: equal-count edges, the least values, the greatest (ascending), equal-width, density
             for step in range(count_bins + 1):
                 union[step] = start + floor_divide(step * (end - start), count_bins)
             filled = count_bins + 1
             for rank in range(1, extremes + 1):
-                union[filled] = start + rank
-                union[filled + 1] = end - rank
-                filled = filled + 2
+                union[filled + rank - 1] = start + rank
+                union[filled + extremes + rank - 1] = end - (extremes + 1 - rank)
+            filled = filled + 2 * extremes
             equal_width_positions(&keys[0], start + extremes, end - extremes, tag, value_mask, key_bias, width_bins,
                                   union + filled)
-            if density_positions(&keys[0], start + extremes, end - extremes, tag, value_mask, key_bias, density_bins,
-                                 fine_per_bin, cube_shift, union + filled + width_bins - 1) != 0:
-                failed += 1
-            qsort(union, n_bins + 1, sizeof(int64_t), compare_int64)
+            density_positions(&keys[0], start + extremes, end - extremes, tag, value_mask, key_bias, density_bins,
+                              fine_per_bin, cube_shift, cube_roots, n_cube_roots, work, union + filled + width_bins - 1)
+            # Each run ascends, so merging them gives their sorted union (the same
+            # integers as sorting it, at a fraction of qsort's calls), smaller runs first.
+            filled = merge_two(union + run_starts[1], extremes, union + run_starts[2], extremes, merged)
+            filled = merge_two(merged, filled, union + run_starts[3], width_bins - 1, merged + n_bins + 1)
+            filled = merge_two(merged + n_bins + 1, filled, union, count_bins + 1, merged)
+            merge_two(merged, filled, union + run_starts[4], density_bins + 1, &edges[index, 0])
+        free(work)
     if failed:
         raise MemoryError("not enough memory for the bin edges' work arrays")
     return edges_array
+
+
+def bin_tables(const uint64_t[::1] prefix, const int64_t[::1] weight_prefix, const int64_t[:, ::1] edges):
+    """Return (sums int64, counts float64), (R, W): optimal._tables_at's tables at bin edges (R, W), bit for bit.
+
+    sums[r, j]: the sum of q over sorted positions [edges[r, 0], edges[r, j])
+    (uint64 differences read as int64, as fixedpoint.range_sums); counts the
+    number of positions, or with weight_prefix (N + 1,) not empty, their total
+    weight, as float64. One parallel pass instead of four array steps.
+    """
+    cdef Py_ssize_t n_rows = edges.shape[0]
+    cdef Py_ssize_t width = edges.shape[1]
+    sums_array = numpy.empty((n_rows, width), dtype=numpy.int64)
+    counts_array = numpy.empty((n_rows, width), dtype=numpy.float64)
+    cdef int64_t[:, ::1] sums = sums_array
+    cdef double[:, ::1] counts = counts_array
+    cdef bint weighted = weight_prefix.shape[0] > 0
+    cdef Py_ssize_t row, j
+    cdef int64_t first, edge
+    if n_rows == 0 or width == 0:
+        return sums_array, counts_array
+    with nogil:
+        for row in prange(n_rows, schedule="static"):
+            first = edges[row, 0]
+            for j in range(width):
+                edge = edges[row, j]
+                sums[row, j] = <int64_t>(prefix[edge] - prefix[first])
+                if weighted:
+                    counts[row, j] = <double>(weight_prefix[edge] - weight_prefix[first])
+                else:
+                    counts[row, j] = <double>(edge - first)
+    return sums_array, counts_array
 
 
 def error_sums(const floating[::1] values, const codebook_t[::1] codebook, const label_t[::1] labels):
@@ -649,6 +741,32 @@ def error_sums(const floating[::1] values, const codebook_t[::1] codebook, const
             error = value - <double>codebook[labels[index]]
             errors[index & 3] += error * error
             squares[index & 3] += value * value
+    return (errors[0] + errors[1]) + (errors[2] + errors[3]), (squares[0] + squares[1]) + (squares[2] + squares[3])
+
+
+def rows_error_sums(const floating[::1] values, const codebook_t[::1] codebooks, const label_t[::1] labels,
+                    const int64_t[::1] offsets, int64_t k):
+    """Return error_sums(values, codebooks, s * k + labels) over the values of rows s (compiled.rows_error_sums)."""
+    # error_sums' four lanes and order, the row's codebook found from its
+    # offsets: no int64 array of flat labels (two passes over 8 bytes a value).
+    cdef double errors[4]
+    cdef double squares[4]
+    cdef Py_ssize_t n_rows = offsets.shape[0] - 1
+    cdef Py_ssize_t row, index
+    cdef int64_t base
+    cdef double value, error
+    cdef int lane
+    for lane in range(4):
+        errors[lane] = 0.0
+        squares[lane] = 0.0
+    with nogil:
+        for row in range(n_rows):
+            base = row * k
+            for index in range(offsets[row], offsets[row + 1]):
+                value = <double>values[index]
+                error = value - <double>codebooks[base + <int64_t>labels[index]]
+                errors[index & 3] += error * error
+                squares[index & 3] += value * value
     return (errors[0] + errors[1]) + (errors[2] + errors[3]), (squares[0] + squares[1]) + (squares[2] + squares[3])
 
 

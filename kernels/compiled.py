@@ -266,6 +266,24 @@ def bin_edges(keys, offsets, rows, n_bins: int, key_shift: int, value_mask: int,
                                  int(value_mask), int(key_bias), int(fine_per_bin), int(cube_shift), int(extremes))
 
 
+def bin_tables(prefix, weight_prefix, edges):
+    """Return (sums int64, counts float64) (R, W) at bin edges: optimal._tables_at's twin, one parallel pass.
+
+    prefix: uint64 (N + 1,) prefix sums of q (or of w * q); weight_prefix: None or int64 (N + 1,) of the
+    integer weights; edges: int64 (R, W) sorted positions in [0, N], each row's first its start.
+    """
+    prefix = numpy.ascontiguousarray(prefix, dtype=numpy.uint64)
+    edges = _int64("edges", edges, 2)
+    _check_range("edges", edges, 0, prefix.shape[0] - 1)
+    if weight_prefix is None:
+        weight_prefix = numpy.zeros(0, dtype=numpy.int64)  # the kernel's "every weight is 1"
+    else:
+        weight_prefix = _int64("weight_prefix", weight_prefix, 1)
+        if weight_prefix.shape != prefix.shape:
+            raise KernelInputError(f"weight_prefix {weight_prefix.shape} should have shape {prefix.shape}.")
+    return _kernels().bin_tables(prefix, weight_prefix, edges)
+
+
 def error_sums(values, codebook, labels):
     """Return float64 (sum of (values - codebook[labels])**2, sum of values**2), one pass, no temporaries.
 
@@ -281,6 +299,31 @@ def error_sums(values, codebook, labels):
     _check_range("labels", labels, 0, codebook.shape[0] - 1)
     values, codebook, labels = (numpy.ascontiguousarray(a) for a in (values, codebook, labels))
     return tuple(float(total) for total in _kernels().error_sums(values, codebook, labels))
+
+
+def rows_error_sums(values, codebooks, labels, sizes):
+    """Return error_sums(values, codebooks.reshape(-1), s * k + labels) for rows of codebooks, one pass.
+
+    values: float32 or float64 (n,), row s's values at [offsets[s], offsets[s + 1]) of sizes (S,);
+    codebooks: (S, k) of values' dtype; labels: (n,) of LABELS, each < k. The same sums in the same
+    order as error_sums on the flat labels, without building them.
+    """
+    _check_vector("values", values, FLOATS)
+    _check_vector("labels", labels, LABELS)
+    codebooks = numpy.ascontiguousarray(codebooks)
+    if codebooks.ndim != 2 or codebooks.dtype not in FLOATS or codebooks.shape[1] < 1:
+        raise KernelInputError("codebooks should be a 2-D float32 or float64 array (rows, k), k >= 1.")
+    if labels.shape != values.shape:
+        raise KernelInputError(f"labels {labels.shape} should have the shape of values {values.shape}.")
+    offsets = numpy.concatenate([[0], numpy.cumsum(_int64("sizes", sizes, 1))]).astype(numpy.int64)
+    offsets = _check_offsets(offsets, values.shape[0], "sizes' offsets")
+    if offsets.shape[0] - 1 != codebooks.shape[0]:
+        raise KernelInputError(f"sizes ({offsets.shape[0] - 1}) should hold one size per codebook row "
+                               f"({codebooks.shape[0]}).")
+    _check_range("labels", labels, 0, codebooks.shape[1] - 1)
+    values, labels = numpy.ascontiguousarray(values), numpy.ascontiguousarray(labels)
+    return tuple(float(total) for total in
+                 _kernels().rows_error_sums(values, codebooks.reshape(-1), labels, offsets, int(codebooks.shape[1])))
 
 
 def partition(values, pivot, out) -> int:
@@ -331,6 +374,20 @@ MIN_LABEL_BUCKETS = 1 << 6
 MAX_LABEL_BUCKETS = 1 << 16
 
 
+_POWERS_OF_TWO = numpy.left_shift(1, numpy.arange(63, dtype=numpy.int64))
+
+
+def _bit_lengths(values) -> numpy.ndarray:
+    """Return int64 int(v).bit_length() of each int64 v >= 0 (S,), as one array step.
+
+    The powers of two at or below v, counted by a search: exact, where a
+    float log2 could round (a per-channel run has tens of thousands of
+    segments, and one Python call each cost 60 ms).
+    """
+    values = numpy.asarray(values, dtype=numpy.int64)
+    return numpy.searchsorted(_POWERS_OF_TWO, values, side="right").astype(numpy.int64)
+
+
 def _bucket_layout(sizes, low_keys, high_keys):
     """Return (shifts int64 (S,), table_offsets int64 (S + 1,)) of the segments' labelling tables.
 
@@ -339,12 +396,11 @@ def _bucket_layout(sizes, low_keys, high_keys):
     """
     sizes = numpy.asarray(sizes, dtype=numpy.int64)
     wanted = numpy.clip(sizes, MIN_LABEL_BUCKETS, MAX_LABEL_BUCKETS)
-    bucket_bits = [(int(n) - 1).bit_length() for n in wanted.tolist()]
-    buckets = numpy.left_shift(1, numpy.array(bucket_bits, dtype=numpy.int64))
-    spans = (numpy.asarray(high_keys, dtype=numpy.int64) - low_keys).tolist()
+    bucket_bits = _bit_lengths(wanted - 1)
+    buckets = numpy.left_shift(1, bucket_bits)
+    spans = numpy.asarray(high_keys, dtype=numpy.int64) - numpy.asarray(low_keys, dtype=numpy.int64)
     # span >> shift < 2**bits exactly when span < 2**(bits + shift).
-    shifts = numpy.array([max(0, int(span).bit_length() - bits) for span, bits in zip(spans, bucket_bits)],
-                         dtype=numpy.int64)
+    shifts = numpy.maximum(0, _bit_lengths(spans) - bucket_bits)
     table_offsets = numpy.zeros(sizes.shape[0] + 1, dtype=numpy.int64)
     numpy.cumsum(buckets + 1, out=table_offsets[1:])  # each table ends with its total
     return shifts, table_offsets

@@ -142,10 +142,15 @@ def _sort_pool() -> ThreadPoolExecutor:
 
 
 def _sort_task(values, out, runs, copy: bool) -> None:
-    for start, end in runs:
+    # runs: (start, end, size), [start, end) holding segments of size values each.
+    for start, end, size in runs:
         if copy:
             out[start:end] = values[start:end]
-        out[start:end].sort()
+        if size == 0:
+            continue
+        # One sort call per run of equal segments (a tensor's channels): NumPy
+        # sorts each row with the 1-D sort, so the bits are the same.
+        out[start:end].reshape(-1, size).sort(axis=1)
 
 
 def _pivot(values):
@@ -168,14 +173,20 @@ def sort_values(values, offsets):
     split = _usable_cores() > 1
     futures, pending, pending_values = [], [], 0
     for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-        if split and end - start >= SPLIT_SORT_VALUES:
+        size = end - start
+        if split and size >= SPLIT_SORT_VALUES:
             segment = values[start:end]
             middle = start + compiled.partition(segment, _pivot(segment), out[start:end])
             for part in ((start, middle), (middle, end)):
-                futures.append(_sort_pool().submit(_sort_task, values, out, [part], False))
+                futures.append(_sort_pool().submit(_sort_task, values, out, [(*part, part[1] - part[0])], False))
             continue
-        pending.append((start, end))
-        pending_values += end - start
+        if size == 0:
+            continue
+        if pending and pending[-1][2] == size and pending[-1][1] == start:
+            pending[-1] = (pending[-1][0], end, size)  # one more segment of the run
+        else:
+            pending.append((start, end, size))
+        pending_values += size
         if pending_values >= SORT_TASK_VALUES:
             futures.append(_sort_pool().submit(_sort_task, values, out, pending, True))
             pending, pending_values = [], 0

@@ -388,6 +388,55 @@ def test_bin_edges_match_array_bin_edges(n_bins, dtype):
     assert twin.dtype == reference.dtype and numpy.array_equal(twin, reference)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bin_tables_match_array_tables(weighted):
+    # The DP's sums and counts at bin edges: the compiled pass against the array steps, with
+    # wrapping uint64 prefix sums and (weighted) integer weights.
+    rng = numpy.random.default_rng(5)
+    n = 5000
+    prefix = numpy.concatenate([[0], numpy.cumsum(rng.integers(-2**40, 2**40, size=n))]).astype(numpy.int64)
+    prefix = prefix.view(numpy.uint64) + numpy.uint64(2**63)  # wraps, as fixedpoint.prefix_sums may
+    weight_prefix = numpy.concatenate([[0], numpy.cumsum(rng.integers(0, 2**16, size=n))]) if weighted else None
+    starts = numpy.sort(rng.integers(0, n - 200, size=40))
+    edges = numpy.sort(starts[:, None] + rng.integers(0, 200, size=(40, 33)), axis=1)
+    edges[:, 0] = starts
+    sums, counts = compiled.bin_tables(prefix, weight_prefix, edges)
+    first = numpy.broadcast_to(edges[:, :1], edges.shape)
+    assert numpy.array_equal(sums, fixedpoint.range_sums(prefix, first, edges)) and sums.dtype == numpy.int64
+    reference = fixedpoint.range_weights(weight_prefix, first, edges).astype(numpy.float64)
+    assert numpy.array_equal(counts, reference) and counts.dtype == numpy.float64
+
+
+def test_bin_edges_of_channels_match_array_bin_edges():
+    # Regression for the merged (not qsorted) union and the table of cube roots:
+    # many channel-sized segments at 128 bins, ties, a lone outlier, cells of
+    # more values than the table covers (the mostly-zeros segment).
+    rng = numpy.random.default_rng(17)
+    arrays = [heavy_tailed(int(n), seed=100 + i) * rng.uniform(0.1, 10) for i, n in
+              enumerate(rng.integers(129, 2000, size=300))]
+    arrays += [numpy.round(heavy_tailed(640, seed=7) * 4) / 4, numpy.concatenate([numpy.zeros(5000), [1.0, 2.0]]),
+               numpy.concatenate([heavy_tailed(700, seed=8), [1e5]])]
+    batch = batch_of([a.astype(numpy.float32) for a in arrays])
+    rows = numpy.arange(len(arrays), dtype=numpy.int64)
+    reference = optimal.bin_edges(batch, rows, 128)
+    twin = compiled.bin_edges(batch.keys, batch.offsets, rows, 128, fixedpoint.KEY_SHIFT, fixedpoint.KEY_VALUE_MASK,
+                              fixedpoint.KEY_BIAS, optimal.FINE_PER_BIN, optimal.CUBE_SHIFT, optimal.extreme_bins(128))
+    assert numpy.array_equal(twin, reference)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_error_sums_match_error_sums_on_flat_labels(dtype):
+    # Per-channel codebooks: the same sums, bit for bit, as error_sums on s * k + labels.
+    rng = numpy.random.default_rng(21)
+    sizes = rng.integers(0, 700, size=97)
+    values = heavy_tailed(int(sizes.sum()), seed=21).astype(dtype)
+    codebooks = numpy.sort(rng.standard_normal((sizes.size, 16)), axis=1).astype(dtype)
+    labels = rng.integers(0, 16, size=values.size).astype(numpy.uint8)
+    flat = numpy.repeat(numpy.arange(sizes.size, dtype=numpy.int64) * 16, sizes) + labels
+    assert compiled.rows_error_sums(values, codebooks, labels, sizes) == compiled.error_sums(
+        values, codebooks.reshape(-1), flat)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("label_dtype", ["uint8", "int64"])
 def test_error_sums_match_numpy(dtype, label_dtype):
