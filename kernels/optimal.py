@@ -745,9 +745,22 @@ def _distinct_spans(batch: SegmentBatch, rows_host):
     return changes, lo, hi, starts, ends
 
 
+def _span_pays(batch: SegmentBatch, rows_host) -> bool:
+    """Return whether one pass over the span of ascending rows_host beats one call per row: many rows
+    that fill most of their span (a per-channel tensor's channels, not a few small tensors scattered
+    through a batch of large ones)."""
+    if len(rows_host) < SPAN_ROWS:
+        return False
+    offsets = batch.offsets
+    span = int(offsets[rows_host[-1] + 1]) - int(offsets[rows_host[0]])
+    xp = array_namespace(offsets)
+    rows = xp.asarray(numpy.asarray(rows_host, dtype=numpy.int64))
+    return 2 * int((offsets[rows + 1] - offsets[rows]).sum()) >= span
+
+
 def _distinct_counts(batch: SegmentBatch, rows_host) -> numpy.ndarray:
     """Return host int64: the number of distinct values (distinct_edges' D) of each of ascending rows_host."""
-    if len(rows_host) < SPAN_ROWS:
+    if not _span_pays(batch, rows_host):
         return numpy.array([int(distinct_edges(batch, row).shape[0]) - 1 for row in rows_host], dtype=numpy.int64)
     _, lo, hi, _, _ = _distinct_spans(batch, rows_host)
     return hi - lo + 1
@@ -755,7 +768,7 @@ def _distinct_counts(batch: SegmentBatch, rows_host) -> numpy.ndarray:
 
 def _distinct_edge_lists(batch: SegmentBatch, rows_host) -> list:
     """Return distinct_edges(batch, row) of each of ascending rows_host, the same arrays (views of one)."""
-    if len(rows_host) < SPAN_ROWS:
+    if not _span_pays(batch, rows_host):
         return [distinct_edges(batch, row) for row in rows_host]
     xp = array_namespace(batch.keys)
     changes, lo, hi, starts, ends = _distinct_spans(batch, rows_host)
