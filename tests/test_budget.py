@@ -357,8 +357,9 @@ def test_budgets_on_every_format(tmp_path, kind):
 
 def test_target_size_with_per_channel_codebooks(tmp_path):
     # Curves price a per-channel tensor's codebook by its rows (delta-coded sections included), and the
-    # plan beats uniform k=8 at its size. It lands within 3%: on these four small tensors the plans
-    # nearest the target are 2.8% apart (8,407 and 8,642 bytes for a target of 8,605).
+    # plan beats uniform k=8 at its size. It lands within 2% of the target unless no plan does: on four
+    # small tensors the allocator's plans are a few percent apart (here 8,407 and 8,642 bytes around a
+    # target of 8,605), so then the next plan up must have been tried and found over the target.
     path = _graph(tmp_path)
     uniform = tmp_path / "u.gpcz"
     common = ["--granularity", "per-channel", "-q", "--device", "cpu", "--no-zip-sizes"]
@@ -368,9 +369,12 @@ def test_target_size_with_per_channel_codebooks(tmp_path):
     budgeted = tmp_path / "b.gpcz"
     assert main(["pack", str(path), "-o", str(budgeted), "--target-size", str(target), *common,
                  "--report", str(tmp_path / "b.json")]) == 0
-    assert 0.97 * target <= budgeted.stat().st_size <= target
-    assert _sse(tmp_path / "b.json")[0] < _sse(tmp_path / "u.json")[0]
+    size = budgeted.stat().st_size
     _, report = _sse(tmp_path / "b.json")
+    tried = [h["archive_bytes"] for h in report["budget"]["history"]]
+    assert size <= target and size == report["budget"]["archive_bytes"]
+    assert size >= 0.98 * target or any(target < t <= 1.03 * target for t in tried), (size, target, tried)
+    assert _sse(tmp_path / "b.json")[0] < _sse(tmp_path / "u.json")[0]
     validate(report)
     assert any(t["granularity"] == "per-channel" and t["codebooks"] > 1 for t in report["tensors"])
     assert main(["unpack", str(budgeted), "-o", str(tmp_path / "back.pb"), "-q"]) == 0
