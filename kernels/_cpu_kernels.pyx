@@ -722,33 +722,13 @@ def bin_tables(const uint64_t[::1] prefix, const int64_t[::1] weight_prefix, con
     return sums_array, counts_array
 
 
-def error_sums(const floating[::1] values, const codebook_t[::1] codebook, const label_t[::1] labels):
-    """Return float64 (sum of (values - codebook[labels])**2, sum of values**2) in a fixed order."""
-    # Four running sums each, in a fixed order: the adds overlap (a single
-    # chain waits on every add) and the result is the same on every run.
-    cdef double errors[4]
-    cdef double squares[4]
-    cdef Py_ssize_t n_values = values.shape[0]
-    cdef Py_ssize_t index
-    cdef double value, error
-    cdef int lane
-    for lane in range(4):
-        errors[lane] = 0.0
-        squares[lane] = 0.0
-    with nogil:
-        for index in range(n_values):
-            value = <double>values[index]
-            error = value - <double>codebook[labels[index]]
-            errors[index & 3] += error * error
-            squares[index & 3] += value * value
-    return (errors[0] + errors[1]) + (errors[2] + errors[3]), (squares[0] + squares[1]) + (squares[2] + squares[3])
-
-
 def rows_error_sums(const floating[::1] values, const codebook_t[::1] codebooks, const label_t[::1] labels,
                     const int64_t[::1] offsets, int64_t k):
-    """Return error_sums(values, codebooks, s * k + labels) over the values of rows s (compiled.rows_error_sums)."""
-    # error_sums' four lanes and order, the row's codebook found from its
-    # offsets: no int64 array of flat labels (two passes over 8 bytes a value).
+    """Return float64 (sum of (values - codebooks[s * k + labels])**2, sum of values**2) over the values of
+    rows s, in a fixed order (compiled.error_sums: one row; compiled.rows_error_sums)."""
+    # Four running sums each, in a fixed order: the adds overlap (a single
+    # chain waits on every add) and the result is the same on every run. The
+    # row's codebook comes from its offsets: no int64 array of flat labels.
     cdef double errors[4]
     cdef double squares[4]
     cdef Py_ssize_t n_rows = offsets.shape[0] - 1

@@ -213,12 +213,7 @@ def lloyd(keys, prefix, offsets, centroids, max_iter: int, key_shift: int, key_b
     out = numpy.array(centroids, dtype=numpy.int64, order="C", copy=True)
     if out.ndim != 2 or out.shape[0] != offsets.shape[0] - 1:
         raise KernelInputError(f"centroids {out.shape} should have one row per segment ({offsets.shape[0] - 1}).")
-    if weight_prefix is None:
-        weight_prefix = numpy.zeros(0, dtype=numpy.int64)  # the kernel's "every weight is 1"
-    else:
-        weight_prefix = _int64("weight_prefix", weight_prefix, 1)
-        if weight_prefix.shape != prefix.shape:
-            raise KernelInputError(f"weight_prefix {weight_prefix.shape} should have shape {prefix.shape}.")
+    weight_prefix = _weight_prefix(weight_prefix, prefix)
     iterations = numpy.zeros(out.shape[0], dtype=numpy.int64)
     _kernels().lloyd(keys, prefix, offsets, out, int(max_iter), int(key_shift), int(key_bias), iterations,
                      weight_prefix)
@@ -275,13 +270,18 @@ def bin_tables(prefix, weight_prefix, edges):
     prefix = numpy.ascontiguousarray(prefix, dtype=numpy.uint64)
     edges = _int64("edges", edges, 2)
     _check_range("edges", edges, 0, prefix.shape[0] - 1)
-    if weight_prefix is None:
-        weight_prefix = numpy.zeros(0, dtype=numpy.int64)  # the kernel's "every weight is 1"
-    else:
-        weight_prefix = _int64("weight_prefix", weight_prefix, 1)
-        if weight_prefix.shape != prefix.shape:
-            raise KernelInputError(f"weight_prefix {weight_prefix.shape} should have shape {prefix.shape}.")
+    weight_prefix = _weight_prefix(weight_prefix, prefix)
     return _kernels().bin_tables(prefix, weight_prefix, edges)
+
+
+def _weight_prefix(weight_prefix, prefix) -> numpy.ndarray:
+    """Return int64 weight prefix sums checked against prefix's shape, or the kernels' empty "every weight is 1"."""
+    if weight_prefix is None:
+        return numpy.zeros(0, dtype=numpy.int64)
+    weight_prefix = _int64("weight_prefix", weight_prefix, 1)
+    if weight_prefix.shape != prefix.shape:
+        raise KernelInputError(f"weight_prefix {weight_prefix.shape} should have shape {prefix.shape}.")
+    return weight_prefix
 
 
 def error_sums(values, codebook, labels):
@@ -298,7 +298,8 @@ def error_sums(values, codebook, labels):
         raise KernelInputError(f"labels {labels.shape} should have the shape of values {values.shape}.")
     _check_range("labels", labels, 0, codebook.shape[0] - 1)
     values, codebook, labels = (numpy.ascontiguousarray(a) for a in (values, codebook, labels))
-    return tuple(float(total) for total in _kernels().error_sums(values, codebook, labels))
+    one_row = numpy.array([0, values.shape[0]], dtype=numpy.int64)
+    return tuple(float(total) for total in _kernels().rows_error_sums(values, codebook, labels, one_row, 0))
 
 
 def rows_error_sums(values, codebooks, labels, sizes):
