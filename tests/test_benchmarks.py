@@ -130,3 +130,31 @@ def test_tflite_training_data_is_bundled_deterministic_and_shaped_for_the_models
     again, same = tflite.token_task(64, seed=0)
     assert tokens.shape == (64, 6) and targets.shape == (64, 5)
     assert numpy.array_equal(tokens, again) and numpy.array_equal(targets, same)
+
+
+
+def test_granularity_label_entropy_counts_each_codebook_on_its_own():
+    # The archive bound of benchmarks/granularity.py: labels at their entropy within each codebook row.
+    from benchmarks import granularity
+    from gpucompress import CompressOptions
+    from gpucompress.clustering import cluster_weights
+    from gpucompress.models.graphdef import GraphDefModel
+
+    from .conftest import const_node, graphdef_of
+
+    rng = numpy.random.default_rng(0)
+    values = (rng.normal(size=(3, 3, 4, 6)) * numpy.arange(1, 7)).astype(numpy.float32)
+    data = graphdef_of(const_node("kernel", values)).SerializeToString()
+    for option, rows in (("per-tensor", 1), ("per-channel", 6)):
+        run = cluster_weights(GraphDefModel.from_bytes(data).weights(),
+                              CompressOptions(n_clusters=4, device="cpu", granularity=option))
+        (outcome,) = run.clustered()
+        labels = numpy.asarray(outcome.labels).reshape(values.shape)
+        columns = [labels.reshape(-1)] if rows == 1 else [labels[..., c].reshape(-1) for c in range(rows)]
+        expected = 0.0
+        for column in columns:
+            counts = numpy.bincount(column, minlength=4).astype(float)
+            counts = counts[counts > 0]
+            expected -= float((counts * numpy.log2(counts / counts.sum())).sum())
+        assert expected > 0
+        assert granularity.index_entropy_bits(outcome) == pytest.approx(expected, rel=1e-12)
