@@ -175,6 +175,55 @@ def keras_error(model, inputs, k: int, folder: Path) -> float:
     return relative_error(model.predict(inputs, verbose=0), clustered.predict(inputs, verbose=0))
 
 
+def keras_alone(model, inputs, k: int, folder: Path) -> list[tuple[str, float]]:
+    """Return [(name, relative output error)] of a Keras model with one of its clustered tensors clustered at a time."""
+    import keras
+
+    from tests.tflite_models import relative_error
+
+    path = folder / "model.keras"
+    model.save(path)
+    names = [t.name for t in compress_file(path, folder / "model.min.keras", CompressOptions(n_clusters=k),
+                                           overwrite=True).run.clustered()]
+    reference, errors = model.predict(inputs, verbose=0), []
+    for name in names:
+        others = tuple(other for other in names if other != name)
+        summary = compress_file(path, folder / "model.one.keras", CompressOptions(n_clusters=k, whitelisted=others),
+                                overwrite=True)
+        errors.append((name, relative_error(reference, keras.models.load_model(summary.output_path, compile=False)
+                                            .predict(inputs, verbose=0))))
+    return errors
+
+
+def tflite_alone(source: Path, folder: Path, inputs, k: int, names: list[str]) -> list[tuple[str, float]]:
+    """Return [(name, relative output error)] of a .tflite with one of `names` clustered at a time."""
+    from tests.tflite_models import relative_error, run_tflite
+
+    reference, errors = run_tflite(source.read_bytes(), inputs), []
+    for name in names:
+        output = folder / "one.tflite"
+        others = tuple(other for other in names if other != name)
+        compress_file(source, output, CompressOptions(n_clusters=k, whitelisted=others), overwrite=True)
+        errors.append((name, relative_error(reference, run_tflite(output.read_bytes(), inputs))))
+    return errors
+
+
+def root_sum_square(errors: list) -> float:
+    """Return sqrt(sum e^2) of [(name, e)]: the error of independent output errors added together."""
+    return float(numpy.sqrt(sum(error ** 2 for _, error in errors)))
+
+
+def short_name(name: str) -> str:
+    """Return a weight's name cut for a table: the first of a fused TFLite name's parts, at most 28 characters."""
+    first = name.split(";")[0]
+    return first if len(first) <= 28 else "..." + first[-25:]
+
+
+def alone_cell(errors: list) -> str:
+    """Return a table cell of [(name, error)]: `name` error, ..."""
+    return ", ".join(f"`{short_name(name)}` {error:.4f}" for name, error in errors)
+
+
 def tflm_matches(micro: Path, clustered: Path, inputs: numpy.ndarray) -> str:
     """Return "yes"/"NO" when TFLM's interpreter gives the same outputs for both files, or why it cannot run."""
     from tflite_micro import runtime
@@ -299,6 +348,18 @@ def markdown(rows: list[dict], timing: list[dict], k: int, date: str, machine: s
             lines.append(f"| {r['model']} | {r['kind']} | {r['zip9'] / 2:,.0f} | {r['archive']:,} | "
                          f"{r['archive_smallest']:,} | {r['zip9'] / r['archive_smallest']:.3f}x | {r['bound']:,} | "
                          f"{r['rest']:,} | {floor:,} | {r['zip9'] / floor:.3f}x |")
+    alone = [r for r in rows if "alone" in r]  # runs stored before 2026-12-02's second session lack these
+    if alone:
+        lines += ["", "the output error with one tensor clustered at a time (the others as they were, in the "
+                  "order compress lists them), their root sum of squares (what independent errors add up to) and "
+                  "the error with all clustered, for the .tflite and for the Keras model it was converted from "
+                  "(whose tensors differ: the converter folds BatchNormalization into the next layer):", "",
+                  "| model | kind | each alone | root sum of squares | all | Keras: each alone | Keras root sum "
+                  "of squares | Keras all |", "|---|---|---|---|---|---|---|---|"]
+        for r in alone:
+            lines.append(f"| {r['model']} | {r['kind']} | {alone_cell(r['alone'])} | "
+                         f"{root_sum_square(r['alone']):.4f} | {r['error']:.4f} | {alone_cell(r['keras_alone'])} | "
+                         f"{root_sum_square(r['keras_alone']):.4f} | {r['keras_error']:.4f} |")
     if objectives:
         lines += ["", "the objective of int8 weights (`--integer-objective`): output error and the dequantized "
                   "weights' squared error (sum over the int8 weights of ((q' - q) * scale)^2) when each squared "
@@ -344,6 +405,7 @@ def main(argv=None) -> int:
         folder = Path(scratch)
         for name, model, inputs, kinds in models(arguments.quick, not arguments.untrained):
             reference = keras_error(model, inputs, k, folder)
+            reference_alone = keras_alone(model, inputs, k, folder)
             weights = 0
             for kind in kinds:
                 source = folder / f"{name}_{kind}.tflite"
@@ -352,6 +414,7 @@ def main(argv=None) -> int:
                                              folder / f"{name}_{kind}.tflm.tflite")
                 summary = compress_file(source, clustered, CompressOptions(n_clusters=k), overwrite=True)
                 weights = sum(t.size for t in summary.run.clustered())
+                alone = tflite_alone(source, folder, inputs, k, [t.name for t in summary.run.clustered()])
                 packed = pack_file(source, archive, CompressOptions(n_clusters=k), overwrite=True)
                 # The smallest streams (speed tolerance 0: ANS where it is smaller at all) beside the default.
                 smallest = pack_file(source, folder / f"{name}_{kind}.smallest.gpcz", CompressOptions(n_clusters=k),
@@ -368,7 +431,8 @@ def main(argv=None) -> int:
                              "keras_error": reference, "original": original, "zip9": zip9(source),
                              "min_zip9": zip9(clustered), "archive": archive.stat().st_size,
                              "archive_smallest": smallest, "bound": packed.sizes["bound"],
-                             "rest": packed.sizes["rest"], "tflm": tflm_bytes, "tflm_decoded": decoded})
+                             "rest": packed.sizes["rest"], "tflm": tflm_bytes, "tflm_decoded": decoded,
+                             "alone": alone, "keras_alone": reference_alone})
                 print(rows[-1], flush=True)
                 if kind in ("int8", "dynamic"):
                     objectives += objective_rows(name, kind, source, folder, inputs, (k, max(2, k // 2)))
