@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -41,6 +42,37 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+class _FirstOfEachWarning(logging.Filter):
+    """Lets each distinct gpucompress warning through once per command.
+
+    Why: a budget clusters the model once per k it measures, and each run
+    would repeat the same warning about the options (ten identical lines).
+    """
+
+    def __init__(self):
+        super().__init__()
+        # The record each message first came in: every handler gets that one.
+        self.first: dict[tuple[str, str], logging.LogRecord] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not record.name.startswith("gpucompress"):
+            return True
+        return self.first.setdefault((record.name, record.getMessage()), record) is record
+
+
+@contextlib.contextmanager
+def _warnings_once():
+    # On the handlers: a logger's own filters do not see its children's records.
+    once, handlers = _FirstOfEachWarning(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(once)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with argv (default sys.argv[1:]); returns the exit code."""
     parser = create_parser()
@@ -50,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from .limits import max_memory
 
     try:
-        with max_memory(arguments.max_memory), overwriting(getattr(arguments, "overwrite", False)):
+        with max_memory(arguments.max_memory), overwriting(getattr(arguments, "overwrite", False)), _warnings_once():
             code = arguments.handler(arguments)
         sys.stdout.flush()  # a full disk or a closed pipe on stdout shows here, not at exit
         return code

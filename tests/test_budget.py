@@ -398,3 +398,19 @@ def test_target_size_with_importances(tmp_path):
     assert report["budget"]["archive_bytes"] == size
     states = {t["name"]: t["importance"] for t in report["tensors"] if t["clustered"]}
     assert states.get("wide") in (None, "weighted") and "weighted" in states.values()
+
+
+def test_a_budget_says_each_option_warning_once(tmp_path, caplog):
+    # The budget clusters the model once per k it measures; each run used to repeat the warning.
+    path = _graph(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert main(["compress", str(path), "-o", str(tmp_path / "c.pb"), "--target-bits-per-weight", "4",
+                     "--integer-objective", "integer", "--device", "cpu"]) == 0
+    said = [r for r in caplog.records if "integer_objective='integer' changes nothing" in r.getMessage()]
+    assert len(said) == 1
+    # A second command says it again: once per command, not once per process.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["compress", str(path), "-o", str(tmp_path / "d.pb"), "--n_clusters", "8",
+                     "--integer-objective", "integer", "--device", "cpu"]) == 0
+    assert sum("changes nothing" in r.getMessage() for r in caplog.records) == 1
