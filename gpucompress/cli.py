@@ -27,7 +27,8 @@ def create_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpucompress",
         description="GPU-accelerated weight clustering (Deep Compression) for TensorFlow models: frozen "
-        "GraphDefs (.pb), SavedModel folders, Keras .keras and HDF5 (.h5, .weights.h5) files.",
+        "GraphDefs (.pb), SavedModel folders, Keras .keras and HDF5 (.h5, .weights.h5) files, and TFLite "
+        "(.tflite) flatbuffers.",
     )
     parser.add_argument("--version", action="version", version=f"gpucompress {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -148,7 +148,7 @@ def granularity_note(options: CompressOptions) -> str:
 def add_subparser(subparsers) -> None:
     """Add the `compress` subcommand."""
     parser = new_parser(
-        subparsers, "compress", help="cluster the weights of a model (frozen GraphDef, SavedModel, .keras, .h5)",
+        subparsers, "compress", help="cluster the weights of a model (frozen GraphDef, SavedModel, .keras, .h5, .tflite)",
         description="Cluster a model's weights with 1-D k-means and write a model of the same format, "
         "used exactly like the input. Formats, detected from the path: a frozen GraphDef (.pb; every "
         "floating Const), a SavedModel folder (its checkpoint's variables), a Keras .keras file, a Keras "

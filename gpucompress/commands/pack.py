@@ -26,7 +26,7 @@ def add_subparser(subparsers) -> None:
         "`gpucompress unpack` restores the model that `compress` writes, byte for byte.",
         epilog=PACK_EXAMPLES + "\n" + BUDGET_EXAMPLES,
     )
-    parser.add_argument("model", help="frozen GraphDef (.pb), Keras model (.keras, .h5) or SavedModel folder, "
+    parser.add_argument("model", help="frozen GraphDef (.pb), Keras model (.keras, .h5), .tflite or SavedModel folder, "
                         "or an already clustered one (.min)")
     parser.add_argument("-o", "--output", help="archive path (default MODEL.gpcz, e.g. model.pb.gpcz)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
