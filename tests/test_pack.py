@@ -76,6 +76,27 @@ def test_unpack_equals_compress(model_path, tmp_path, k, global_clusters):
     assert sizes["archive"] <= 1.02 * (sizes["bound"] + sizes["rest"]) + 1024
 
 
+def test_rest_is_the_zstd_size_of_the_model_without_its_coded_tensors(tmp_path):
+    # pack's "rest" reuses the archive's skeleton section when every candidate was coded: the same
+    # figure as compressing the skeleton without them on its own.
+    from gpucompress.codec import archive as archives
+    from gpucompress.codec import entropy
+
+    from .conftest import const_node, graphdef_of
+
+    rng = numpy.random.default_rng(0)
+    path = tmp_path / "model.pb"
+    path.write_bytes(graphdef_of(const_node("a", rng.normal(size=(64, 48)).astype(numpy.float32)),
+                                 const_node("b", rng.laplace(size=(3, 3, 8, 32)).astype(numpy.float32)))
+                     .SerializeToString())
+    summary = pack_file(path, tmp_path / "model.gpcz", CompressOptions(n_clusters=16, device="cpu"), zip_sizes=False)
+    coded = archives.read_archive((tmp_path / "model.gpcz").read_bytes())
+    assert summary.coded == len(coded.tensors) == 2 and summary.coders["kept"] == 0  # the reused case
+    skeleton = GraphDefModel.from_bytes(path.read_bytes()).to_skeleton(["a", "b"])
+    assert skeleton == coded.skeleton
+    assert summary.sizes["rest"] == len(entropy.zstd_compress(skeleton, archives.SKELETON_ZSTD_LEVEL))
+
+
 def test_min_input_is_indexed_not_reclustered(model_path, tmp_path):
     options = CompressOptions(n_clusters=16, device="cpu")
     compress_file(model_path, tmp_path / "model.min", options)

@@ -96,13 +96,15 @@ class CodedTensor:
 @dataclass
 class Archive:
     """An archive's contents: the model format, its skeleton, the coded tensors, free-form info,
-    and (when written by write_archive) the coder chosen per tensor name."""
+    and (when written by write_archive) the coder chosen per tensor name and the bytes of the
+    skeleton's zstd section."""
 
     format_name: str
     skeleton: bytes
     tensors: list[CodedTensor]
     info: dict = field(default_factory=dict)
     coders: dict[str, str] = field(default_factory=dict)
+    skeleton_section_bytes: int | None = None
 
 
 def write_archive(archive: Archive, speed_tolerance: float = entropy.SPEED_TOLERANCE) -> bytes:
@@ -122,6 +124,7 @@ def write_archive(archive: Archive, speed_tolerance: float = entropy.SPEED_TOLER
 
     skeleton = {"section": add(entropy.zstd_compress(archive.skeleton, SKELETON_ZSTD_LEVEL)),
                 "bytes": len(archive.skeleton)}
+    archive.skeleton_section_bytes = len(sections[skeleton["section"]])
     codebooks, codebook_ids, tensors = [], {}, []
     for tensor in archive.tensors:
         codebook = numpy.ascontiguousarray(tensor.codebook, dtype=numpy_dtype(tensor.dtype))
